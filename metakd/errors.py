@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad file, key or value) raises :class:`MetakdError`; the CLI prints
+its message on one line and exits non-zero without a traceback. Programming errors stay ordinary
+exceptions so their tracebacks survive.
+"""
+
+from __future__ import annotations
+
+
+class MetakdError(Exception):
+    """An error caused by user input (file, column, key or value); the message names the culprit."""
+
+
+class DataError(MetakdError):
+    """Bad data in a task file or collection. ``where`` is the file (or task) at fault."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+class ConfigError(MetakdError):
+    """Bad configuration: unknown key, wrong type or invalid value."""

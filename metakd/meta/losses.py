@@ -1,0 +1,116 @@
+"""Inner (support) and outer (query) losses.
+
+Every loss takes one task's ``scores [n]`` and float labels ``y [n]`` (1 anomaly, 0 normal) and
+returns a scalar. Classes are selected with masks, never boolean indexing, so the losses run
+unchanged under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+InnerLossName = Literal["auto", "one_class", "bce", "deviation", "sad"]
+OuterLossName = Literal["ranking", "bce"]
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def one_class_loss(scores: Tensor, y: Tensor, *, logit: bool) -> Tensor:
+    """Mean "this is normal" loss over the normal rows.
+
+    For logit scores it is BCE against label 0, ``softplus(s)`` (OC-MAML, Frikha et al. 2021);
+    for distance scores it is the mean distance (Deep SVDD compactness, reconstruction error).
+    """
+    per_row = F.softplus(scores) if logit else scores
+    return _masked_mean(per_row, 1.0 - y)
+
+
+def balanced_bce_loss(scores: Tensor, y: Tensor) -> Tensor:
+    """Class-balanced BCE on logits: the mean of the per-class mean losses present."""
+    per_row = F.binary_cross_entropy_with_logits(scores, y, reduction="none")
+    has_pos = (y.sum(-1) > 0).to(scores.dtype)
+    pos = _masked_mean(per_row, y)
+    neg = _masked_mean(per_row, 1.0 - y)
+    return (neg + has_pos * pos) / (1.0 + has_pos)
+
+
+def deviation_loss(scores: Tensor, y: Tensor, *, margin: float = 5.0) -> Tensor:
+    """DevNet deviation loss (Pang et al. 2019, Eq. 4) with an N(0, 1) reference score prior.
+
+    ``dev = (s - μ_R) / σ_R = s``; normals are pulled to 0, anomalies pushed beyond ``margin``.
+    """
+    per_row = (1.0 - y) * scores.abs() + y * F.relu(margin - scores)
+    return per_row.mean(-1)
+
+
+def sad_loss(scores: Tensor, y: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Deep SAD loss for distance scores (Ruff et al. 2020, Eq. 6 with η = 1).
+
+    Normals minimise their distance; labelled anomalies minimise its inverse.
+    """
+    per_row = (1.0 - y) * scores + y / (scores + eps)
+    return per_row.mean(-1)
+
+
+def ranking_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Pairwise logistic AUROC surrogate over all (anomaly, normal) pairs of the task.
+
+    ``mean_{a, n} softplus(-(l_a - l_n))``; it is scale-free in the sense that only score order
+    matters at convergence, which suits distance scores as well as logits.
+    """
+    diff = logits.unsqueeze(-1) - logits.unsqueeze(-2)  # [n, n]: l_i - l_j
+    pair = y.unsqueeze(-1) * (1.0 - y).unsqueeze(-2)  # i anomaly, j normal
+    return (F.softplus(-diff) * pair).sum((-1, -2)) / pair.sum((-1, -2)).clamp_min(1.0)
+
+
+def inner_loss_fn(name: InnerLossName, *, has_anomalies: bool, score_is_logit: bool) -> LossFn:
+    """Resolve an inner-loss name for a teacher; ``auto`` picks one-class without anomaly shots,
+    else BCE for logit scores and Deep SAD for distance scores."""
+    if name == "auto":
+        if not has_anomalies:
+            name = "one_class"
+        else:
+            name = "bce" if score_is_logit else "sad"
+    if name in ("bce", "deviation") and not score_is_logit:
+        raise ValueError(f"inner loss '{name}' needs logit scores; use 'sad' or 'one_class'")
+    if name == "sad" and score_is_logit:
+        raise ValueError("inner loss 'sad' needs distance scores; use 'bce' or 'deviation'")
+    if name == "one_class":
+        return lambda s, y: one_class_loss(s, y, logit=score_is_logit)
+    return {"bce": balanced_bce_loss, "deviation": deviation_loss, "sad": sad_loss}[name]
+
+
+def outer_loss_fn(name: OuterLossName) -> LossFn:
+    """Outer loss on the labelled query, applied to logit-scale scores."""
+    return {"ranking": ranking_loss, "bce": balanced_bce_loss}[name]
+
+
+def auroc(scores: Tensor, y: Tensor) -> Tensor:
+    """AUROC per task from ``scores [..., n]``, ``y [..., n]`` (ties count one half)."""
+    diff = scores.unsqueeze(-1) - scores.unsqueeze(-2)
+    pair = y.unsqueeze(-1) * (1.0 - y).unsqueeze(-2)
+    wins = (diff > 0).to(scores.dtype) + 0.5 * (diff == 0).to(scores.dtype)
+    return (wins * pair).sum((-1, -2)) / pair.sum((-1, -2)).clamp_min(1.0)
+
+
+__all__ = [
+    "InnerLossName",
+    "LossFn",
+    "OuterLossName",
+    "auroc",
+    "balanced_bce_loss",
+    "deviation_loss",
+    "inner_loss_fn",
+    "one_class_loss",
+    "outer_loss_fn",
+    "ranking_loss",
+    "sad_loss",
+]
