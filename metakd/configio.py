@@ -155,6 +155,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_yaml_text(text: str) -> dict[str, Any]:
+    """Parse YAML text that must hold a mapping."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level")
+    return data
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load config ``cls`` from an optional YAML file plus ``key=value`` overrides."""
     data = read_yaml(path) if path is not None else {}

@@ -143,6 +143,17 @@ def build_teacher(input_dim: int, config: ModelConfig) -> Teacher:
     return _KINDS[config.kind](input_dim, config)  # type: ignore[call-arg]
 
 
+class LogitScorer(nn.Module):
+    """A teacher whose scores are mapped to the logit-like scale (see :func:`score_logits`)."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x: Tensor) -> Tensor:
+        return score_logits(self.teacher, self.teacher(x))
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -155,6 +166,7 @@ def score_logits(teacher: Teacher, scores: Tensor) -> Tensor:
 
 __all__ = [
     "AutoEncoder",
+    "LogitScorer",
     "MLPScorer",
     "ModelConfig",
     "SVDDNet",

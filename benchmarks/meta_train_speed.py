@@ -1,0 +1,157 @@
+"""Meta-training throughput: metakd's batched path vs a per-task loop vs `higher`.
+
+Second-order MAML meta-gradients (forward + backward of one meta-batch) measured side by side in
+one process, at meta-batch 1, 8 and 32 and two model sizes. Prints tasks per second, the ratios,
+the largest meta-gradient difference from `higher`, and the large model's achieved FLOP/s as a
+fraction of this machine's matmul peak, measured in the same run.
+
+Usage: python benchmarks/meta_train_speed.py [--seconds 2] [--batches 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from metakd.meta.learners import InnerConfig, MetaConfig, MetaLearner
+from metakd.models.teachers import ModelConfig, build_teacher, score_logits
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import higher
+
+SHOTS, QUERY, STEPS, LR = 10, 64, 2, 0.1
+SIZES = {"small": (64, [64, 64]), "large": (1000, [256, 128])}
+
+
+def make_batch(b: int, d: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(b, SHOTS, d, generator=g)
+    sy = torch.zeros(b, SHOTS)
+    qx = torch.randn(b, QUERY, d, generator=g)
+    qy = (torch.arange(QUERY) % 4 == 0).float().expand(b, QUERY).contiguous()
+    return sx, sy, qx, qy
+
+
+def ours(learner: MetaLearner, batch) -> None:
+    loss, _ = learner.meta_loss(*batch)
+    loss.backward()
+
+
+def loop(learner: MetaLearner, batch) -> None:
+    """The textbook per-task loop: functional_call + autograd.grad(create_graph=True)."""
+    teacher, (sx, sy, qx, qy) = learner.teacher, batch
+    b = sx.shape[0]
+    for i in range(b):
+        params = dict(teacher.named_parameters())
+        for _ in range(STEPS):
+            loss = learner.inner_loss(functional_call(teacher, params, (sx[i],)), sy[i])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {k: v - LR * g for (k, v), g in zip(params.items(), grads, strict=True)}
+        q = functional_call(teacher, params, (qx[i],))
+        (learner.outer_loss(score_logits(teacher, q), qy[i]) / b).backward()
+
+
+def with_higher(learner: MetaLearner, batch) -> None:
+    teacher, (sx, sy, qx, qy) = learner.teacher, batch
+    b = sx.shape[0]
+    opt = torch.optim.SGD(teacher.parameters(), lr=LR)
+    for i in range(b):
+        with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
+            for _ in range(STEPS):
+                diffopt.step(learner.inner_loss(fm(sx[i]), sy[i]))
+            (learner.outer_loss(score_logits(teacher, fm(qx[i])), qy[i]) / b).backward()
+
+
+def grads_of(fn: Callable, learner: MetaLearner, batch) -> Tensor:
+    learner.zero_grad(set_to_none=True)
+    fn(learner, batch)
+    return torch.cat([p.grad.flatten() for p in learner.teacher.parameters()])
+
+
+def time_it(fn: Callable, learner: MetaLearner, batch, seconds: float) -> float:
+    """Seconds per call (median of repeated timing windows)."""
+    fn(learner, batch)  # warm-up
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 3:
+        learner.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        fn(learner, batch)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def flops_of(fn: Callable, learner: MetaLearner, batch) -> int:
+    learner.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        fn(learner, batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak(seconds: float) -> float:
+    """FLOP/s of a large square float32 matmul on this machine (best of several runs)."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing window per measurement")
+    parser.add_argument("--batches", default="1,8,32", help="meta-batch sizes")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; second-order MAML, "
+          f"{STEPS} inner steps, {SHOTS} shots, {QUERY} query rows")
+    peak = matmul_peak(args.seconds)
+    print(f"matmul peak (2048² float32): {peak / 1e9:.1f} GFLOP/s\n")
+    header = f"{'model':>6} {'B':>3} | {'metakd':>9} {'loop':>9} {'higher':>9} | {'×loop':>6} {'×higher':>8} | {'max|Δg|':>8}"
+    print(header + "\n" + "-" * len(header))
+    for size, (d, hidden) in SIZES.items():
+        teacher = build_teacher(d, ModelConfig(kind="mlp", hidden=hidden))
+        learner = MetaLearner(
+            teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(), anomaly_shots=0
+        )
+        for b in batches:
+            batch = make_batch(b, d)
+            diff = (grads_of(ours, learner, batch) - grads_of(with_higher, learner, batch)).abs().max()
+            t_ours = time_it(ours, learner, batch, args.seconds)
+            t_loop = time_it(loop, learner, batch, args.seconds)
+            t_higher = time_it(with_higher, learner, batch, args.seconds)
+            print(
+                f"{size:>6} {b:>3} | {b / t_ours:9.1f} {b / t_loop:9.1f} {b / t_higher:9.1f} | "
+                f"{t_loop / t_ours:6.2f} {t_higher / t_ours:8.2f} | {diff:8.1e}"
+            )
+            if size == "large" and b == max(batches):
+                executed = flops_of(ours, learner, batch)
+                dense = flops_of(loop, learner, batch)
+                flop_report = (t_ours, t_higher, executed, dense)
+        print()
+    t_ours, t_higher, executed, dense = flop_report
+    print(f"large model, meta-batch {max(batches)} (tasks/s above are in tasks per second):")
+    print(f"  metakd executes {executed / 1e9:.2f} GFLOP per meta-batch: "
+          f"{executed / t_ours / 1e9:.1f} GFLOP/s = {executed / t_ours / peak:.0%} of matmul peak")
+    print(f"  the dense formulation needs {dense / 1e9:.2f} GFLOP: higher achieves "
+          f"{dense / t_higher / 1e9:.1f} GFLOP/s = {dense / t_higher / peak:.0%} of peak; "
+          f"metakd's dense-equivalent rate is {dense / t_ours / peak:.0%} of peak")
+
+
+if __name__ == "__main__":
+    main()

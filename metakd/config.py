@@ -1,0 +1,71 @@
+"""Run configuration: typed dataclasses that YAML files in ``configs/`` load into.
+
+Each section is defined next to the code it configures and assembled here. Load with
+:func:`load_train_config`; unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metakd import configio
+from metakd.data.collection import SplitConfig
+from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.episodes import EpisodeConfig
+from metakd.meta.learners import InnerConfig, MetaConfig
+from metakd.models.teachers import ModelConfig
+from metakd.tracking import TrackingConfig
+
+
+def _episode_defaults() -> EpisodeConfig:
+    # A quarter of the query anomalous keeps small tasks usable (digits tasks hold ~20 anomalies).
+    return EpisodeConfig(shots=10, anomaly_shots=0, query_size=32, query_anomaly_fraction=0.25)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``metakd meta-train`` needs."""
+
+    tasks: str = "digits"
+    """Task collection: a built-in name, a manifest (path or name under ``tasks/``), a directory
+    of task files, or a single file."""
+    seed: int = 0
+    """Seed for initialisation, episode sampling and splits."""
+    iterations: int = 1000
+    """Outer-loop steps (meta-batches)."""
+    val_every: int = 100
+    """Validate on the meta-val tasks every this many iterations (and at the end)."""
+    val_episodes: int = 4
+    """Fixed episodes per meta-val task (the same ones at every validation)."""
+    test_episodes: int = 5
+    """Episodes per held-out meta-test task for the final report."""
+    device: str = "cpu"
+    """Torch device for meta-training."""
+    episode: EpisodeConfig = field(default_factory=_episode_defaults)
+    """Episode shapes: shots, anomaly shots, query size and anomaly fraction, pool, meta-batch."""
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    """Per-task feature scaling, fitted on each episode's support (and pool)."""
+    alignment: AlignmentConfig | None = None
+    """Feature alignment across tasks with different feature counts; null uses the collection's."""
+    split: SplitConfig | None = None
+    """Task split into meta-train/val/test; null uses the collection's."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Teacher architecture."""
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    """Adaptation (inner loop); stored in the checkpoint for ``metakd adapt``."""
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    """Outer loop."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Run tracking (W&B mode, project, ...); metrics.jsonl is always written."""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a :class:`TrainConfig` from optional YAML plus ``key=value`` overrides."""
+    return configio.load(TrainConfig, path, overrides)

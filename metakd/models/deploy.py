@@ -1,0 +1,109 @@
+"""Deployable scorers: the per-task preprocessing plus a network, as one ``nn.Module``.
+
+A deployed detector maps raw feature rows to anomaly scores (higher = more anomalous): scale with
+the statistics fitted on the task's support and unlabelled pool, align to the network's width,
+run the network. Students are plain ``nn.Sequential`` MLPs so the whole scorer exports to
+TorchScript and runs without metakd installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class StudentConfig:
+    """Architecture of the distilled per-task student."""
+
+    hidden: list[int] = field(default_factory=lambda: [16])
+    """Hidden widths of the student MLP (small: it is deployed per task)."""
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    """Activation between layers."""
+
+    def __post_init__(self) -> None:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"student hidden widths must be positive, got {self.hidden}")
+
+
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def build_student(input_dim: int, config: StudentConfig) -> nn.Sequential:
+    """MLP ``[N, input_dim] -> [N, 1]`` producing a score on the teacher's normalised scale."""
+    sizes = [input_dim, *config.hidden, 1]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATION_MODULES[config.activation]())
+    return nn.Sequential(*layers)
+
+
+class Preprocessor(nn.Module):
+    """Per-task scaling then feature alignment, fixed after fitting: ``[N, d] -> [N, D]``.
+
+    Args:
+        center, scale: ``[d]`` fitted on the task's support and unlabelled rows.
+        clip: z-scores are clipped to ``±clip`` (``inf`` for none).
+        projection: ``[d, D]`` alignment matrix, or ``None`` when features are used as they are.
+    """
+
+    def __init__(self, center: Tensor, scale: Tensor, clip: float, projection: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("center", center.detach().clone().float())
+        self.register_buffer("scale", scale.detach().clone().float())
+        self.clip = float(clip)
+        self.use_projection = projection is not None
+        self.register_buffer(
+            "projection",
+            projection.detach().clone().float() if projection is not None else torch.zeros(0, 0),
+        )
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.center.shape[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = ((x - self.center) / self.scale).clamp(-self.clip, self.clip)
+        if self.use_projection:
+            z = z @ self.projection
+        return z
+
+
+class ScoreHead(nn.Module):
+    """Wraps a network whose output is ``[N, 1]`` or ``[N]`` into scores ``[N]``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        return out.reshape(out.shape[0])
+
+
+class DeployedScorer(nn.Module):
+    """Raw rows ``[N, d]`` to anomaly scores ``[N]``; ``threshold`` flags anomalies."""
+
+    def __init__(self, preprocess: Preprocessor, net: nn.Module, threshold: float) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.net = net
+        self.threshold = float(threshold)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.preprocess(x))
+
+    @torch.jit.export
+    def predict(self, x: Tensor) -> Tensor:
+        """1 where the score exceeds the threshold, else 0."""
+        return (self.forward(x) > self.threshold).to(torch.int64)

@@ -1,0 +1,90 @@
+"""Decision thresholds for a task's scores, calibrated without touching evaluation labels.
+
+Without anomaly labels we follow PyOD's contract: the threshold is the ``1 - contamination``
+quantile of the scores of the unlabelled pool (or of the support normals when there is no pool).
+With labelled anomalies in the support, the threshold maximises F1 on the support.
+
+A threshold fitted on normal rows alone must never be the *lowest* normal score (the failure
+anomalib users hit when the adaptive F1 threshold sees only normals): then every unseen normal
+above it is an alarm. Quantiles of normal scores sit high in their range instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass
+class ThresholdConfig:
+    """How the decision threshold is calibrated."""
+
+    method: Literal["auto", "contamination", "normal_quantile", "f1"] = "auto"
+    """``auto``: ``f1`` when the support has anomalies, else ``contamination`` when an unlabelled
+    pool is given, else ``normal_quantile``."""
+    contamination: float = 0.1
+    """Expected anomaly fraction of the unlabelled pool (PyOD's default)."""
+    normal_quantile: float = 0.95
+    """Quantile of the support normals' scores used without pool and anomaly labels."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.contamination < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        if not 0.5 <= self.normal_quantile <= 1.0:
+            raise ValueError(f"normal_quantile must be in [0.5, 1], got {self.normal_quantile}")
+
+
+def calibrate_threshold(
+    support_scores: np.ndarray,
+    support_y: np.ndarray,
+    pool_scores: np.ndarray | None,
+    config: ThresholdConfig,
+) -> tuple[float, str]:
+    """Threshold for one task's scores.
+
+    Args:
+        support_scores: ``[n]`` scores of the labelled support.
+        support_y: ``[n]`` labels (0 normal, 1 anomaly).
+        pool_scores: ``[m]`` scores of the unlabelled pool, or ``None``.
+        config: calibration settings.
+
+    Returns:
+        ``(threshold, method used)``; a row is anomalous when its score exceeds the threshold.
+    """
+    method = config.method
+    has_anomalies = bool((support_y == 1).any())
+    if method == "auto":
+        if has_anomalies:
+            method = "f1"
+        elif pool_scores is not None and len(pool_scores) > 0:
+            method = "contamination"
+        else:
+            method = "normal_quantile"
+    if method == "f1":
+        if not has_anomalies:
+            raise ValueError("threshold method 'f1' needs labelled anomalies in the support")
+        return _best_f1_threshold(support_scores, support_y), method
+    if method == "contamination":
+        if pool_scores is None or len(pool_scores) == 0:
+            raise ValueError("threshold method 'contamination' needs an unlabelled pool")
+        return float(np.quantile(pool_scores, 1.0 - config.contamination)), method
+    normals = support_scores[support_y == 0]
+    return float(np.quantile(normals, config.normal_quantile)), method
+
+
+def _best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """The cut maximising F1, placed midway between neighbouring scores (ties: the higher cut)."""
+    order = np.argsort(-scores, kind="stable")
+    s, labels = scores[order], y[order]
+    tp = np.cumsum(labels == 1)
+    fp = np.cumsum(labels == 0)
+    positives = tp[-1]
+    f1 = 2 * tp / (tp + fp + positives)
+    # Only cut between distinct scores; flagging rows 0..k means threshold in (s[k+1], s[k]).
+    valid = np.append(s[:-1] > s[1:], True)
+    best = int(np.flatnonzero(valid)[np.argmax(f1[valid])])
+    if best == len(s) - 1:
+        return float(s[-1] - 1e-6 * max(1.0, abs(float(s[-1]))))
+    return float((s[best] + s[best + 1]) / 2)

@@ -1,0 +1,167 @@
+"""Run tracking: ``metrics.jsonl`` always, Weights & Biases when enabled.
+
+W&B is imported only when tracking is on, never prompts and never needs the network: the default
+mode is ``offline`` unless the user configured W&B (``WANDB_MODE`` or an API key). Offline runs
+sync later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TrackingMode = Literal["auto", "online", "offline", "disabled"]
+
+
+@dataclass
+class TrackingConfig:
+    """Where and how a run is tracked."""
+
+    mode: TrackingMode = "auto"
+    """``auto``: ``WANDB_MODE`` if set, else ``online`` when an API key is configured, else
+    ``offline``. ``disabled`` writes no W&B files."""
+    project: str = "metakd"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (user or team); null uses the account default."""
+    group: str | None = None
+    """W&B run group (e.g. one sweep or experiment)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B run tags."""
+    name: str | None = None
+    """W&B run name; null lets W&B choose."""
+
+
+def resolve_mode(mode: TrackingMode) -> Literal["online", "offline", "disabled"]:
+    """The concrete W&B mode for ``mode`` in the current environment."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env  # type: ignore[return-value]
+    if env == "dryrun":
+        return "offline"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalar (tensors and numpy numbers become floats; NaN becomes null)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Run:
+    """One tracked job (meta-train, adapt or evaluate) writing into ``out_dir``.
+
+    Args:
+        out_dir: the run directory; ``metrics.jsonl`` (and W&B's ``wandb/`` folder) go here.
+        config: the resolved config as plain data.
+        tracking: tracking settings.
+        job_type: W&B job type, e.g. ``meta-train``.
+    """
+
+    def __init__(
+        self, out_dir: Path, *, config: dict[str, Any], tracking: TrackingConfig, job_type: str
+    ) -> None:
+        self.out_dir = out_dir
+        self.mode = resolve_mode(tracking.mode)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self._metrics = self.metrics_path.open("w")
+        self.wandb_run: Any = None
+        if self.mode != "disabled":
+            import wandb  # lazy: W&B costs start-up time and is only needed when tracking is on
+
+            self.wandb_run = wandb.init(
+                project=tracking.project,
+                entity=tracking.entity,
+                group=tracking.group,
+                tags=list(tracking.tags),
+                name=tracking.name,
+                config=config,
+                dir=str(out_dir),
+                mode=self.mode,
+                job_type=job_type,
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def log(self, metrics: dict[str, Any], *, step: int) -> None:
+        """Log scalar metrics at ``step`` to ``metrics.jsonl`` and W&B."""
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        """Record final metrics (W&B run summary; a ``summary`` line in ``metrics.jsonl``)."""
+        plain = {k: _plain(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps({"summary": plain}) + "\n")
+        self._metrics.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(plain)
+
+    def log_artifact(
+        self,
+        path: Path,
+        *,
+        name: str,
+        type: str,
+        aliases: list[str],
+        metadata: dict[str, Any] | None = None,
+        uses: list[str] | None = None,
+    ) -> None:
+        """Log ``path`` as a W&B Artifact (no-op when disabled).
+
+        ``uses`` names artifacts (``name:alias``) this one was made from, recording lineage.
+        """
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        for ref in uses or []:
+            self.wandb_run.use_artifact(ref)
+        artifact = wandb.Artifact(name, type=type, metadata=metadata or {})
+        artifact.add_file(str(path))
+        self.wandb_run.log_artifact(artifact, aliases=aliases)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a ``wandb.Table`` (no-op when disabled)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def log_image(self, key: str, path: Path) -> None:
+        """Log an image file (no-op when disabled)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        self.wandb_run.log({key: wandb.Image(str(path))})
+
+    def finish(self) -> None:
+        """Close ``metrics.jsonl`` and the W&B run."""
+        self._metrics.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()

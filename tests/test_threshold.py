@@ -1,0 +1,56 @@
+"""Threshold calibration with and without anomaly labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metakd.threshold import ThresholdConfig, calibrate_threshold
+
+
+def test_normals_only_threshold_is_high_not_the_lowest_score() -> None:
+    rng = np.random.default_rng(0)
+    normals = rng.normal(size=10)
+    threshold, method = calibrate_threshold(normals, np.zeros(10), None, ThresholdConfig())
+    assert method == "normal_quantile"
+    # The anomalib failure mode would put it at the lowest normal score.
+    assert threshold > np.sort(normals)[-3]
+    fresh = rng.normal(size=10_000)
+    assert (fresh > threshold).mean() < 0.15
+
+
+def test_pool_contamination_quantile() -> None:
+    pool = np.arange(1000, dtype=float)
+    threshold, method = calibrate_threshold(
+        np.zeros(5), np.zeros(5), pool, ThresholdConfig(contamination=0.05)
+    )
+    assert method == "contamination"
+    assert (pool > threshold).mean() == pytest.approx(0.05, abs=0.002)
+
+
+def test_with_anomaly_shots_f1_threshold_separates_support() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 2.0, 3.0])
+    y = np.array([0, 0, 0, 0, 1, 1])
+    threshold, method = calibrate_threshold(scores, y, np.linspace(0, 3, 50), ThresholdConfig())
+    assert method == "f1"
+    assert 0.35 < threshold < 2.0
+    assert threshold == pytest.approx((0.35 + 2.0) / 2)
+
+
+def test_f1_threshold_with_overlap_and_ties() -> None:
+    scores = np.array([1.0, 1.0, 2.0, 2.0, 3.0])
+    y = np.array([0, 1, 0, 1, 1])
+    threshold, _ = calibrate_threshold(scores, y, None, ThresholdConfig(method="f1"))
+    predicted = scores > threshold
+    tp = (predicted & (y == 1)).sum()
+    f1 = 2 * tp / (predicted.sum() + (y == 1).sum())
+    assert f1 == pytest.approx(max(2 * 3 / (5 + 3), 2 * 2 / (3 + 3), 2 * 1 / (1 + 3)))
+
+
+def test_explicit_methods_need_their_inputs() -> None:
+    with pytest.raises(ValueError, match="labelled anomalies"):
+        calibrate_threshold(np.zeros(3), np.zeros(3), None, ThresholdConfig(method="f1"))
+    with pytest.raises(ValueError, match="unlabelled pool"):
+        calibrate_threshold(np.zeros(3), np.zeros(3), None, ThresholdConfig(method="contamination"))
+    with pytest.raises(ValueError, match="contamination"):
+        ThresholdConfig(contamination=0.7)
