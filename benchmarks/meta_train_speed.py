@@ -118,8 +118,10 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; second-order MAML, "
-          f"{STEPS} inner steps, {SHOTS} shots, {QUERY} query rows")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; second-order MAML, "
+        f"{STEPS} inner steps, {SHOTS} shots, {QUERY} query rows"
+    )
     peak = matmul_peak(args.seconds)
     print(f"matmul peak (2048² float32): {peak / 1e9:.1f} GFLOP/s\n")
     header = f"{'model':>6} {'B':>3} | {'metakd':>9} {'loop':>9} {'higher':>9} | {'×loop':>6} {'×higher':>8} | {'max|Δg|':>8}"
@@ -131,7 +133,9 @@ def main() -> None:
         )
         for b in batches:
             batch = make_batch(b, d)
-            diff = (grads_of(ours, learner, batch) - grads_of(with_higher, learner, batch)).abs().max()
+            diff = (
+                (grads_of(ours, learner, batch) - grads_of(with_higher, learner, batch)).abs().max()
+            )
             t_ours = time_it(ours, learner, batch, args.seconds)
             t_loop = time_it(loop, learner, batch, args.seconds)
             t_higher = time_it(with_higher, learner, batch, args.seconds)
@@ -146,11 +150,15 @@ def main() -> None:
         print()
     t_ours, t_higher, executed, dense = flop_report
     print(f"large model, meta-batch {max(batches)} (tasks/s above are in tasks per second):")
-    print(f"  metakd executes {executed / 1e9:.2f} GFLOP per meta-batch: "
-          f"{executed / t_ours / 1e9:.1f} GFLOP/s = {executed / t_ours / peak:.0%} of matmul peak")
-    print(f"  the dense formulation needs {dense / 1e9:.2f} GFLOP: higher achieves "
-          f"{dense / t_higher / 1e9:.1f} GFLOP/s = {dense / t_higher / peak:.0%} of peak; "
-          f"metakd's dense-equivalent rate is {dense / t_ours / peak:.0%} of peak")
+    print(
+        f"  metakd executes {executed / 1e9:.2f} GFLOP per meta-batch: "
+        f"{executed / t_ours / 1e9:.1f} GFLOP/s = {executed / t_ours / peak:.0%} of matmul peak"
+    )
+    print(
+        f"  the dense formulation needs {dense / 1e9:.2f} GFLOP: higher achieves "
+        f"{dense / t_higher / 1e9:.1f} GFLOP/s = {dense / t_higher / peak:.0%} of peak; "
+        f"metakd's dense-equivalent rate is {dense / t_ours / peak:.0%} of peak"
+    )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,28 @@ from torch import Tensor
 
 from metakd import configio
 from metakd.checkpoint import load_checkpoint, save_checkpoint
+from metakd.data.readers import ReadOptions, read_task
 from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig, align_features
 from metakd.distill import DistillConfig, distill
 from metakd.errors import DataError, MetakdError
 from metakd.meta.inner import adapt, centre_of
 from metakd.meta.learners import Algorithm, InnerConfig
 from metakd.meta.losses import inner_loss_fn
-from metakd.models.deploy import DeployedScorer, Preprocessor, ScoreHead, StudentConfig, build_student
+from metakd.models.deploy import (
+    DeployedScorer,
+    Preprocessor,
+    ScoreHead,
+    StudentConfig,
+    build_student,
+)
 from metakd.models.stack import StackParams
-from metakd.models.teachers import LogitScorer, ModelConfig, Teacher, build_teacher, count_parameters
+from metakd.models.teachers import (
+    LogitScorer,
+    ModelConfig,
+    Teacher,
+    build_teacher,
+    count_parameters,
+)
 from metakd.threshold import ThresholdConfig, calibrate_threshold
 from metakd.tracking import TrackingConfig
 
@@ -48,6 +61,8 @@ class AdaptConfig:
     """Threshold calibration."""
     seed: int = 0
     """Seeds the student's initialisation and distillation batches."""
+    read: ReadOptions = field(default_factory=ReadOptions)
+    """How the support, unlabelled and eval files are read (label column, ignored columns, ...)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Run tracking."""
 
@@ -86,7 +101,9 @@ class TeacherBundle:
                 path=str(path),
             )
         except (KeyError, RuntimeError, MetakdError) as err:
-            raise DataError(str(path), f"teacher checkpoint is incomplete or inconsistent ({err})") from None
+            raise DataError(
+                str(path), f"teacher checkpoint is incomplete or inconsistent ({err})"
+            ) from None
 
     def layer_rates(self) -> float | tuple[tuple[Tensor, Tensor | None], ...]:
         """The inner step size(s) to adapt with (Meta-SGD's learned rates when present)."""
@@ -100,9 +117,11 @@ class TeacherBundle:
 
 
 def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    t = torch.tensor(np.asarray(x, dtype=np.float32))  # a copy: callers' arrays may be read-only
     if t.ndim != 2 or t.shape[0] == 0:
-        raise MetakdError(f"{name}: expected a non-empty 2-d array of rows, got shape {tuple(t.shape)}")
+        raise MetakdError(
+            f"{name}: expected a non-empty 2-d array of rows, got shape {tuple(t.shape)}"
+        )
     if not torch.isfinite(t).all():
         raise MetakdError(f"{name}: contains NaN or infinite values")
     return t
@@ -122,21 +141,36 @@ class FewShotDetector:
         report_: sizes, parameter counts, timings, fidelity and thresholds.
     """
 
-    def __init__(self, teacher: TeacherBundle | str | Path, *, config: AdaptConfig | None = None) -> None:
+    def __init__(
+        self, teacher: TeacherBundle | str | Path, *, config: AdaptConfig | None = None
+    ) -> None:
         self.teacher = teacher
         self.config = config if config is not None else AdaptConfig()
 
     def fit(
-        self, X: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None, unlabeled: np.ndarray | Tensor | None = None
+        self,
+        X: np.ndarray | Tensor,
+        y: np.ndarray | Tensor | None = None,
+        unlabeled: np.ndarray | Tensor | None = None,
     ) -> FewShotDetector:
         """Adapt to labelled support rows ``X [n, d]`` (``y``: 0 normal, 1 anomaly; default all
         normal) and optional unlabelled rows ``unlabeled [m, d]`` of the same domain."""
-        bundle = self.teacher if isinstance(self.teacher, TeacherBundle) else TeacherBundle.load(self.teacher)
+        bundle = (
+            self.teacher
+            if isinstance(self.teacher, TeacherBundle)
+            else TeacherBundle.load(self.teacher)
+        )
         cfg = self.config
         support = _as_rows("support", X)
-        labels = torch.zeros(support.shape[0]) if y is None else torch.as_tensor(np.asarray(y), dtype=torch.float32)
+        labels = (
+            torch.zeros(support.shape[0])
+            if y is None
+            else torch.as_tensor(np.asarray(y), dtype=torch.float32)
+        )
         if labels.shape != (support.shape[0],):
-            raise MetakdError(f"support labels: expected {support.shape[0]} labels, got shape {tuple(labels.shape)}")
+            raise MetakdError(
+                f"support labels: expected {support.shape[0]} labels, got shape {tuple(labels.shape)}"
+            )
         bad = sorted(set(labels.unique().tolist()) - {0.0, 1.0})
         if bad:
             raise MetakdError(f"support labels must be 0 (normal) or 1 (anomaly); found {bad[0]:g}")
@@ -156,19 +190,37 @@ class FewShotDetector:
         inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
         teacher = copy.deepcopy(bundle.teacher)
         loss = inner_loss_fn(
-            inner.loss, has_anomalies=bool((labels == 1).any()), score_is_logit=teacher.score_is_logit
+            inner.loss,
+            has_anomalies=bool((labels == 1).any()),
+            score_is_logit=teacher.score_is_logit,
         )
-        params = StackParams.from_layers([(l.weight.detach(), None if l.bias is None else l.bias.detach()) for l in teacher.layers])
+        params = StackParams.from_layers(
+            [
+                (layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+                for layer in teacher.layers
+            ]
+        )
         adapted, _ = adapt(
-            params, xs, labels, teacher=teacher, loss=loss, steps=inner.steps,
+            params,
+            xs,
+            labels,
+            teacher=teacher,
+            loss=loss,
+            steps=inner.steps,
             lr=inner.lr if "lr" in cfg.inner else bundle.layer_rates(),
             first_order=True,  # no meta-gradient is needed here
             layers=(len(teacher.layers) - 1,) if inner.layers == "head" else None,
         )
-        teacher.load_stack(StackParams.from_layers([(w.detach(), None if b is None else b.detach()) for w, b in adapted.materialize()]))
+        teacher.load_stack(
+            StackParams.from_layers(
+                [(w.detach(), None if b is None else b.detach()) for w, b in adapted.materialize()]
+            )
+        )
         if teacher.needs_centre:
             with torch.no_grad():
-                teacher.centre.copy_(centre_of(adapted, teacher=teacher, support_x=xs, support_y=labels))
+                teacher.centre.copy_(
+                    centre_of(adapted, teacher=teacher, support_x=xs, support_y=labels)
+                )
         teacher.eval()
         timings["adapt_seconds"] = time.perf_counter() - tick
 
@@ -192,8 +244,13 @@ class FewShotDetector:
         if cfg.student:
             tick = time.perf_counter()
             result = distill(
-                lambda x: teacher_net(x), xs, labels, xp,
-                teacher_threshold=t_threshold, config=cfg.distill, seed=cfg.seed,
+                lambda x: teacher_net(x),
+                xs,
+                labels,
+                xp,
+                teacher_threshold=t_threshold,
+                config=cfg.distill,
+                seed=cfg.seed,
             )
             timings["distill_seconds"] = time.perf_counter() - tick
             student_net = ScoreHead(result.student)
@@ -218,7 +275,9 @@ class FewShotDetector:
         return self
 
     @staticmethod
-    def _fit_preprocess(bundle: TeacherBundle, support: Tensor, pool: Tensor | None) -> Preprocessor:
+    def _fit_preprocess(
+        bundle: TeacherBundle, support: Tensor, pool: Tensor | None
+    ) -> Preprocessor:
         """Scaling fitted on the support and the pool (never on rows to be evaluated)."""
         d = support.shape[1]
         expected = bundle.teacher.input_dim
@@ -226,7 +285,9 @@ class FewShotDetector:
         if kind == "none" and d != expected:
             raise MetakdError(f"the data has {d} features but the teacher takes {expected}")
         if kind == "pad" and d > expected:
-            raise MetakdError(f"the data has {d} features, more than the teacher's padded width {expected}")
+            raise MetakdError(
+                f"the data has {d} features, more than the teacher's padded width {expected}"
+            )
         rows = support if pool is None else torch.cat([support, pool])
         scaler = Scaler.fit(rows, bundle.scaling)
         projection = align_features(torch.eye(d), bundle.alignment) if kind != "none" else None
@@ -249,17 +310,26 @@ class FewShotDetector:
         paths = {"teacher": out_dir / "teacher.pt"}
         teacher = self.teacher_scorer_.net.teacher
         _save_scorer(
-            paths["teacher"], self.teacher_scorer_, net="teacher",
+            paths["teacher"],
+            self.teacher_scorer_,
+            net="teacher",
             spec={"model": configio.to_dict(self._bundle.model), "input_dim": teacher.input_dim},
-            state=teacher.state_dict(), info={"teacher_checkpoint": self._bundle.path},
+            state=teacher.state_dict(),
+            info={"teacher_checkpoint": self._bundle.path},
         )
         if self.student_scorer_ is not None:
             student = self.student_scorer_.net.net
             paths["student"] = out_dir / "student.pt"
             _save_scorer(
-                paths["student"], self.student_scorer_, net="student",
-                spec={"student": configio.to_dict(self._student_config), "input_dim": student[0].in_features},
-                state=student.state_dict(), info={"teacher_checkpoint": self._bundle.path},
+                paths["student"],
+                self.student_scorer_,
+                net="student",
+                spec={
+                    "student": configio.to_dict(self._student_config),
+                    "input_dim": student[0].in_features,
+                },
+                state=student.state_dict(),
+                info={"teacher_checkpoint": self._bundle.path},
             )
             paths["torchscript"] = out_dir / "student.torchscript.pt"
             export_torchscript(self.student_scorer_, paths["torchscript"])
@@ -269,12 +339,22 @@ class FewShotDetector:
 def _scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
     x = _as_rows("data", X)
     if x.shape[1] != scorer.preprocess.input_dim:
-        raise MetakdError(f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}")
+        raise MetakdError(
+            f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}"
+        )
     with torch.no_grad():
         return scorer(x).numpy()
 
 
-def _save_scorer(path: Path, scorer: DeployedScorer, *, net: Literal["teacher", "student"], spec: dict[str, Any], state: dict[str, Tensor], info: dict[str, Any]) -> None:
+def _save_scorer(
+    path: Path,
+    scorer: DeployedScorer,
+    *,
+    net: Literal["teacher", "student"],
+    spec: dict[str, Any],
+    state: dict[str, Tensor],
+    info: dict[str, Any],
+) -> None:
     p = scorer.preprocess
     save_checkpoint(
         path,
@@ -284,7 +364,9 @@ def _save_scorer(path: Path, scorer: DeployedScorer, *, net: Literal["teacher", 
             "spec": spec,
             "state_dict": {k: v.detach().cpu() for k, v in state.items()},
             "preprocess": {
-                "center": p.center, "scale": p.scale, "clip": p.clip,
+                "center": p.center,
+                "scale": p.scale,
+                "clip": p.clip,
                 "projection": p.projection if p.use_projection else None,
             },
             "threshold": scorer.threshold,
@@ -299,17 +381,25 @@ def load_scorer(path: str | Path) -> DeployedScorer:
     try:
         spec, pre = data["spec"], data["preprocess"]
         if data["net"] == "teacher":
-            teacher = build_teacher(int(spec["input_dim"]), configio.from_dict(ModelConfig, spec["model"]))
+            teacher = build_teacher(
+                int(spec["input_dim"]), configio.from_dict(ModelConfig, spec["model"])
+            )
             teacher.load_state_dict(data["state_dict"])
             net: torch.nn.Module = LogitScorer(teacher)
         else:
-            student = build_student(int(spec["input_dim"]), configio.from_dict(StudentConfig, spec["student"]))
+            student = build_student(
+                int(spec["input_dim"]), configio.from_dict(StudentConfig, spec["student"])
+            )
             student.load_state_dict(data["state_dict"])
             net = ScoreHead(student)
-        preprocess = Preprocessor(pre["center"], pre["scale"], float(pre["clip"]), pre["projection"])
+        preprocess = Preprocessor(
+            pre["center"], pre["scale"], float(pre["clip"]), pre["projection"]
+        )
         return DeployedScorer(preprocess, net, float(data["threshold"])).eval()
     except (KeyError, RuntimeError, MetakdError) as err:
-        raise DataError(str(path), f"detector checkpoint is incomplete or inconsistent ({err})") from None
+        raise DataError(
+            str(path), f"detector checkpoint is incomplete or inconsistent ({err})"
+        ) from None
 
 
 def score_rows(scorer: DeployedScorer, X: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -327,3 +417,126 @@ def export_torchscript(scorer: DeployedScorer, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(scorer)
         atomic_write_bytes(path, lambda f: torch.jit.save(scripted, f))
+
+
+def _metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    predicted = (scores > threshold).astype(np.int64)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, predicted, average="binary", zero_division=0
+    )
+    return {
+        "auroc": float(roc_auc_score(y, scores)),
+        "auprc": float(average_precision_score(y, scores)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }
+
+
+def run_adapt(
+    config: AdaptConfig,
+    *,
+    teacher_path: Path,
+    support_path: Path,
+    unlabeled_path: Path | None,
+    eval_path: Path | None,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """``metakd adapt``: read the files, fit a :class:`FewShotDetector`, save it and its report.
+
+    Returns the report written to ``out_dir/report.json``.
+    """
+    import dataclasses
+    import json
+
+    from metakd.checkpoint import atomic_write_text
+    from metakd.tracking import Run
+
+    bundle = TeacherBundle.load(teacher_path)
+    support = read_task(support_path, config.read)
+    if (support.y == -1).any():
+        first = int(np.flatnonzero(support.y == -1)[0])
+        raise DataError(
+            str(support_path),
+            f"{int((support.y == -1).sum())} unlabelled rows (first: row {first}); every support "
+            f"row needs a label (0 normal, 1 anomaly) in column '{config.read.label_column}'",
+        )
+    pool = None
+    if unlabeled_path is not None:
+        pool = read_task(unlabeled_path, dataclasses.replace(config.read, require_labels=False))
+    evaluation = None
+    if eval_path is not None:
+        evaluation = read_task(eval_path, dataclasses.replace(config.read, require_labels=True))
+        if (evaluation.y == -1).any() or len(np.unique(evaluation.y)) < 2:
+            raise DataError(
+                str(eval_path), "evaluation rows need both labels (0 and 1) and no unlabelled rows"
+            )
+    for _name, task in (("unlabeled", pool), ("eval", evaluation)):
+        if task is not None and task.n_features != support.n_features:
+            raise DataError(
+                task.source,
+                f"has {task.n_features} features but the support has {support.n_features}",
+            )
+
+    with Run(
+        out_dir, config=configio.to_dict(config), tracking=config.tracking, job_type="adapt"
+    ) as run:
+        detector = FewShotDetector(bundle, config=config).fit(
+            support.X, support.y, unlabeled=None if pool is None else pool.X
+        )
+        paths = detector.save(out_dir)
+        report = dict(detector.report_)
+        report["files"] = {k: str(v) for k, v in paths.items()}
+        report["teacher_checkpoint"] = str(teacher_path)
+        if evaluation is not None:
+            report["eval"] = {}
+            for net, scorer in (
+                ("teacher", detector.teacher_scorer_),
+                ("student", detector.student_scorer_),
+            ):
+                if scorer is not None:
+                    report["eval"][net] = _metrics(
+                        _scores(scorer, evaluation.X), evaluation.y, scorer.threshold
+                    )
+            report["eval_rows"] = evaluation.n_rows
+        for point in report.get("distill_history", []):
+            run.log(
+                {"distill/loss": point["loss"], "distill/fidelity": point["fidelity"]},
+                step=int(point["step"]),
+            )
+        flat = {
+            k: v
+            for k, v in report.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        flat |= {f"timings/{k}": v for k, v in report["timings"].items()}
+        for net, values in report.get("eval", {}).items():
+            flat |= {f"eval/{net}/{k}": v for k, v in values.items()}
+        run.summary(flat)
+        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        if "student" in paths:
+            run.log_artifact(
+                paths["student"],
+                name="student",
+                type="model",
+                aliases=["latest"],
+                metadata={
+                    "teacher_checkpoint": str(teacher_path),
+                    "fidelity": report.get("fidelity_spearman"),
+                },
+                uses=[("teacher", teacher_path)],
+            )
+        run.log_artifact(
+            paths["teacher"],
+            name="adapted-teacher",
+            type="model",
+            aliases=["latest"],
+            metadata={"teacher_checkpoint": str(teacher_path)},
+        )
+    return report

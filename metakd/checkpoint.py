@@ -54,7 +54,9 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a valid checkpoint"
-        raise DataError(str(path), f"not a loadable metakd checkpoint ({type(err).__name__})") from None
+        raise DataError(
+            str(path), f"not a loadable metakd checkpoint ({type(err).__name__})"
+        ) from None
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt not in {f"metakd.{k}" for k in kinds}:
         expected = " or ".join(kinds)

@@ -66,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
 
 
-def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
     """Load a :class:`TrainConfig` from optional YAML plus ``key=value`` overrides."""
     return configio.load(TrainConfig, path, overrides)

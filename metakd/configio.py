@@ -39,14 +39,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if type(None) in options:
                 return None
             raise ConfigError(f"config key '{key}': null is not allowed")
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        candidates = [option for option in options if option is not type(None)]
+        if len(candidates) == 1:
+            # "X | None": report X's own, more specific error (e.g. a bad nested key).
+            return _convert(value, candidates[0], key)
+        for option in candidates:
             try:
                 return _convert(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in get_args(tp):

@@ -9,7 +9,7 @@ do not depend on the teacher's score units.
 Loss (Hinton et al. 2015, adapted to one anomaly logit):
 ``α · soft + (1 - α) · hard + β · regression`` where
 soft = BCE(σ((s - z_τ)/T), σ((z - z_τ)/T)), hard = BCE with the teacher's thresholded labels
-(true labels on the support rows), regression = MSE(s, z); ``z_τ`` is the teacher's threshold.
+(true labels on the support rows), regression = MSE(asinh s, asinh z); ``z_τ`` is the teacher's threshold.
 Training stops early on fidelity (Spearman correlation between student and teacher) measured on
 a held-out part of the pool.
 """
@@ -97,7 +97,9 @@ def distillation_loss(
     soft_target = torch.sigmoid((teacher - threshold) / temperature)
     soft = F.binary_cross_entropy_with_logits((student - threshold) / temperature, soft_target)
     hard_loss = F.binary_cross_entropy_with_logits(student - threshold, hard)
-    regression = F.mse_loss(student, teacher)
+    # asinh keeps the order but compresses the far tail, so a few extreme anomalies cannot
+    # dominate the fit among the bulk of rows whose ranking matters most.
+    regression = F.mse_loss(torch.asinh(student), torch.asinh(teacher))
     return alpha * soft + (1.0 - alpha) * hard_loss + regression_weight * regression
 
 
@@ -167,10 +169,12 @@ def distill(
     z_fidelity = target(fidelity_x)
 
     student = build_student(train_x.shape[1], config.student)
-    optimiser = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(
+        student.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     n_aug = int(round(config.augment_fraction * config.batch_size))
     n_real = config.batch_size - n_aug
-    best_state, best_fidelity, best_step, stale = copy.deepcopy(student.state_dict()), -2.0, 0, 0
+    best_state, best_fidelity, _best_step, stale = copy.deepcopy(student.state_dict()), -2.0, 0, 0
     history: list[dict[str, float]] = []
     step = 0
     for step in range(1, config.steps + 1):
@@ -196,10 +200,13 @@ def distill(
         optimiser.step()
         if step % config.eval_every == 0 or step == config.steps:
             fidelity = _fidelity(student, fidelity_x, z_fidelity)
-            history.append({"step": step, "loss": float(loss), "fidelity": fidelity})
+            history.append({"step": step, "loss": loss.item(), "fidelity": fidelity})
             if fidelity > best_fidelity + 1e-4:
-                best_state, best_fidelity, best_step, stale = (
-                    copy.deepcopy(student.state_dict()), fidelity, step, 0,
+                best_state, best_fidelity, _best_step, stale = (
+                    copy.deepcopy(student.state_dict()),
+                    fidelity,
+                    step,
+                    0,
                 )
             else:
                 stale += 1
@@ -208,12 +215,18 @@ def distill(
     student.load_state_dict(best_state)
     student.eval()
     return DistillResult(
-        student=student, fidelity=best_fidelity, steps=step, history=history,
-        offset=offset, scale=scale,
+        student=student,
+        fidelity=best_fidelity,
+        steps=step,
+        history=history,
+        offset=offset,
+        scale=scale,
     )
 
 
-def _augment(x: Tensor, n: int, *, mixup_alpha: float, noise_std: float, gen: torch.Generator) -> Tensor:
+def _augment(
+    x: Tensor, n: int, *, mixup_alpha: float, noise_std: float, gen: torch.Generator
+) -> Tensor:
     """``n`` rows near the data: mixup of random pairs (if enabled) plus Gaussian noise."""
     if n == 0:
         return x[:0]

@@ -121,18 +121,21 @@ class Run:
         type: str,
         aliases: list[str],
         metadata: dict[str, Any] | None = None,
-        uses: list[str] | None = None,
+        uses: list[tuple[str, Path]] | None = None,
     ) -> None:
         """Log ``path`` as a W&B Artifact (no-op when disabled).
 
-        ``uses`` names artifacts (``name:alias``) this one was made from, recording lineage.
+        ``uses`` lists ``(artifact name, file)`` pairs this one was made from: each file is
+        declared as an input artifact of the run, so W&B records the lineage (offline too).
         """
         if self.wandb_run is None:
             return
         import wandb
 
-        for ref in uses or []:
-            self.wandb_run.use_artifact(ref)
+        for source_name, source_path in uses or []:
+            source = wandb.Artifact(source_name, type=type)
+            source.add_file(str(source_path))
+            self.wandb_run.use_artifact(source)
         artifact = wandb.Artifact(name, type=type, metadata=metadata or {})
         artifact.add_file(str(path))
         self.wandb_run.log_artifact(artifact, aliases=aliases)

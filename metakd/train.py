@@ -72,6 +72,9 @@ def stack_episodes(episodes: list[EpisodeBatch]) -> EpisodeBatch:
         query_y=cat("query_y"),
         pool_x=cat("pool_x") if episodes[0].pool_x is not None else None,
         task_names=[n for e in episodes for n in e.task_names],
+        support_index=[i for e in episodes for i in e.support_index],
+        query_index=[i for e in episodes for i in e.query_index],
+        pool_index=[i for e in episodes for i in e.pool_index],
     )
 
 
@@ -114,7 +117,9 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
     sampler = EpisodeSampler(
         train_tasks, config.episode, scaling=config.scaling, alignment=alignment, seed=config.seed
     )
-    val_batch = _held_out(val_tasks, config, alignment, per_task=config.val_episodes, seed=config.seed + 1)
+    val_batch = _held_out(
+        val_tasks, config, alignment, per_task=config.val_episodes, seed=config.seed + 1
+    )
     if val_batch is None:
         warnings.warn(
             f"{collection.source}: no usable meta-val tasks; keeping the last iterate", stacklevel=2
@@ -152,12 +157,22 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
                 if val_batch is not None and (
                     iteration % config.val_every == 0 or iteration == config.iterations
                 ):
-                    val = float(np.mean(list(few_shot_auroc(learner, val_batch.to(config.device)).values())))
+                    val = float(
+                        np.mean(list(few_shot_auroc(learner, val_batch.to(config.device)).values()))
+                    )
                     metrics["val_auroc"] = val
                     if best_auroc is None or val > best_auroc:
                         best_auroc, best_iteration = val, iteration
                         best_state = copy.deepcopy(learner.state_dict())
-                        _save(out_dir / "teacher.pt", learner, config, alignment, collection, iteration, val)
+                        _save(
+                            out_dir / "teacher.pt",
+                            learner,
+                            config,
+                            alignment,
+                            collection,
+                            iteration,
+                            val,
+                        )
                         metrics["best_val_auroc"] = val
                 run.log(metrics, step=iteration)
                 info = f"loss {metrics['outer_loss']:.3f}"
@@ -166,11 +181,15 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
                 bar.update(job, advance=1, info=info)
         if val_batch is None:
             best_iteration, best_state = config.iterations, learner.state_dict()
-            _save(out_dir / "teacher.pt", learner, config, alignment, collection, best_iteration, None)
+            _save(
+                out_dir / "teacher.pt", learner, config, alignment, collection, best_iteration, None
+            )
         learner.load_state_dict(best_state)
 
         test_auroc: dict[str, float] = {}
-        test_batch = _held_out(test_tasks, config, alignment, per_task=config.test_episodes, seed=config.seed + 2)
+        test_batch = _held_out(
+            test_tasks, config, alignment, per_task=config.test_episodes, seed=config.seed + 2
+        )
         if test_batch is not None:
             test_batch = test_batch.to(config.device)
             baseline = build_learner(config, input_dim, seed=config.seed + 10_000).to(config.device)
@@ -200,7 +219,9 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
     )
 
 
-def _meta_step(learner: MetaLearner, optimiser: torch.optim.Optimizer, batch: EpisodeBatch, *, grad_clip: float):
+def _meta_step(
+    learner: MetaLearner, optimiser: torch.optim.Optimizer, batch: EpisodeBatch, *, grad_clip: float
+):
     optimiser.zero_grad(set_to_none=True)
     if learner.meta.algorithm == "reptile":
         grads, stats = learner.reptile_gradients(
@@ -209,7 +230,9 @@ def _meta_step(learner: MetaLearner, optimiser: torch.optim.Optimizer, batch: Ep
         for param, grad in zip(learner.teacher.parameters(), grads, strict=True):
             param.grad = grad
     else:
-        loss, stats = learner.meta_loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        loss, stats = learner.meta_loss(
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y
+        )
         loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
@@ -232,8 +255,12 @@ def _held_out(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unusable held-out tasks were reported at load time
             return fixed_episodes(
-                tasks, config.episode, scaling=config.scaling, alignment=alignment,
-                per_task=per_task, seed=seed,
+                tasks,
+                config.episode,
+                scaling=config.scaling,
+                alignment=alignment,
+                per_task=per_task,
+                seed=seed,
             )
     except DataError:
         return None

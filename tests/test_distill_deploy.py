@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from metakd.distill import DistillConfig, distill, distillation_loss
-from metakd.models.deploy import DeployedScorer, Preprocessor, ScoreHead, StudentConfig, build_student
+from metakd.models.deploy import (
+    DeployedScorer,
+    Preprocessor,
+    ScoreHead,
+    StudentConfig,
+    build_student,
+)
 
 
 def _teacher() -> nn.Module:
@@ -30,7 +36,9 @@ def test_student_reaches_high_fidelity_and_is_deterministic() -> None:
     a = distill(score, support, torch.zeros(10), pool, teacher_threshold=thr, config=config, seed=0)
     b = distill(score, support, torch.zeros(10), pool, teacher_threshold=thr, config=config, seed=0)
     assert a.fidelity > 0.9
-    for (ka, va), (kb, vb) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(
+        a.student.state_dict().items(), b.student.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
     assert a.history and all("fidelity" in h for h in a.history)
 
@@ -65,7 +73,9 @@ def test_torchscript_export_gives_identical_scores(tmp_path: Path) -> None:
         "import sys, torch; m = torch.jit.load(sys.argv[1]); "
         "assert 'metakd' not in sys.modules; print(m(torch.zeros(3, 5)).shape)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
     assert "torch.Size([3])" in out.stdout
 
 

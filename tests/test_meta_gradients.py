@@ -41,7 +41,9 @@ def _batch(anomaly_shots: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _teacher(kind: str) -> Teacher:
     torch.manual_seed(0)
-    return build_teacher(D, ModelConfig(kind=kind, hidden=[7, 6], embedding_dim=3, activation="tanh"))
+    return build_teacher(
+        D, ModelConfig(kind=kind, hidden=[7, 6], embedding_dim=3, activation="tanh")
+    )
 
 
 def _higher_reference(learner: MetaLearner, batch, *, head_only: bool) -> list[Tensor]:
@@ -86,8 +88,15 @@ def _loop_reference(learner: MetaLearner, batch, *, first_order: bool) -> list[T
     total = sx.new_zeros(())
     for b in range(B):
         adapted, _ = adapt(
-            teacher.stack_params(), sx[b], sy[b], teacher=teacher, loss=learner.inner_loss,
-            steps=STEPS, lr=LR, first_order=first_order, layers=learner.adapted_layers(),
+            teacher.stack_params(),
+            sx[b],
+            sy[b],
+            teacher=teacher,
+            loss=learner.inner_loss,
+            steps=STEPS,
+            lr=LR,
+            first_order=first_order,
+            layers=learner.adapted_layers(),
         )
         q, _ = task_scores(adapted, qx[b], teacher=teacher, support_x=sx[b], support_y=sy[b])
         total = total + learner.outer_loss(score_logits(teacher, q), qy[b]) / B
@@ -108,7 +117,9 @@ def _assert_close(a: list[Tensor], b: list[Tensor]) -> None:
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_second_order_matches_higher_and_loop(kind: str, algorithm: str) -> None:
     learner = MetaLearner(
-        _teacher(kind), inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(algorithm=algorithm),
+        _teacher(kind),
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm=algorithm),
         anomaly_shots=1,
     )
     batch = _batch()
@@ -134,7 +145,9 @@ def test_one_class_support_matches_higher() -> None:
 def test_fomaml_is_maml_without_second_order_terms() -> None:
     teacher = _teacher("mlp")
     fomaml = MetaLearner(
-        teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(algorithm="fomaml"),
+        teacher,
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm="fomaml"),
         anomaly_shots=1,
     )
     batch = _batch()
@@ -149,14 +162,18 @@ def test_fomaml_is_maml_without_second_order_terms() -> None:
             leaves = {k: v.requires_grad_() for k, v in params.items()}
             loss = fomaml.inner_loss(functional_call(teacher, leaves, (sx[b],)), sy[b])
             grads = torch.autograd.grad(loss, list(leaves.values()))
-            params = {k: (v - LR * g).detach() for (k, v), g in zip(leaves.items(), grads, strict=True)}
+            params = {
+                k: (v - LR * g).detach() for (k, v), g in zip(leaves.items(), grads, strict=True)
+            }
         leaves = {k: v.requires_grad_() for k, v in params.items()}
         q = functional_call(teacher, leaves, (qx[b],))
         grads = torch.autograd.grad(fomaml.outer_loss(q, qy[b]) / B, list(leaves.values()))
         expected = [e + g for e, g in zip(expected, grads, strict=True)]
     _assert_close(ours, expected)
     maml = MetaLearner(
-        teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(algorithm="maml"),
+        teacher,
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm="maml"),
         anomaly_shots=1,
     )
     assert max((a - b).abs().max() for a, b in zip(_ours(maml, batch), ours, strict=True)) > 1e-6
@@ -165,7 +182,9 @@ def test_fomaml_is_maml_without_second_order_terms() -> None:
 def test_reptile_update_equals_formula() -> None:
     teacher = _teacher("mlp")
     learner = MetaLearner(
-        teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(algorithm="reptile"),
+        teacher,
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm="reptile"),
         anomaly_shots=1,
     )
     sx, sy, qx, qy = _batch()
@@ -179,7 +198,9 @@ def test_reptile_update_equals_formula() -> None:
             leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
             loss = learner.inner_loss(functional_call(teacher, leaves, (x[b],)), y[b])
             g = torch.autograd.grad(loss, list(leaves.values()))
-            params = {k: (v - LR * gk).detach() for (k, v), gk in zip(leaves.items(), g, strict=True)}
+            params = {
+                k: (v - LR * gk).detach() for (k, v), gk in zip(leaves.items(), g, strict=True)
+            }
         phis.append(params)
     for got, name in zip(grads, theta, strict=True):
         expected = theta[name] - torch.stack([phi[name] for phi in phis]).mean(0)
@@ -189,7 +210,9 @@ def test_reptile_update_equals_formula() -> None:
 def test_metasgd_rates_get_gradients_and_match_loop() -> None:
     teacher = _teacher("mlp")
     learner = MetaLearner(
-        teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(algorithm="metasgd"),
+        teacher,
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm="metasgd"),
         anomaly_shots=1,
     )
     with torch.no_grad():
@@ -218,7 +241,9 @@ def test_metasgd_rates_get_gradients_and_match_loop() -> None:
 def test_adaptation_never_changes_meta_parameters_in_place() -> None:
     teacher = _teacher("svdd")
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-    learner = MetaLearner(teacher, inner=InnerConfig(steps=3, lr=LR), meta=MetaConfig(), anomaly_shots=1)
+    learner = MetaLearner(
+        teacher, inner=InnerConfig(steps=3, lr=LR), meta=MetaConfig(), anomaly_shots=1
+    )
     learner.meta_loss(*_batch())
     learner.adapted_scores(*_batch()[:3])
     for k, v in teacher.state_dict().items():
@@ -228,6 +253,8 @@ def test_adaptation_never_changes_meta_parameters_in_place() -> None:
 @pytest.mark.parametrize("kind", ["mlp", "svdd", "autoencoder"])
 def test_inner_step_lowers_support_loss(kind: str) -> None:
     teacher = _teacher(kind)
-    learner = MetaLearner(teacher, inner=InnerConfig(steps=1, lr=1e-3), meta=MetaConfig(), anomaly_shots=1)
+    learner = MetaLearner(
+        teacher, inner=InnerConfig(steps=1, lr=1e-3), meta=MetaConfig(), anomaly_shots=1
+    )
     _, stats = learner.meta_loss(*_batch())
     assert (stats.support_loss_after < stats.support_loss_before).all()

@@ -140,7 +140,9 @@ def task_scores(
     return scores[..., n:], scores[..., :n]
 
 
-def centre_of(params: StackParams, *, teacher: Teacher, support_x: Tensor, support_y: Tensor) -> Tensor:
+def centre_of(
+    params: StackParams, *, teacher: Teacher, support_x: Tensor, support_y: Tensor
+) -> Tensor:
     """Deployment centre of a centre-based teacher: mean embedding of the support normals."""
     out, _ = stack_forward(params, support_x, activation=teacher.activation)
     return _centre(out, 1.0 - support_y)

@@ -130,7 +130,9 @@ class MetaLearner(nn.Module):
             first_order=first_order,
             layers=self.adapted_layers(),
         )
-        q_scores, s_scores = task_scores(adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy)
+        q_scores, s_scores = task_scores(
+            adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy
+        )
         return q_scores, before, self.inner_loss(s_scores, sy)
 
     # -- MAML family ---------------------------------------------------------------------------
@@ -213,7 +215,9 @@ class MetaLearner(nn.Module):
                 grads.append((params.biases[layer] - bias).mean(0).detach())
         with torch.no_grad():
             q_scores, s_scores = vmap(
-                lambda sx, sy, qx: task_scores(params, qx, teacher=self.teacher, support_x=sx, support_y=sy)
+                lambda sx, sy, qx: task_scores(
+                    params, qx, teacher=self.teacher, support_x=sx, support_y=sy
+                )
             )(support_x, support_y, query_x)
             after = vmap(self.inner_loss)(s_scores, support_y)
             outer = vmap(self.outer_loss)(score_logits(self.teacher, q_scores), query_y)

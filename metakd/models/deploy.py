@@ -57,7 +57,9 @@ class Preprocessor(nn.Module):
         projection: ``[d, D]`` alignment matrix, or ``None`` when features are used as they are.
     """
 
-    def __init__(self, center: Tensor, scale: Tensor, clip: float, projection: Tensor | None) -> None:
+    def __init__(
+        self, center: Tensor, scale: Tensor, clip: float, projection: Tensor | None
+    ) -> None:
         super().__init__()
         self.register_buffer("center", center.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())

@@ -38,7 +38,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
+            raise ValueError(
+                f"hidden must be a non-empty list of positive widths, got {self.hidden}"
+            )
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
 

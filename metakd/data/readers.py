@@ -1,0 +1,439 @@
+"""Read one task file (``.npz``, ``.csv``/``.tsv``/``.txt`` or ``.parquet``) into a :class:`Task`.
+
+All readers share one set of rules, so a task means the same thing whatever its format:
+
+* every column that is neither the label column nor ignored is a feature and must be numeric;
+* labels are 0 (normal), 1 (anomaly) or -1/empty (unlabelled); other values need a label map;
+* features must be finite, unless ``nonfinite="drop"``, which drops the rows and warns.
+
+Each problem raises :class:`~metakd.errors.DataError` naming the file and the column, row or
+value at fault; nothing is silently dropped, coerced or truncated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from metakd.data.task import Task
+from metakd.errors import ConfigError, DataError
+
+#: File suffixes :func:`read_task` understands (lower case).
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".npz", ".csv", ".tsv", ".txt", ".parquet")
+
+# Candidate delimiters for .csv/.txt, in order of preference when two fit equally well.
+_DELIMITERS = (",", ";", "\t", "|")
+_SNIFF_LINES = 100
+
+
+@dataclass
+class ReadOptions:
+    """How to turn a task file into features and labels.
+
+    Attributes:
+        label_column: Column holding the labels in csv/tsv/txt/parquet files (``.npz`` files
+            always use the array ``y``). When the file has no such column every row is
+            unlabelled (-1), unless ``require_labels`` is set.
+        ignore_columns: Columns that are neither features nor labels (timestamps, ids, other
+            annotations). Each must exist in the file, so a typo cannot turn a column meant to
+            be ignored into a feature.
+        label_map: Raw label -> 0, 1 or -1. Keys are the label as text (``"2"``, ``"attack"``); a
+            numeric key also matches numerically equal values (``"2"`` matches ``2.0``). Values
+            not in the map must be 0/1/-1 or empty, as without a map.
+        nonfinite: ``"error"`` rejects NaN/inf/missing feature values naming the column and the
+            first bad row; ``"drop"`` drops those rows and warns with the count.
+        require_labels: Raise if the file has no label column (or ``.npz`` array ``y``).
+    """
+
+    label_column: str = "label"
+    ignore_columns: list[str] = field(default_factory=list)
+    label_map: dict[str, int] | None = None
+    nonfinite: Literal["error", "drop"] = "error"
+    require_labels: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.label_column:
+            raise ConfigError("read.label_column must be a non-empty string")
+        if self.label_column in self.ignore_columns:
+            raise ConfigError(
+                f"read.ignore_columns contains the label column '{self.label_column}'"
+            )
+        if self.nonfinite not in ("error", "drop"):
+            raise ConfigError(f"read.nonfinite must be 'error' or 'drop', got {self.nonfinite!r}")
+        for key, value in (self.label_map or {}).items():
+            if isinstance(value, bool) or value not in (-1, 0, 1):
+                raise ConfigError(
+                    f"read.label_map['{key}'] must be 0 (normal), 1 (anomaly) or -1 "
+                    f"(unlabelled), got {value!r}"
+                )
+
+
+def read_task(
+    path: str | Path, options: ReadOptions | None = None, *, name: str | None = None
+) -> Task:
+    """Read one task file.
+
+    Args:
+        path: A ``.npz`` (arrays ``X`` [n, d] and optional ``y`` [n]), ``.csv``, ``.tsv``,
+            ``.txt`` (delimiter detected among ``, ; tab |``) or ``.parquet`` file.
+        options: Label, ignored-column and non-finite handling; defaults to ``ReadOptions()``.
+        name: Task name; defaults to the file name without its suffix.
+
+    Returns:
+        The task, with ``X`` float32 ``[n, d]`` and ``y`` int64 ``[n]``.
+
+    Raises:
+        DataError: The file is missing, empty, unreadable or has bad values; the message names
+            the file and the column, row or value at fault.
+    """
+    options = ReadOptions() if options is None else options
+    path = Path(path)
+    where = str(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(where, "file not found" if not path.exists() else "not a file")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            where,
+            f"unsupported file type '{path.suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)})",
+        )
+    if path.stat().st_size == 0:
+        raise DataError(where, "file is empty")
+
+    if suffix == ".npz":
+        X, labels, feature_names = _read_npz(path, where)
+    else:
+        frame = (
+            _read_parquet(path, where) if suffix == ".parquet" else _read_text(path, where, options)
+        )
+        X, labels, feature_names = _split_frame(frame, where, options)
+
+    label_source = "array 'y'" if suffix == ".npz" else f"label column '{options.label_column}'"
+    if labels is not None:
+        y = _map_labels(labels, where, label_source, options)
+    elif options.require_labels:
+        raise DataError(where, f"no {label_source} (read.require_labels is set)")
+    else:
+        y = np.full(X.shape[0], -1, dtype=np.int64)
+
+    X32, keep = _check_finite(X, feature_names, where, options.nonfinite)
+    if keep is not None:
+        X32, y = X32[keep], y[keep]
+    return Task(
+        name=path.stem if name is None else name,
+        X=X32,
+        y=y,
+        feature_names=tuple(feature_names),
+        source=where,
+    )
+
+
+# --------------------------------------------------------------------------------------- npz
+
+
+def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    try:
+        # allow_pickle=False: a task file must never be able to run code on load.
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(where, f"cannot read .npz archive ({err})") from None
+    if "X" not in arrays:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise DataError(where, f"no array 'X' in the archive (arrays: {found})")
+    X = arrays["X"]
+    if X.ndim != 2:
+        raise DataError(where, f"array 'X' must be 2-D [rows, features], got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(where, f"array 'X' must be numeric, got dtype {X.dtype}")
+    if X.shape[0] == 0:
+        raise DataError(where, "no rows (array 'X' is empty)")
+    if X.shape[1] == 0:
+        raise DataError(where, "no feature columns (array 'X' has 0 columns)")
+
+    if "feature_names" in arrays:
+        names_array = arrays["feature_names"]
+        if names_array.shape != (X.shape[1],) or names_array.dtype.kind != "U":
+            raise DataError(
+                where,
+                f"array 'feature_names' must hold {X.shape[1]} strings, got "
+                f"{names_array.dtype} array of shape {names_array.shape}",
+            )
+        feature_names = [str(n) for n in names_array]
+        _check_unique(feature_names, where)
+    else:
+        feature_names = [f"x{j}" for j in range(X.shape[1])]
+
+    labels = arrays.get("y")
+    if labels is not None:
+        if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+            raise DataError(
+                where, f"array 'y' must have shape ({X.shape[0]},) to match 'X', got {labels.shape}"
+            )
+        if labels.dtype.kind not in "biufUO":
+            raise DataError(where, f"array 'y' has unsupported dtype {labels.dtype}")
+    return X, labels, feature_names
+
+
+# --------------------------------------------------------------------------- delimited text
+
+
+def _read_text(path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            head = list(islice(handle, _SNIFF_LINES + 1))
+    except UnicodeDecodeError as err:
+        raise DataError(where, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    truncated = len(head) > _SNIFF_LINES
+    sample = "".join(head[:_SNIFF_LINES])
+    if not sample.strip():
+        raise DataError(where, "file is empty")
+
+    sep = "\t" if path.suffix.lower() == ".tsv" else _detect_delimiter(sample, truncated, where)
+    header = next(csv.reader(io.StringIO(sample), delimiter=sep))
+    for position, column in enumerate(header, start=1):
+        if not column.strip():
+            raise DataError(
+                where,
+                f"column {position} has no name in the header (an index written by pandas?); "
+                "name it and list it in read.ignore_columns if it is not a feature",
+            )
+    _check_unique(header, where)
+
+    # The label column is read as text so label_map sees labels exactly as written.
+    dtype = {options.label_column: str} if options.label_column in header else None
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=dtype, encoding="utf-8-sig", low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(where, "file is empty") from None
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as err:
+        raise DataError(where, f"cannot parse as delimited text ({_first_line(err)})") from None
+    return frame
+
+
+def _detect_delimiter(sample: str, truncated: bool, where: str) -> str:
+    """The delimiter that splits every sampled line into the same number (> 1) of fields.
+
+    Parsing with :mod:`csv` (not counting characters) keeps quoted delimiters, such as a
+    decimal comma inside ``"1,5"``, from counting. Among consistent candidates the one giving the
+    most fields wins. With no consistent candidate the one with the widest header is returned so
+    that the parser reports the first malformed line.
+    """
+    counts: dict[str, list[int]] = {}
+    for sep in _DELIMITERS:
+        rows = [len(row) for row in csv.reader(io.StringIO(sample), delimiter=sep) if row]
+        # A sample cut after _SNIFF_LINES lines may end inside a quoted multi-line field.
+        counts[sep] = rows[:-1] if truncated and len(rows) > 1 else rows
+    consistent = [s for s in _DELIMITERS if counts[s][0] > 1 and len(set(counts[s])) == 1]
+    if consistent:
+        return max(consistent, key=lambda s: counts[s][0])  # max keeps the first on ties
+    widest = max(_DELIMITERS, key=lambda s: counts[s][0])
+    if counts[widest][0] > 1:
+        return widest
+    if all(len(set(c)) == 1 for c in counts.values()):
+        return ","  # a single column: any delimiter parses it
+    raise DataError(where, "cannot detect the delimiter (tried , ; tab |)")
+
+
+def _read_parquet(path: Path, where: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(where, f"cannot read parquet file ({_first_line(err)})") from None
+    columns = [str(c) for c in frame.columns]
+    _check_unique(columns, where)
+    frame.columns = columns
+    return frame
+
+
+def _split_frame(
+    frame: pd.DataFrame, where: str, options: ReadOptions
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Separate a table into features ``[n, d]`` (float64), raw labels ``[n]`` and names."""
+    columns = list(frame.columns)
+    missing = [c for c in options.ignore_columns if c not in columns]
+    if missing:
+        raise DataError(
+            where,
+            f"ignored column '{missing[0]}' is not in the file (columns: {', '.join(columns)})",
+        )
+    if len(frame) == 0:
+        raise DataError(where, "no data rows")
+    labels = None
+    if options.label_column in columns:
+        labels = frame[options.label_column].to_numpy(dtype=object)
+    features = [c for c in columns if c != options.label_column and c not in options.ignore_columns]
+    if not features:
+        raise DataError(
+            where,
+            f"no feature columns (columns: {', '.join(columns)}; label column "
+            f"'{options.label_column}', ignored: {', '.join(options.ignore_columns) or 'none'})",
+        )
+    for column in features:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_complex_dtype(
+            series.dtype
+        ):
+            continue
+        coerced = pd.to_numeric(series, errors="coerce")
+        bad = coerced.isna() & series.notna()
+        detail = ""
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            detail = f" (row {row}: {series.iloc[row]!r})"
+        raise DataError(
+            where,
+            f"column '{column}' is not numeric{detail}; list it in read.ignore_columns or set "
+            "read.label_column to it",
+        )
+    X = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
+    return X, labels, features
+
+
+# ---------------------------------------------------------------------------------- labels
+
+
+def _map_labels(raw: np.ndarray, where: str, column: str, options: ReadOptions) -> np.ndarray:
+    """Map raw labels ``[n]`` (any dtype) to int64 ``{1, 0, -1}``.
+
+    Each distinct value is resolved once; missing values (NaN, None, empty or blank text) are
+    unlabelled.
+    """
+    if raw.dtype.kind in "biu" and not options.label_map:
+        uniques, codes = np.unique(raw, return_inverse=True)
+    else:
+        codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+    lookup = _LabelLookup(options.label_map)
+    # The extra last entry serves factorize's missing-value code -1.
+    table = np.full(len(uniques) + 1, -1, dtype=np.int64)
+    for i, value in enumerate(uniques):
+        label = lookup(value)
+        if label is None:
+            row = int(np.argmax(codes == i))
+            hint = "add it to read.label_map" if options.label_map else "map it with read.label_map"
+            raise DataError(
+                where,
+                f"{column} has value {_show(value)} at row {row}; labels must be 0 (normal), "
+                f"1 (anomaly) or -1/empty (unlabelled): {hint}",
+            )
+        table[i] = label
+    return table[np.asarray(codes, dtype=np.int64)]
+
+
+class _LabelLookup:
+    """Resolve one raw label value to 1/0/-1, or None when it is not a valid label."""
+
+    def __init__(self, label_map: dict[str, int] | None) -> None:
+        self.by_text: dict[str, int] = {}
+        self.by_number: dict[float, int] = {}
+        for key, value in (label_map or {}).items():
+            text = str(key).strip()
+            self.by_text[text] = value
+            number = _as_number(text)
+            if number is not None:
+                self.by_number[number] = value
+
+    def __call__(self, value: Any) -> int | None:
+        text = value.strip() if isinstance(value, str) else None
+        if text == "":
+            return -1
+        number = _as_number(text if text is not None else value)
+        if text is not None and text in self.by_text:
+            return self.by_text[text]
+        if number is not None and number in self.by_number:
+            return self.by_number[number]
+        if text is None and str(value) in self.by_text:
+            return self.by_text[str(value)]
+        if number is not None and number in (0.0, 1.0, -1.0):
+            return int(number)
+        return None
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return repr(value if not isinstance(value, np.generic) else value.item())
+
+
+# ------------------------------------------------------------------------------- features
+
+
+def _check_finite(
+    X: np.ndarray, names: Sequence[str], where: str, policy: Literal["error", "drop"]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cast ``X [n, d]`` to float32 and apply the non-finite policy.
+
+    Returns:
+        The float32 features and, under ``"drop"`` with bad rows, a boolean keep-mask ``[n]``.
+    """
+    with np.errstate(over="ignore"):
+        X32 = X.astype(np.float32)
+    finite = np.isfinite(X32)
+    if finite.all():
+        return X32, None
+    if policy == "error":
+        bad_col = int(np.argmax(~finite.all(axis=0)))
+        row = int(np.argmax(~finite[:, bad_col]))
+        raw = X[row, bad_col]
+        count = int(np.count_nonzero(~finite[:, bad_col]))
+        if np.isnan(raw):
+            what = "missing/NaN value"
+        elif np.isinf(raw):
+            what = f"value {raw}"
+        else:
+            what = f"value {raw:g} (overflows float32)"
+        raise DataError(
+            where,
+            f"column '{names[bad_col]}' has {count} non-finite value(s): first {what} at row "
+            f"{row}; set read.nonfinite: drop to drop such rows",
+        )
+    keep: np.ndarray = np.asarray(finite.all(axis=1))
+    dropped = int(np.count_nonzero(~keep))
+    if dropped == len(keep):
+        raise DataError(where, f"all {dropped} rows have non-finite feature values")
+    warnings.warn(
+        f"{where}: dropped {dropped} of {len(keep)} rows with non-finite feature values",
+        stacklevel=3,
+    )
+    return X32, keep
+
+
+def _check_unique(columns: Sequence[str], where: str) -> None:
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen:
+            raise DataError(where, f"duplicate column name '{column}'")
+        seen.add(column)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,121 @@
+"""``metakd tasks list`` and ``metakd tasks show``, in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from metakd.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """Task name -> the other cells of each body row of a rich table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells and cells[0] not in ("", "task"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_tasks_list_shows_builtins_and_manifests(tmp_path, monkeypatch):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text("description: my bench\nfiles: [x.csv]\n")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("tasks", "list")
+    assert result.exit_code == 0, result.output
+    for expected in ("digits", "synthetic", "built-in", "mine", "manifest", "my bench"):
+        assert expected in result.stdout
+
+
+def test_tasks_show_directory(npz_dir):
+    result = invoke("tasks", "show", str(npz_dir), "--query-size", "12")
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["1_alpha", "2_beta", "3_delta", "10_gamma", "20_eps"]
+    assert rows["1_alpha"][1:] == ["60", "4", "6 (10.0%)", "yes"]
+    assert rows["20_eps"][1:] == ["60", "4", "10 (16.7%)", "yes"]
+    assert sorted(row[0] for row in rows.values()) == ["test", "train", "train", "train", "val"]
+    assert "5 tasks (train 3, val 1, test 1)" in result.stdout
+
+
+def test_tasks_show_usable_depends_on_shots(npz_dir):
+    usable = invoke("tasks", "show", str(npz_dir), "--query-size", "12")
+    assert "usable for episodes with shots=10, anomaly_shots=0, query_size=12: 5" in usable.stdout
+    fewer = invoke("tasks", "show", str(npz_dir), "--query-size", "12", "--anomaly-shots", "2")
+    assert "query_size=12: 3" in fewer.stdout
+    assert "not usable: 1_alpha: 6 anomalous rows, needs 8 (2 support + 6 query)" in fewer.stdout
+
+
+def test_tasks_show_builtin_and_feature_count_note(tmp_path):
+    digits = invoke("tasks", "show", "digits")
+    assert digits.exit_code == 0
+    assert "digit-7" in digits.stdout and "test" in digits.stdout
+    for name, d in [("a", 3), ("b", 5), ("c", 3)]:
+        np.savez(tmp_path / f"{name}.npz", X=np.ones((4, d)), y=np.array([0, 0, 0, 1]))
+    mixed = invoke("tasks", "show", str(tmp_path))
+    assert "note: " in mixed.stdout and "(3: a, c; 5: b)" in mixed.stdout
+
+
+def test_user_error_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,0\n2,7\n")
+    result = CliRunner().invoke(main, ["tasks", "show", str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: label column 'label' has value '7' at row 1; labels must be 0 (normal), "
+        "1 (anomaly) or -1/empty (unlabelled): map it with read.label_map"
+    ]
+    assert result.stdout == ""
+
+
+def test_warnings_are_printed_as_one_line(npz_dir):
+    result = invoke("tasks", "show", str(npz_dir / "1_alpha.npz"))
+    assert result.exit_code == 0
+    assert result.stderr.startswith("warning: ") and "only 1 task(s)" in result.stderr
+
+
+def test_python_m_metakd_bad_file_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,when\n1,noon\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metakd", "tasks", "show", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {bad}: column 'when' is not numeric")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (development data)")
+def test_shared_data_collections(monkeypatch):
+    monkeypatch.chdir(REPO)
+    classical = invoke("tasks", "show", str(SHARED_DATA / "adbench-classical"))
+    assert classical.exit_code == 0
+    rows = table_rows(classical.stdout)
+    assert len(rows) == 25
+    assert rows["14_glass"][1:] == ["214", "7", "9 (4.2%)", "no"]
+    skab = invoke("tasks", "show", "skab")
+    assert skab.exit_code == 0, skab.output
+    rows = table_rows(skab.stdout)
+    assert len(rows) == 30 and {"valve1/15", "other/14"} <= set(rows)
+    assert all(row[2] == "40" for row in rows.values())  # 8 sensors x 5 window statistics
