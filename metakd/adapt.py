@@ -25,7 +25,7 @@ from metakd.data.readers import ReadOptions, read_task
 from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig, align_features
 from metakd.distill import DistillConfig, distill
 from metakd.errors import DataError, MetakdError
-from metakd.meta.inner import adapt, centre_of
+from metakd.meta.inner import adapt, support_reference
 from metakd.meta.learners import Algorithm, InnerConfig
 from metakd.meta.losses import inner_loss_fn
 from metakd.models.deploy import (
@@ -88,7 +88,7 @@ class TeacherBundle:
         try:
             model = configio.from_dict(ModelConfig, data["model"])
             teacher = build_teacher(int(data["input_dim"]), model)
-            teacher.load_state_dict(data["state_dict"])
+            teacher.load_weights(data["state_dict"])
             return TeacherBundle(
                 teacher=teacher.eval(),
                 model=model,
@@ -216,11 +216,10 @@ class FewShotDetector:
                 [(w.detach(), None if b is None else b.detach()) for w, b in adapted.materialize()]
             )
         )
-        if teacher.needs_centre:
-            with torch.no_grad():
-                teacher.centre.copy_(
-                    centre_of(adapted, teacher=teacher, support_x=xs, support_y=labels)
-                )
+        if teacher.uses_reference:
+            teacher.store_reference(
+                support_reference(adapted, teacher=teacher, support_x=xs, support_y=labels)
+            )
         teacher.eval()
         timings["adapt_seconds"] = time.perf_counter() - tick
 
@@ -384,7 +383,7 @@ def load_scorer(path: str | Path) -> DeployedScorer:
             teacher = build_teacher(
                 int(spec["input_dim"]), configio.from_dict(ModelConfig, spec["model"])
             )
-            teacher.load_state_dict(data["state_dict"])
+            teacher.load_weights(data["state_dict"])
             net: torch.nn.Module = LogitScorer(teacher)
         else:
             student = build_student(

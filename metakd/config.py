@@ -27,15 +27,16 @@ def _episode_defaults() -> EpisodeConfig:
 class TrainConfig:
     """Everything ``metakd meta-train`` needs."""
 
-    tasks: str = "digits"
+    tasks: str = "synthetic"
     """Task collection: a built-in name, a manifest (path or name under ``tasks/``), a directory
     of task files, or a single file."""
     seed: int = 0
     """Seed for initialisation, episode sampling and splits."""
-    iterations: int = 1000
+    iterations: int = 600
     """Outer-loop steps (meta-batches)."""
-    val_every: int = 100
-    """Validate on the meta-val tasks every this many iterations (and at the end)."""
+    val_every: int = 25
+    """Validate on the meta-val tasks every this many iterations (and at the end); the best
+    checkpoint is kept, which is the main guard against meta-overfitting."""
     val_episodes: int = 4
     """Fixed episodes per meta-val task (the same ones at every validation)."""
     test_episodes: int = 5

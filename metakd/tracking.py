@@ -7,6 +7,7 @@ sync later with ``wandb sync``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -51,6 +52,14 @@ def resolve_mode(mode: TrackingMode) -> Literal["online", "offline", "disabled"]
     if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
         return "online"
     return "offline"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -125,18 +134,27 @@ class Run:
     ) -> None:
         """Log ``path`` as a W&B Artifact (no-op when disabled).
 
-        ``uses`` lists ``(artifact name, file)`` pairs this one was made from: each file is
-        declared as an input artifact of the run, so W&B records the lineage (offline too).
+        ``uses`` lists ``(artifact name, file)`` pairs this one was made from. Online, each is
+        declared an input of the run, so W&B draws the lineage graph; W&B forbids
+        ``use_artifact`` offline, so the name and SHA-256 of each source file are also recorded
+        in the artifact's metadata (``sources``), which identifies the exact source artifact.
         """
         if self.wandb_run is None:
             return
         import wandb
 
-        for source_name, source_path in uses or []:
-            source = wandb.Artifact(source_name, type=type)
-            source.add_file(str(source_path))
-            self.wandb_run.use_artifact(source)
-        artifact = wandb.Artifact(name, type=type, metadata=metadata or {})
+        metadata = dict(metadata or {})
+        if uses:
+            metadata["sources"] = [
+                {"artifact": source_name, "file": source_path.name, "sha256": _sha256(source_path)}
+                for source_name, source_path in uses
+            ]
+            if self.mode == "online":
+                for source_name, source_path in uses:
+                    source = wandb.Artifact(source_name, type=type)
+                    source.add_file(str(source_path))
+                    self.wandb_run.use_artifact(source)
+        artifact = wandb.Artifact(name, type=type, metadata=metadata)
         artifact.add_file(str(path))
         self.wandb_run.log_artifact(artifact, aliases=aliases)
 

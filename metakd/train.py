@@ -38,7 +38,7 @@ class TrainResult:
     best_iteration: int
     best_val_auroc: float | None
     test_auroc: dict[str, float]
-    """Mean held-out few-shot AUROC per method (``metakd``, ``random_init``)."""
+    """Mean held-out few-shot AUROC per method (``metakd``, ``random_init``, ``knn_support``)."""
     test_tasks: list[str]
     seconds: float
 
@@ -84,6 +84,19 @@ def few_shot_auroc(learner: MetaLearner, batch: EpisodeBatch) -> dict[str, float
     per_episode = auroc(scores, batch.query_y).tolist()
     by_task: dict[str, list[float]] = {}
     for name, value in zip(batch.task_names, per_episode, strict=True):
+        by_task.setdefault(name, []).append(value)
+    return {name: float(np.mean(values)) for name, values in by_task.items()}
+
+
+def knn_auroc(batch: EpisodeBatch, *, k: int = 5) -> dict[str, float]:
+    """Reference detector on the same episodes: mean distance to the ``k`` nearest support
+    normals (in the episode's scaled features), mean query AUROC per task."""
+    distance = torch.cdist(batch.query_x, batch.support_x)  # [B, q, n]
+    distance = distance + 1e12 * batch.support_y.unsqueeze(1)  # only normals are neighbours
+    k = min(k, int((batch.support_y == 0).sum(-1).min()))
+    scores = distance.topk(k, dim=-1, largest=False).values.mean(-1)
+    by_task: dict[str, list[float]] = {}
+    for name, value in zip(batch.task_names, auroc(scores, batch.query_y).tolist(), strict=True):
         by_task.setdefault(name, []).append(value)
     return {name: float(np.mean(values)) for name, values in by_task.items()}
 
@@ -196,6 +209,7 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
             test_auroc = {
                 "metakd": float(np.mean(list(few_shot_auroc(learner, test_batch).values()))),
                 "random_init": float(np.mean(list(few_shot_auroc(baseline, test_batch).values()))),
+                "knn_support": float(np.mean(list(knn_auroc(test_batch).values()))),
             }
         seconds = time.perf_counter() - start
         run.summary(

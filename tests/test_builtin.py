@@ -97,7 +97,7 @@ def test_synthetic_anomaly_types_have_their_defining_property():
 def test_builtin_collection_splits():
     digits = load_collection("digits")
     assert digits.splits == DIGITS_SPLIT and digits.source == "builtin:digits"
-    assert [t.name for t in digits.split("val")] == ["digit-6"]
+    assert [t.name for t in digits.split("val")] == ["digit-5", "digit-6"]
     custom = load_collection("digits", split=SplitConfig(seed=1, val=0.1, test=0.2))
     assert [len(custom.splits[k]) for k in ("train", "val", "test")] == [7, 1, 2]
 
@@ -105,3 +105,18 @@ def test_builtin_collection_splits():
     assert len(synthetic.tasks) == 40
     assert [len(synthetic.splits[k]) for k in ("train", "val", "test")] == [24, 8, 8]
     synthetic.check_alignment()
+
+
+def test_digits_held_out_digits_never_appear_in_meta_train_tasks() -> None:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pixels = {
+        row.tobytes(): int(t)
+        for row, t in zip((data.data / 16.0).astype(np.float32), data.target, strict=True)
+    }
+    for task in digits_collection():
+        k = int(task.name.split("-")[1])
+        seen = {pixels[row.tobytes()] for row in task.X}
+        group = next(g for g in ({0, 1, 2, 3, 4}, {5, 6}, {7, 8, 9}) if k in g)
+        assert seen <= group and k in seen, (task.name, seen)

@@ -55,7 +55,7 @@ def _higher_reference(learner: MetaLearner, batch, *, head_only: bool) -> list[T
     adapted = [p for p in adapted if p is not None]
     total = [torch.zeros_like(p) for p in params]
 
-    def scores(fm, x: Tensor, ref_x: Tensor, ref_y: Tensor) -> Tensor:
+    def scores(fm, x: Tensor, ref_x: Tensor, ref_y: Tensor, *, support: bool) -> Tensor:
         def stack(h: Tensor) -> Tensor:
             for i, layer in enumerate(fm.layers):
                 h = F.linear(h, layer.weight, layer.bias)
@@ -63,18 +63,17 @@ def _higher_reference(learner: MetaLearner, batch, *, head_only: bool) -> list[T
             return h
 
         out = stack(x)
-        if not teacher.needs_centre:
-            return teacher.head(out, x, None)
-        w = (1 - ref_y).unsqueeze(-1)
-        centre = (stack(ref_x) * w).sum(0) / w.sum()
-        return teacher.head(out, x, centre)
+        reference = teacher.reference(stack(ref_x), 1 - ref_y) if teacher.uses_reference else ()
+        return teacher.head(out, x, reference, leave_one_out=support)
 
     for b in range(B):
         opt = torch.optim.SGD(adapted, lr=LR)
         with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
             for _ in range(STEPS):
-                diffopt.step(learner.inner_loss(scores(fm, sx[b], sx[b], sy[b]), sy[b]))
-            q = scores(fm, qx[b], sx[b], sy[b])
+                diffopt.step(
+                    learner.inner_loss(scores(fm, sx[b], sx[b], sy[b], support=True), sy[b])
+                )
+            q = scores(fm, qx[b], sx[b], sy[b], support=False)
             loss = learner.outer_loss(score_logits(teacher, q), qy[b]) / B
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
@@ -113,7 +112,7 @@ def _assert_close(a: list[Tensor], b: list[Tensor]) -> None:
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "svdd", "autoencoder"])
+@pytest.mark.parametrize("kind", ["knn", "mlp", "svdd", "autoencoder"])
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_second_order_matches_higher_and_loop(kind: str, algorithm: str) -> None:
     learner = MetaLearner(
@@ -250,7 +249,7 @@ def test_adaptation_never_changes_meta_parameters_in_place() -> None:
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("kind", ["mlp", "svdd", "autoencoder"])
+@pytest.mark.parametrize("kind", ["knn", "mlp", "svdd", "autoencoder"])
 def test_inner_step_lowers_support_loss(kind: str) -> None:
     teacher = _teacher(kind)
     learner = MetaLearner(

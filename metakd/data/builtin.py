@@ -17,12 +17,16 @@ from metakd.data.task import Task
 #: Anomaly types of :func:`synthetic_collection`, cycled over tasks in this order.
 ANOMALY_TYPES: tuple[str, ...] = ("local", "global", "dependency", "clustered")
 
-#: Fixed split of ``digits``: digits 0-5 meta-train, 6 validation, 7-9 test.
+#: Fixed split of ``digits``: digits 0-4 meta-train, 5-6 validation, 7-9 test.
 DIGITS_SPLIT: dict[str, list[str]] = {
-    "train": [f"digit-{k}" for k in range(6)],
-    "val": ["digit-6"],
+    "train": [f"digit-{k}" for k in range(5)],
+    "val": ["digit-5", "digit-6"],
     "test": [f"digit-{k}" for k in range(7, 10)],
 }
+#: Digits per split group. A task's anomalies come only from the other digits of its own group,
+#: so no image of a held-out digit is ever seen during meta-training (as normal or anomaly):
+#: otherwise a teacher can memorise "7, 8 and 9 are anomalies", which inverts on held-out tasks.
+_DIGIT_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3, 4), (5, 6), (7, 8, 9))
 
 # ADBench §3.3 constants: local anomalies scale the covariance by 5, global anomalies are
 # uniform over the normal range widened by 1.1. The clustered shift is ADBench's alpha = 5.
@@ -38,7 +42,7 @@ def digits_collection(*, contamination: float = 0.1, seed: int = 0) -> list[Task
     """Ten one-vs-rest tasks from scikit-learn's 8x8 digits (1797 images, 64 features).
 
     Task ``digit-k`` holds every image of digit ``k`` as normal rows plus anomalies sampled
-    without replacement from the other digits, as many as make ``anomalies / rows`` equal
+    without replacement from the other digits of the same split group (0-4, 5-6, 7-9), as many as make ``anomalies / rows`` equal
     ``contamination`` (rounded). Rows keep the dataset's order; pixels are scaled to ``[0, 1]``.
 
     Args:
@@ -60,7 +64,8 @@ def digits_collection(*, contamination: float = 0.1, seed: int = 0) -> list[Task
     tasks = []
     for k in range(10):
         normal = np.flatnonzero(target == k)
-        others = np.flatnonzero(target != k)
+        group = next(g for g in _DIGIT_GROUPS if k in g)
+        others = np.flatnonzero(np.isin(target, [j for j in group if j != k]))
         n_anomalies = _round_half_up(contamination * len(normal) / (1 - contamination))
         rng = np.random.default_rng([seed, k])
         anomalous = rng.choice(others, size=n_anomalies, replace=False)

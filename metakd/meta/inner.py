@@ -28,12 +28,6 @@ from metakd.models.teachers import Teacher
 LayerRates = tuple[tuple[Tensor, Tensor | None], ...]
 
 
-def _centre(out: Tensor, normal_weight: Tensor) -> Tensor:
-    """Mean of the rows of ``out [n, k]`` weighted by ``normal_weight [n]`` (1 for normals)."""
-    w = normal_weight.unsqueeze(-1)
-    return (out * w).sum(-2) / w.sum(-2).clamp_min(1.0)
-
-
 def _support_loss(
     perturb: dict[int, Tensor],
     params: StackParams,
@@ -43,8 +37,9 @@ def _support_loss(
     loss: LossFn,
 ) -> tuple[Tensor, list[Tensor]]:
     out, inputs = stack_forward(params, x, activation=teacher.activation, perturb=perturb)
-    centre = _centre(out, 1.0 - y) if teacher.needs_centre else None
-    return loss(teacher.head(out, x, centre), y), inputs
+    reference = teacher.reference(out, 1.0 - y) if teacher.uses_reference else ()
+    scores = teacher.head(out, x, reference, leave_one_out=True)
+    return loss(scores, y), inputs
 
 
 def adapt(
@@ -119,8 +114,8 @@ def task_scores(
 ) -> tuple[Tensor, Tensor]:
     """Score rows of one task with its (adapted) parameters.
 
-    Centre-based heads need the support normals' embeddings under the same parameters; support and
-    ``x`` then share one forward pass.
+    Support-relative heads (centre, nearest neighbours) need the support's outputs under the same
+    parameters, so support and ``x`` share one forward pass. Support rows are scored leave-one-out.
 
     Args:
         params: the task's parameters.
@@ -135,14 +130,17 @@ def task_scores(
     n = support_x.shape[-2]
     both = torch.cat([support_x, x], dim=-2)
     out, _ = stack_forward(params, both, activation=teacher.activation)
-    centre = _centre(out[..., :n, :], 1.0 - support_y) if teacher.needs_centre else None
-    scores = teacher.head(out, both, centre)
-    return scores[..., n:], scores[..., :n]
+    reference = (
+        teacher.reference(out[..., :n, :], 1.0 - support_y) if teacher.uses_reference else ()
+    )
+    support_scores = teacher.head(out[..., :n, :], support_x, reference, leave_one_out=True)
+    return teacher.head(out[..., n:, :], x, reference), support_scores
 
 
-def centre_of(
+def support_reference(
     params: StackParams, *, teacher: Teacher, support_x: Tensor, support_y: Tensor
-) -> Tensor:
-    """Deployment centre of a centre-based teacher: mean embedding of the support normals."""
+) -> tuple[Tensor, ...]:
+    """The reference a support-relative head keeps for standalone scoring (see
+    :meth:`~metakd.models.teachers.Teacher.store_reference`)."""
     out, _ = stack_forward(params, support_x, activation=teacher.activation)
-    return _centre(out, 1.0 - support_y)
+    return teacher.reference(out, 1.0 - support_y)

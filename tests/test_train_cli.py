@@ -1,0 +1,272 @@
+"""Meta-training (learning test), and CLI smoke tests of meta-train, adapt and score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle, load_scorer
+from metakd.cli import main
+from metakd.config import load_train_config
+from metakd.data.builtin import synthetic_collection
+from metakd.threshold import ThresholdConfig
+from metakd.train import meta_train
+
+TINY = [
+    "tracking.mode=disabled",
+    "iterations=20",
+    "val_every=10",
+    "model.hidden=[32]",
+    "model.embedding_dim=8",
+    "episode.meta_batch=4",
+]
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    meta_train(load_train_config(None, ["tasks=synthetic", *TINY]), out_dir=out, progress=False)
+    return out / "teacher.pt"
+
+
+def test_meta_learning_beats_random_init_on_held_out_digits(tmp_path: Path) -> None:
+    config = load_train_config(
+        None, ["tasks=digits", "tracking.mode=disabled", "iterations=150", "test_episodes=8"]
+    )
+    result = meta_train(config, out_dir=tmp_path, progress=False)
+    assert result.test_tasks == ["digit-7", "digit-8", "digit-9"]
+    assert result.test_auroc["metakd"] > result.test_auroc["random_init"]
+    assert result.test_auroc["metakd"] > 0.85
+
+
+def test_meta_train_cli_writes_run_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["meta-train", "--tasks", "synthetic", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, args + [a for s in TINY for a in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    assert "Held-out few-shot AUROC" in result.output
+    data = torch.load(out / "teacher.pt", weights_only=True)
+    assert data["format"] == "metakd.teacher" and data["model"]["kind"] == "svdd"
+    assert data["inner"]["steps"] == 3 and data["metakd_version"]
+    assert load_train_config(out / "config.yaml").iterations == 20
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"outer_loss", "support_loss_before", "support_loss_after", "query_auroc"} <= set(
+        lines[0]
+    )
+    assert any("val_auroc" in line for line in lines) and "summary" in lines[-1]
+    assert not (out / "wandb").exists(), "tracking disabled writes no W&B files"
+
+
+def test_meta_train_same_seed_same_teacher(tmp_path: Path) -> None:
+    config = load_train_config(None, ["tasks=synthetic", *TINY])
+    meta_train(config, out_dir=tmp_path / "a", progress=False)
+    meta_train(config, out_dir=tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "teacher.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "model.hidnen=[8]"], "unknown config key 'model.hidnen'"),
+        (["--set", "iterations=many"], "config key 'iterations': expected an integer"),
+        (["--tasks", "no/such/dir"], "no/such/dir"),
+        (["--set", "meta.algorithm=maml2"], "config key 'meta.algorithm'"),
+    ],
+)
+def test_meta_train_cli_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        main, ["meta-train", "--out", str(tmp_path), "--no-progress", *args]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def _write_csv(path: Path, X: np.ndarray, y: np.ndarray | None) -> None:
+    header = [f"f{j}" for j in range(X.shape[1])] + (["label"] if y is not None else [])
+    rows = [
+        ",".join(f"{v:.9g}" for v in row) + (f",{int(t)}" if y is not None else "")
+        for row, t in zip(X, y if y is not None else np.zeros(len(X)), strict=True)
+    ]
+    path.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def domain() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A synthetic task the teacher never saw, split into support / pool / eval."""
+    task = synthetic_collection(n_tasks=1, seed=123)[0]
+    rng = np.random.default_rng(0)
+    normal = rng.permutation(np.flatnonzero(task.y == 0))
+    anomalous = rng.permutation(np.flatnonzero(task.y == 1))
+    support = np.concatenate([normal[:10], anomalous[:3]])
+    pool = np.concatenate([normal[10:200], anomalous[3:20]])
+    held = np.concatenate([normal[200:], anomalous[20:]])
+    return {
+        name: (task.X[i], task.y[i])
+        for name, i in (("support", support), ("pool", pool), ("eval", held))
+    }
+
+
+def test_adapt_and_score_cli_round_trip(tmp_path: Path, teacher_path: Path, domain) -> None:
+    X, y = domain["support"]
+    normals = y == 0
+    _write_csv(tmp_path / "support.csv", X[normals], y[normals])
+    _write_csv(tmp_path / "pool.csv", *domain["pool"])  # its labels must be ignored
+    _write_csv(tmp_path / "eval.csv", *domain["eval"])
+    out = tmp_path / "adapted"
+    result = CliRunner().invoke(
+        main,
+        [
+            "adapt",
+            "--teacher",
+            str(teacher_path),
+            "--support",
+            str(tmp_path / "support.csv"),
+            "--unlabeled",
+            str(tmp_path / "pool.csv"),
+            "--eval",
+            str(tmp_path / "eval.csv"),
+            "--out",
+            str(out),
+            "--set",
+            "tracking.mode=disabled",
+            "--set",
+            "distill.steps=100",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["support_rows"] == int(normals.sum()) and report["unlabeled_rows"] == len(
+        domain["pool"][1]
+    )
+    assert report["threshold_method"] == "contamination"
+    assert report["student_parameters"] < report["teacher_parameters"]
+    for net in ("teacher", "student"):
+        assert set(report["eval"][net]) == {"auroc", "auprc", "precision", "recall", "f1"}
+    assert -1.0 <= report["fidelity_spearman"] <= 1.0
+    # score: one row per input row, in order; the student's TorchScript twin gives equal scores.
+    scores_csv = tmp_path / "scores.csv"
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            "--model",
+            str(out / "student.pt"),
+            "--data",
+            str(tmp_path / "eval.csv"),
+            "--out",
+            str(scores_csv),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = scores_csv.read_text().splitlines()
+    assert lines[0] == "score,is_anomaly" and len(lines) == 1 + len(domain["eval"][1])
+    scores = np.array([float(line.split(",")[0]) for line in lines[1:]])
+    x = torch.tensor(domain["eval"][0])
+    scripted = torch.jit.load(str(out / "student.torchscript.pt"))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            scripted(x).numpy(), load_scorer(out / "student.pt")(x).numpy(), rtol=0, atol=0
+        )
+    np.testing.assert_allclose(scores, scripted(x).detach().numpy(), rtol=1e-6)
+    result = CliRunner().invoke(
+        main, ["score", "--model", str(out / "teacher.pt"), "--data", str(tmp_path / "eval.csv")]
+    )
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 1 + len(domain["eval"][1])
+
+
+def test_detector_contract_and_auroc_floor(teacher_path: Path, domain) -> None:
+    X, y = domain["support"]
+    config = AdaptConfig(student=False)
+    det = FewShotDetector(teacher_path, config=config).fit(X[y == 0], unlabeled=domain["pool"][0])
+    assert not hasattr(FewShotDetector(teacher_path), "threshold_"), (
+        "__init__ only stores parameters"
+    )
+    Xe, ye = domain["eval"]
+    scores = det.decision_function(Xe)
+    assert scores.shape == (len(ye),) and np.isfinite(scores).all()
+    assert roc_auc_score(ye, scores) > 0.8
+    assert set(np.unique(det.predict(Xe))) <= {0, 1}
+    np.testing.assert_array_equal(det.predict(Xe), (scores > det.threshold_).astype(int))
+
+
+def test_threshold_with_and_without_anomaly_shots(teacher_path: Path, domain) -> None:
+    X, y = domain["support"]
+    bundle = TeacherBundle.load(teacher_path)
+    config = AdaptConfig(student=False)
+    only_normals = FewShotDetector(bundle, config=config).fit(X[y == 0])
+    assert only_normals.report_["threshold_method"] == "normal_quantile"
+    support_scores = only_normals.decision_function(X[y == 0])
+    assert only_normals.threshold_ > np.sort(support_scores)[1], "not at the lowest normal score"
+    with_anomalies = FewShotDetector(bundle, config=config).fit(X, y)
+    assert with_anomalies.report_["threshold_method"] == "f1"
+    quantile = FewShotDetector(
+        bundle,
+        config=AdaptConfig(student=False, threshold=ThresholdConfig(method="normal_quantile")),
+    ).fit(X, y)
+    assert quantile.report_["threshold_method"] == "normal_quantile"
+
+
+def _adapt(tmp_path: Path, teacher_path: Path, support: Path, *extra: str):
+    return CliRunner().invoke(
+        main,
+        [
+            "adapt",
+            "--teacher",
+            str(teacher_path),
+            "--support",
+            str(support),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "tracking.mode=disabled",
+            *extra,
+        ],
+    )
+
+
+def test_adapt_errors(tmp_path: Path, teacher_path: Path, domain) -> None:
+    X, y = domain["support"]
+    unlabelled = tmp_path / "unlabelled.csv"
+    _write_csv(unlabelled, X, None)
+    result = _adapt(tmp_path, teacher_path, unlabelled)
+    assert result.exit_code == 2 and "unlabelled.csv" in result.output and "label" in result.output
+    partly = tmp_path / "partly.csv"
+    partly.write_text("f0,f1,label\n1,2,0\n3,4,\n")
+    result = _adapt(tmp_path, teacher_path, partly)
+    assert result.exit_code == 2 and "partly.csv: 1 unlabelled rows" in result.output
+    narrow = tmp_path / "narrow.csv"
+    _write_csv(narrow, X[:, :5], y)
+    result = _adapt(tmp_path, teacher_path, narrow)
+    assert (
+        result.exit_code == 2 and "5 features" in result.output and str(X.shape[1]) in result.output
+    )
+    only_anomalies = tmp_path / "anomalies.csv"
+    _write_csv(only_anomalies, X[y == 1], y[y == 1])
+    result = _adapt(tmp_path, teacher_path, only_anomalies)
+    assert result.exit_code == 2 and "at least one normal" in result.output
+    good = tmp_path / "good.csv"
+    _write_csv(good, X, y)
+    result = _adapt(tmp_path, teacher_path, good, "--set", "distill.alfa=1")
+    assert result.exit_code == 2 and "unknown config key 'distill.alfa'" in result.output
+    result = _adapt(tmp_path, teacher_path, tmp_path / "missing.csv")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    result = CliRunner().invoke(
+        main,
+        ["adapt", "--teacher", str(good), "--support", str(good), "--out", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 2 and "good.csv" in result.output
+
+
+def test_score_errors(tmp_path: Path, teacher_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(main, ["score", "--model", str(teacher_path), "--data", str(data)])
+    assert result.exit_code == 2 and "expected a metakd detector" in result.output
