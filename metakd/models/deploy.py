@@ -63,6 +63,10 @@ class Preprocessor(nn.Module):
         super().__init__()
         self.register_buffer("center", center.detach().clone().float())
         self.register_buffer("scale", scale.detach().clone().float())
+        # (x - c) / s == x * (1/s) + (-c/s): one fused addcmul instead of two passes over x, which
+        # matters because a small student costs less per row than elementwise work on wide rows.
+        self.register_buffer("inv_scale", 1.0 / self.scale)
+        self.register_buffer("shift", -self.center / self.scale)
         self.clip = float(clip)
         self.use_projection = projection is not None
         self.register_buffer(
@@ -75,7 +79,9 @@ class Preprocessor(nn.Module):
         return int(self.center.shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        z = ((x - self.center) / self.scale).clamp(-self.clip, self.clip)
+        z = torch.addcmul(self.shift, x, self.inv_scale)
+        if self.clip != float("inf"):
+            z = z.clamp_(-self.clip, self.clip)
         if self.use_projection:
             z = z @ self.projection
         return z
