@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -196,6 +196,51 @@ _SET_OPTION = click.option(
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set inner.steps=5 (repeatable).",
 )
+
+
+def _tracking_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the W&B tracking flags; :func:`_tracking_overrides` turns them into config overrides."""
+    options = [
+        click.option(
+            "--tracking",
+            "tracking_mode",
+            type=click.Choice(["auto", "online", "offline", "disabled"]),
+            default=None,
+            help="W&B mode (default: offline unless W&B is configured).",
+        ),
+        click.option("--wandb-project", default=None, help="W&B project."),
+        click.option("--wandb-entity", default=None, help="W&B entity (user or team)."),
+        click.option("--wandb-group", default=None, help="W&B run group."),
+        click.option("--wandb-tag", "wandb_tags", multiple=True, help="W&B run tag (repeatable)."),
+        click.option("--run-name", default=None, help="W&B run name."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _tracking_overrides(
+    tracking_mode: str | None,
+    wandb_project: str | None,
+    wandb_entity: str | None,
+    wandb_group: str | None,
+    wandb_tags: tuple[str, ...],
+    run_name: str | None,
+) -> list[str]:
+    import json
+
+    values = {
+        "mode": tracking_mode,
+        "project": wandb_project,
+        "entity": wandb_entity,
+        "group": wandb_group,
+        "name": run_name,
+        "tags": list(wandb_tags) or None,
+    }
+    # JSON is valid YAML and keeps strings strings (a run named "1e3" stays a string).
+    return [f"tracking.{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
+
+
 _PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
@@ -213,7 +258,7 @@ def _default_out(kind: str) -> str:
     "tasks_spec",
     default=None,
     metavar="PATH_OR_NAME",
-    help="Task collection (overrides the config's `tasks`; default: built-in digits).",
+    help="Task collection (overrides the config's `tasks`; default: built-in synthetic).",
 )
 @_CONFIG_OPTION
 @click.option(
@@ -221,19 +266,25 @@ def _default_out(kind: str) -> str:
 )
 @_SET_OPTION
 @_PROGRESS_OPTION
+@_tracking_options
+@click.argument("extra_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def meta_train_command(
     tasks_spec: str | None,
     config_path: str | None,
     out_dir: str | None,
     overrides: tuple[str, ...],
     progress: bool,
+    extra_overrides: tuple[str, ...],
+    **tracking: Any,
 ) -> None:
     """Meta-train a teacher on a task collection.
 
     Writes OUT/teacher.pt (best on meta-val), OUT/config.yaml and OUT/metrics.jsonl, then prints
-    held-out few-shot AUROC on the meta-test tasks.
+    held-out few-shot AUROC on the meta-test tasks. KEY=VALUE arguments are config overrides,
+    like --set (the form W&B sweep agents pass with ${args_no_hyphens}).
     """
-    run_guarded(lambda: _meta_train(tasks_spec, config_path, out_dir, list(overrides), progress))
+    every = [*overrides, *extra_overrides, *_tracking_overrides(**tracking)]
+    run_guarded(lambda: _meta_train(tasks_spec, config_path, out_dir, every, progress))
 
 
 def _meta_train(
@@ -313,6 +364,7 @@ def _meta_train(
 @click.option("--out", "out_dir", required=True, help="Output directory.")
 @_CONFIG_OPTION
 @_SET_OPTION
+@_tracking_options
 def adapt_command(
     teacher_path: str,
     support_path: str,
@@ -321,6 +373,7 @@ def adapt_command(
     out_dir: str,
     config_path: str | None,
     overrides: tuple[str, ...],
+    **tracking: Any,
 ) -> None:
     """Adapt a teacher to a new domain, distil a student and calibrate a threshold.
 
@@ -334,7 +387,7 @@ def adapt_command(
             eval_path,
             out_dir,
             config_path,
-            list(overrides),
+            [*overrides, *_tracking_overrides(**tracking)],
         )
     )
 

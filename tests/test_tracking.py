@@ -1,0 +1,228 @@
+"""Run tracking: offline W&B runs hold what was logged (read back from the run files),
+`disabled` writes no W&B files, and metrics.jsonl is written in every mode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from wandb.proto import wandb_internal_pb2
+
+from metakd.cli import main
+from metakd.data.builtin import synthetic_collection
+from metakd.tracking import resolve_mode
+
+TINY = [
+    "iterations=12",
+    "val_every=6",
+    "model.hidden=[16]",
+    "model.embedding_dim=4",
+    "episode.meta_batch=2",
+]
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """Records of a `.wandb` transaction log: W&B's LevelDB-log format (a ':W&B' header, 32 KiB
+    blocks, records of <crc32, length, type> headers, split FIRST/MIDDLE/LAST across blocks)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, chunks, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        space = block - pos % block
+        if space < 7:  # a block's tail too short for a header is zero padding
+            pos += space
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+        else:
+            break
+    return [wandb_internal_pb2.Record.FromString(c) for c in chunks]
+
+
+def offline_run(run_dir: Path) -> dict:
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    out: dict = {"history": set(), "summary": {}, "artifacts": [], "config": {}, "job_type": None}
+    for record in read_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["job_type"] = record.run.job_type
+            out["config"] |= {i.key: json.loads(i.value_json) for i in record.run.config.update}
+        elif kind == "config":
+            out["config"] |= {i.key: json.loads(i.value_json) for i in record.config.update}
+        elif kind == "history":
+            out["history"] |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+        elif kind == "summary":
+            out["summary"] |= {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in record.summary.update
+            }
+        elif kind == "artifact":
+            art = record.artifact
+            out["artifacts"].append(
+                {
+                    "name": art.name,
+                    "type": art.type,
+                    "aliases": set(art.aliases),
+                    "metadata": json.loads(art.metadata or "{}"),
+                }
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def offline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tracked")
+    train = root / "train"
+    args = [
+        "meta-train",
+        "--tasks",
+        "synthetic",
+        "--out",
+        str(train),
+        "--no-progress",
+        "--tracking",
+        "offline",
+        "--wandb-project",
+        "metakd-tests",
+        "--wandb-tag",
+        "ci",
+        *TINY,
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    task = synthetic_collection(n_tasks=1, seed=5)[0]
+    normals = np.flatnonzero(task.y == 0)
+    header = ",".join(f"f{j}" for j in range(task.n_features))
+    (root / "support.csv").write_text(
+        header
+        + ",label\n"
+        + "\n".join(",".join(map(str, task.X[i])) + ",0" for i in normals[:10])
+        + "\n"
+    )
+    (root / "pool.csv").write_text(
+        header + "\n" + "\n".join(",".join(map(str, row)) for row in task.X[100:300]) + "\n"
+    )
+    adapted = root / "adapted"
+    result = CliRunner().invoke(
+        main,
+        [
+            "adapt",
+            "--teacher",
+            str(train / "teacher.pt"),
+            "--support",
+            str(root / "support.csv"),
+            "--unlabeled",
+            str(root / "pool.csv"),
+            "--out",
+            str(adapted),
+            "--tracking",
+            "offline",
+            "--set",
+            "distill.steps=50",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return {"train": train, "adapt": adapted}
+
+
+def test_meta_train_offline_run_holds_keys_and_teacher_artifact(offline_runs) -> None:
+    run = offline_run(offline_runs["train"])
+    assert run["job_type"] == "meta-train"
+    assert run["config"]["inner"]["steps"] == 3 and run["config"]["iterations"] == 12
+    assert {
+        "outer_loss",
+        "support_loss_before",
+        "support_loss_after",
+        "query_auroc",
+        "inner_lr",
+        "meta_lr",
+        "tasks_per_second",
+        "val_auroc",
+    } <= run["history"]
+    assert {"best_val_auroc", "best_iteration", "test_auroc/metakd"} <= set(run["summary"])
+    teacher = [a for a in run["artifacts"] if a["name"] == "teacher"]
+    assert teacher and teacher[0]["type"] == "model" and teacher[0]["aliases"] >= {"latest", "best"}
+    lines = (offline_runs["train"] / "metrics.jsonl").read_text().splitlines()
+    assert "outer_loss" in json.loads(lines[0])
+
+
+def test_adapt_offline_run_logs_curves_and_student_lineage(offline_runs) -> None:
+    run = offline_run(offline_runs["adapt"])
+    assert run["job_type"] == "adapt"
+    assert {"distill/loss", "distill/fidelity"} <= run["history"]
+    assert {
+        "support_rows",
+        "unlabeled_rows",
+        "fidelity_spearman",
+        "teacher_threshold",
+        "student_threshold",
+    } <= set(run["summary"])
+    assert run["summary"]["support_rows"] == 10 and run["summary"]["unlabeled_rows"] == 200
+    student = next(a for a in run["artifacts"] if a["name"] == "student")
+    teacher_file = offline_runs["train"] / "teacher.pt"
+    (source,) = student["metadata"]["sources"]
+    assert source["artifact"] == "teacher"
+    assert source["sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+
+
+def test_disabled_writes_no_wandb_files_but_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "meta-train",
+        "--tasks",
+        "synthetic",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--tracking",
+        "disabled",
+        *TINY,
+    ]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (out / "metrics.jsonl").exists() and not (out / "wandb").exists()
+    assert not list(tmp_path.rglob("*.wandb"))
+
+
+def test_auto_mode_never_needs_a_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("auto") == "disabled"
+    assert resolve_mode("offline") == "offline"
+
+
+def test_sweep_config_keys_are_real_config_keys() -> None:
+    from metakd.config import load_train_config
+
+    sweep = yaml.safe_load((Path(__file__).parents[1] / "configs" / "sweep.yaml").read_text())
+    assert "${args_no_hyphens}" in sweep["command"]
+    overrides = [
+        f"{key}={spec['values'][0] if 'values' in spec else spec['min']}"
+        for key, spec in sweep["parameters"].items()
+    ]
+    config = load_train_config(Path(__file__).parents[1] / "configs" / "default.yaml", overrides)
+    assert config.inner.lr == sweep["parameters"]["inner.lr"]["min"]
+    assert config.inner.steps == sweep["parameters"]["inner.steps"]["values"][0]
+    assert config.meta.algorithm == sweep["parameters"]["meta.algorithm"]["values"][0]
+    # The metric the sweep maximises is one meta-train reports (see the offline-run test).
+    assert sweep["metric"]["name"] == "best_val_auroc"
