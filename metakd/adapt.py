@@ -210,6 +210,8 @@ class FewShotDetector:
             lr=inner.lr if "lr" in cfg.inner else bundle.layer_rates(),
             first_order=True,  # no meta-gradient is needed here
             layers=(len(teacher.layers) - 1,) if inner.layers == "head" else None,
+            pool_x=xp,
+            pool=inner.pool_term(),
         )
         teacher.load_stack(
             StackParams.from_layers(

@@ -20,7 +20,12 @@ from metakd.tracking import TrackingConfig
 
 def _episode_defaults() -> EpisodeConfig:
     # A quarter of the query anomalous keeps small tasks usable (digits tasks hold ~20 anomalies).
-    return EpisodeConfig(shots=10, anomaly_shots=0, query_size=32, query_anomaly_fraction=0.25)
+    # An unlabelled pool in every episode: scaling is fitted on support ∪ pool, exactly as
+    # `metakd adapt` does with the domain's unlabelled rows, so the teacher meets the same
+    # statistics in meta-training as in deployment.
+    return EpisodeConfig(
+        shots=10, anomaly_shots=0, query_size=32, query_anomaly_fraction=0.25, pool_size=32
+    )
 
 
 @dataclass
@@ -32,7 +37,7 @@ class TrainConfig:
     of task files, or a single file."""
     seed: int = 0
     """Seed for initialisation, episode sampling and splits."""
-    iterations: int = 600
+    iterations: int = 400
     """Outer-loop steps (meta-batches)."""
     val_every: int = 25
     """Validate on the meta-val tasks every this many iterations (and at the end); the best

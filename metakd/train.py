@@ -80,7 +80,7 @@ def stack_episodes(episodes: list[EpisodeBatch]) -> EpisodeBatch:
 
 def few_shot_auroc(learner: MetaLearner, batch: EpisodeBatch) -> dict[str, float]:
     """Mean query AUROC per task after adapting to each episode's support."""
-    scores = learner.adapted_scores(batch.support_x, batch.support_y, batch.query_x)
+    scores = learner.adapted_scores(batch.support_x, batch.support_y, batch.query_x, batch.pool_x)
     per_episode = auroc(scores, batch.query_y).tolist()
     by_task: dict[str, list[float]] = {}
     for name, value in zip(batch.task_names, per_episode, strict=True):
@@ -245,7 +245,7 @@ def _meta_step(
             param.grad = grad
     else:
         loss, stats = learner.meta_loss(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
         )
         loss.backward()
     if grad_clip > 0:

@@ -257,3 +257,34 @@ def test_inner_step_lowers_support_loss(kind: str) -> None:
     )
     _, stats = learner.meta_loss(*_batch())
     assert (stats.support_loss_after < stats.support_loss_before).all()
+
+
+def test_transductive_pool_term_matches_loop_and_changes_adaptation() -> None:
+    from metakd.meta.inner import PoolTerm
+
+    teacher = _teacher("svdd")
+    inner = InnerConfig(steps=STEPS, lr=LR, pool_weight=0.5, pool_trim=0.25)
+    learner = MetaLearner(teacher, inner=inner, meta=MetaConfig(), anomaly_shots=1)
+    sx, sy, qx, qy = _batch()
+    px = torch.randn(B, 8, D, generator=torch.Generator().manual_seed(3))
+    loss, _ = learner.meta_loss(sx, sy, qx, qy, px)
+    ours = torch.autograd.grad(loss, list(teacher.parameters()))
+    total = sx.new_zeros(())
+    for b in range(B):
+        adapted, _ = adapt(
+            teacher.stack_params(),
+            sx[b],
+            sy[b],
+            teacher=teacher,
+            loss=learner.inner_loss,
+            steps=STEPS,
+            lr=LR,
+            first_order=False,
+            pool_x=px[b],
+            pool=PoolTerm(0.5, 0.25),
+        )
+        q, _ = task_scores(adapted, qx[b], teacher=teacher, support_x=sx[b], support_y=sy[b])
+        total = total + learner.outer_loss(score_logits(teacher, q), qy[b]) / B
+    _assert_close(list(ours), list(torch.autograd.grad(total, list(teacher.parameters()))))
+    without, _ = learner.meta_loss(sx, sy, qx, qy, None)
+    assert not torch.isclose(loss, without)

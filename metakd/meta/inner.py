@@ -15,12 +15,13 @@ order, so second-order MAML (Finn et al. 2017, Eq. 1) is exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from metakd.meta.losses import LossFn
+from metakd.meta.losses import LossFn, one_class_loss
 from metakd.models.stack import StackParams, stack_forward
 from metakd.models.teachers import Teacher
 
@@ -28,18 +29,41 @@ from metakd.models.teachers import Teacher
 LayerRates = tuple[tuple[Tensor, Tensor | None], ...]
 
 
-def _support_loss(
+def _inner_objective(
     perturb: dict[int, Tensor],
     params: StackParams,
     x: Tensor,
     y: Tensor,
     teacher: Teacher,
     loss: LossFn,
+    pool: PoolTerm | None,
 ) -> tuple[Tensor, list[Tensor]]:
+    """Support loss (support rows scored leave-one-out), plus the transductive pool term.
+
+    ``x`` holds the ``len(y)`` support rows followed by the pool rows, if any.
+    """
     out, inputs = stack_forward(params, x, activation=teacher.activation, perturb=perturb)
-    reference = teacher.reference(out, 1.0 - y) if teacher.uses_reference else ()
-    scores = teacher.head(out, x, reference, leave_one_out=True)
-    return loss(scores, y), inputs
+    n = y.shape[-1]
+    support_out = out[..., :n, :]
+    reference = teacher.reference(support_out, 1.0 - y) if teacher.uses_reference else ()
+    value = loss(teacher.head(support_out, x[..., :n, :], reference, leave_one_out=True), y)
+    if pool is not None:
+        pool_scores = teacher.head(out[..., n:, :], x[..., n:, :], reference)
+        keep = max(1, round((1.0 - pool.trim) * pool_scores.shape[-1]))
+        # The most normal-looking share of the pool; the rest may hold anomalies.
+        kept = pool_scores.topk(keep, dim=-1, largest=False).values
+        value = value + pool.weight * one_class_loss(
+            kept, torch.zeros_like(kept), logit=teacher.score_is_logit
+        )
+    return value, inputs
+
+
+class PoolTerm(NamedTuple):
+    """Transductive use of a task's unlabelled pool in the inner loss: ``weight`` times the
+    one-class loss of the pool rows, except the ``trim`` fraction that score highest."""
+
+    weight: float
+    trim: float
 
 
 def adapt(
@@ -53,6 +77,8 @@ def adapt(
     lr: float | LayerRates,
     first_order: bool,
     layers: Sequence[int] | None = None,
+    pool_x: Tensor | None = None,
+    pool: PoolTerm | None = None,
 ) -> tuple[StackParams, Tensor]:
     """Adapt one task's parameters with ``steps`` SGD steps on its support loss.
 
@@ -69,6 +95,8 @@ def adapt(
             the update low-rank; per-element rates make that layer's weight dense per task.
         first_order: drop second-order terms (FOMAML): the step is treated as a constant.
         layers: indices of the layers to adapt (ANIL adapts only the last); default all.
+        pool_x: the task's unlabelled rows ``[m, d]``, used when ``pool`` is given.
+        pool: weight and trim of the transductive pool term (see :class:`PoolTerm`).
 
     Returns:
         ``(adapted params, support loss before the first step)``.
@@ -76,15 +104,16 @@ def adapt(
     n_layers = len(params.weights)
     adapted = tuple(range(n_layers)) if layers is None else tuple(layers)
     weights, biases, factors = list(params.weights), list(params.biases), list(params.factors)
+    use_pool = pool is not None and pool.weight > 0 and pool_x is not None
+    rows = torch.cat([support_x, pool_x], dim=-2) if use_pool else support_x
     initial_loss = support_x.new_zeros(())
     for step in range(steps):
         current = StackParams(tuple(weights), tuple(biases), tuple(factors))
         perturb = {
-            layer: support_x.new_zeros(*support_x.shape[:-1], weights[layer].shape[-2])
-            for layer in adapted
+            layer: rows.new_zeros(*rows.shape[:-1], weights[layer].shape[-2]) for layer in adapted
         }
-        deltas, (value, inputs) = grad_and_value(_support_loss, has_aux=True)(
-            perturb, current, support_x, support_y, teacher, loss
+        deltas, (value, inputs) = grad_and_value(_inner_objective, has_aux=True)(
+            perturb, current, rows, support_y, teacher, loss, pool if use_pool else None
         )
         if step == 0:
             initial_loss = value

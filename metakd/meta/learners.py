@@ -8,6 +8,7 @@ returns new per-task parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from metakd.meta.inner import LayerRates, adapt, task_scores
+from metakd.meta.inner import LayerRates, PoolTerm, adapt, task_scores
 from metakd.meta.losses import InnerLossName, OuterLossName, inner_loss_fn, outer_loss_fn
 from metakd.models.stack import StackParams
 from metakd.models.teachers import Teacher, score_logits
@@ -39,12 +40,23 @@ class InnerConfig:
     or ``sad`` (distance teachers); also ``deviation`` (DevNet)."""
     layers: Literal["all", "head"] = "all"
     """Which layers adapt: ``head`` adapts only the last layer (ANIL)."""
+    pool_weight: float = 0.0
+    """Weight of the transductive term: the one-class loss of the task's unlabelled pool rows
+    (0 uses the pool for scaling statistics only)."""
+    pool_trim: float = 0.2
+    """Fraction of the pool, the highest-scoring rows, left out of that term as possible anomalies."""
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.pool_weight < 0 or not 0.0 <= self.pool_trim < 1.0:
+            raise ValueError("pool_weight must be >= 0 and pool_trim in [0, 1)")
+
+    def pool_term(self) -> PoolTerm | None:
+        """The transductive pool term, or ``None`` when it is off."""
+        return PoolTerm(self.pool_weight, self.pool_trim) if self.pool_weight > 0 else None
 
 
 @dataclass
@@ -118,7 +130,14 @@ class MetaLearner(nn.Module):
         return (len(self.teacher.layers) - 1,) if self.inner.layers == "head" else None
 
     def _adapt_and_score(
-        self, params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, *, first_order: bool
+        self,
+        params: StackParams,
+        sx: Tensor,
+        sy: Tensor,
+        qx: Tensor,
+        px: Tensor | None,
+        *,
+        first_order: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         adapted, before = adapt(
             params,
@@ -130,6 +149,8 @@ class MetaLearner(nn.Module):
             lr=self.layer_rates(),
             first_order=first_order,
             layers=self.adapted_layers(),
+            pool_x=px,
+            pool=self.inner.pool_term(),
         )
         q_scores, s_scores = task_scores(
             adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy
@@ -139,13 +160,19 @@ class MetaLearner(nn.Module):
     # -- MAML family ---------------------------------------------------------------------------
 
     def meta_loss(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        pool_x: Tensor | None = None,
     ) -> tuple[Tensor, MetaStats]:
         """Mean query loss after adaptation, differentiable w.r.t. the meta-parameters.
 
         Args:
             support_x: ``[B, n, d]``; support_y: ``[B, n]``; query_x: ``[B, q, d]``;
-            query_y: ``[B, q]`` (labels as floats).
+            query_y: ``[B, q]`` (labels as floats); pool_x: ``[B, m, d]`` unlabelled rows or
+            ``None`` (used by the transductive pool term when ``inner.pool_weight > 0``).
 
         Returns:
             ``(scalar meta-loss, per-task stats)``.
@@ -153,16 +180,17 @@ class MetaLearner(nn.Module):
         if self.meta.algorithm == "reptile":
             raise RuntimeError("Reptile has no meta-loss; use reptile_gradients()")
 
-        def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+        def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, px):
             q_scores, before, after = self._adapt_and_score(
-                params, sx, sy, qx, first_order=self.inner.first_order
+                params, sx, sy, qx, px, first_order=self.inner.first_order
             )
             outer = self.outer_loss(score_logits(self.teacher, q_scores), qy)
             return outer, before, after, q_scores
 
+        pool_dim = None if pool_x is None else 0
         stats = MetaStats(
-            *vmap(task, in_dims=(None, 0, 0, 0, 0))(
-                self.teacher.stack_params(), support_x, support_y, query_x, query_y
+            *vmap(task, in_dims=(None, 0, 0, 0, 0, pool_dim))(
+                self.teacher.stack_params(), support_x, support_y, query_x, query_y, pool_x
             )
         )
         return stats.outer_loss.mean(), stats
@@ -227,14 +255,16 @@ class MetaLearner(nn.Module):
     # -- evaluation ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def adapted_scores(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+    def adapted_scores(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, pool_x: Tensor | None = None
+    ) -> Tensor:
         """Query scores ``[B, q]`` after adapting to each task's support (no meta-graph kept)."""
 
-        def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
-            return self._adapt_and_score(params, sx, sy, qx, first_order=True)[0]
+        def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, px) -> Tensor:
+            return self._adapt_and_score(params, sx, sy, qx, px, first_order=True)[0]
 
-        return vmap(task, in_dims=(None, 0, 0, 0))(
-            self.teacher.stack_params(), support_x, support_y, query_x
+        return vmap(task, in_dims=(None, 0, 0, 0, None if pool_x is None else 0))(
+            self.teacher.stack_params(), support_x, support_y, query_x, pool_x
         )
 
 
@@ -242,6 +272,4 @@ def resolve_inner(inner: InnerConfig, algorithm: Algorithm) -> InnerConfig:
     """The adaptation settings an algorithm implies (FOMAML: first order; ANIL: head only)."""
     first_order = inner.first_order or algorithm in ("fomaml", "reptile")
     layers = "head" if algorithm == "anil" else inner.layers
-    return InnerConfig(
-        steps=inner.steps, lr=inner.lr, first_order=first_order, loss=inner.loss, layers=layers
-    )
+    return dataclasses.replace(inner, first_order=first_order, layers=layers)
