@@ -1,0 +1,298 @@
+"""The evaluation benchmark: outputs, every method, disjoint leak-free splits, skips, baselines."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from metakd import configio
+from metakd.adapt import TeacherBundle
+from metakd.baselines import (
+    BaselineConfig,
+    DevNetDetector,
+    IForestDetector,
+    KNNDetector,
+    LogRegDetector,
+    PretrainConfig,
+    load_or_pretrain_pooled,
+)
+from metakd.checkpoint import load_checkpoint
+from metakd.config import TrainConfig
+from metakd.data.builtin import digits_collection
+from metakd.data.task import Task
+from metakd.data.transforms import ScalingConfig
+from metakd.episodes import EpisodeConfig
+from metakd.errors import ConfigError, DataError, MetakdError
+from metakd.evaluate import (
+    METHODS,
+    NEEDS_ANOMALIES,
+    RESULT_COLUMNS,
+    EvaluateConfig,
+    EvaluationResult,
+    _metric_table,
+    draw_split,
+    headline_gaps,
+    run_evaluation,
+    summarise,
+)
+from metakd.train import meta_train
+
+MakeTask = Callable[..., Task]
+SHOTS, ANOMALY_SHOTS, UNSERVABLE = 5, 2, 500  # digits tasks hold ~180 normals: K=500 is skipped
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny teacher meta-trained for 20 iterations on the built-in digits collection."""
+    config = configio.from_dict(
+        TrainConfig,
+        {
+            "tasks": "digits",
+            "iterations": 20,
+            "val_every": 10,
+            # An MLP teacher: its BCE inner loss cannot overflow, so every run must score. (Deep
+            # SAD, the SVDD teacher's loss with anomaly shots, can; see the failed-run test.)
+            "model": {"kind": "mlp", "hidden": [32, 16]},
+            "episode": {
+                "shots": 10,
+                "query_size": 32,
+                "query_anomaly_fraction": 0.25,
+                "pool_size": 16,
+                "meta_batch": 4,
+            },
+            "tracking": {"mode": "disabled"},
+        },
+    )
+    out = tmp_path_factory.mktemp("teacher")
+    meta_train(config, out_dir=out, progress=False)
+    return out / "teacher.pt"
+
+
+def _config(**overrides: object) -> EvaluateConfig:
+    data = {
+        "shots": [SHOTS, UNSERVABLE],
+        "anomaly_shots": [0, ANOMALY_SHOTS],
+        "seeds": 1,
+        "pool_size": 32,
+        "adapt": {"distill": {"steps": 60}},
+        "baselines": {"devnet_steps": 30, "iforest_trees": 20},
+        "pretrain": {"iterations": 10},
+        "tracking": {"mode": "disabled"},
+    }
+    return configio.from_dict(EvaluateConfig, data | overrides)
+
+
+@pytest.fixture(scope="module")
+def evaluation(
+    teacher_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[EvaluationResult, list[str]]:
+    out = tmp_path_factory.mktemp("evaluation")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_evaluation(_config(), teacher_path=teacher_path, out_dir=out, progress=False)
+    return result, [str(w.message) for w in caught]
+
+
+def test_writes_outputs_with_every_method(evaluation: tuple[EvaluationResult, list[str]]) -> None:
+    result, _ = evaluation
+    for name in ("results.csv", "summary.md", "auroc_vs_shots.png", "config.yaml", "metrics.jsonl"):
+        assert (result.out_dir / name).is_file(), name
+    assert (result.out_dir / "auroc_vs_shots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(result.files["results"])
+    assert tuple(table.columns) == RESULT_COLUMNS
+    assert set(table["method"]) == set(METHODS)
+    assert set(table["task"]) == {"digit-7", "digit-8", "digit-9"}  # the teacher's meta-test tasks
+    # Every method once per run; anomaly-label methods only where the support has anomalies.
+    per_run = table.groupby(["task", "shots", "anomaly_shots", "seed"])["method"].apply(set)
+    for (_, _, anomaly_shots, _), methods in per_run.items():
+        expected = set(METHODS) - (set(NEEDS_ANOMALIES) if anomaly_shots == 0 else set())
+        assert methods == expected
+    assert table["auroc"].between(0, 1).all() and table["auprc"].between(0, 1).all()
+    assert (table["fit_seconds"] >= 0).all()
+    summary = result.files["summary"].read_text()
+    assert "**" in summary and "metakd-student vs the best baseline" in summary
+
+
+def test_splits_are_disjoint_and_match_the_results(
+    evaluation: tuple[EvaluationResult, list[str]],
+) -> None:
+    result, _ = evaluation
+    tasks = {t.name: t for t in digits_collection()}
+    table = result.results
+    assert len(result.splits) == len(table.groupby(["task", "shots", "anomaly_shots", "seed"]))
+    for (name, shots, anomaly_shots, seed), split in result.splits.items():
+        y = tasks[name].y
+        parts = [split.support, split.pool, split.query]
+        assert sum(len(p) for p in parts) == len(np.unique(np.concatenate(parts)))
+        assert (y[split.support[:shots]] == 0).all() and (y[split.support[shots:]] == 1).all()
+        assert len(split.support) == shots + anomaly_shots
+        assert set(np.unique(y[split.query])) == {0, 1}
+        rows = table[
+            (table["task"] == name)
+            & (table["shots"] == shots)
+            & (table["anomaly_shots"] == anomaly_shots)
+            & (table["seed"] == seed)
+        ]
+        assert (rows["n_support"] == len(split.support)).all()
+        assert (rows["n_pool"] == len(split.pool)).all()
+        assert (rows["n_query"] == len(split.query)).all()
+        assert (rows["n_query_anomalies"] == int((y[split.query] == 1).sum())).all()
+
+
+def test_unservable_settings_are_skipped_with_a_warning(
+    evaluation: tuple[EvaluationResult, list[str]],
+) -> None:
+    result, messages = evaluation
+    assert UNSERVABLE not in set(result.results["shots"])
+    for task in ("digit-7", "digit-8", "digit-9"):
+        for anomaly_shots in (0, ANOMALY_SHOTS):
+            needle = f"{task}: skipping shots={UNSERVABLE}, anomaly_shots={anomaly_shots}"
+            assert any(m.startswith(needle) for m in messages), needle
+            assert any(line.startswith(needle) for line in result.skipped)
+    assert "Skipped settings" in result.files["summary"].read_text()
+
+
+def test_pooled_pretraining_is_reused_only_when_it_matches(
+    evaluation: tuple[EvaluationResult, list[str]], teacher_path: Path
+) -> None:
+    result, _ = evaluation
+    path = result.out_dir / "pooled_pretrain.pt"
+    cached = TeacherBundle.load(path)
+    bundle = TeacherBundle.load(teacher_path)
+    episode = configio.from_dict(EpisodeConfig, load_checkpoint(teacher_path, "teacher")["episode"])
+    names = bundle.info["splits"]["train"]
+    train = [t for t in digits_collection() if t.name in names]
+    provenance = {"tasks": "builtin:digits", "train_tasks": names}
+    steps: list[int] = []
+    kwargs = dict(episode=episode, provenance=provenance, on_step=lambda i, loss: steps.append(i))
+    reused = load_or_pretrain_pooled(
+        path, bundle, train, config=PretrainConfig(iterations=10), **kwargs
+    )
+    assert steps == []
+    for a, b in zip(reused.teacher.parameters(), cached.teacher.parameters(), strict=True):
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    load_or_pretrain_pooled(path, bundle, train, config=PretrainConfig(iterations=3), **kwargs)
+    assert steps == [1, 2, 3]
+
+
+def test_draw_split_is_disjoint_nested_and_deterministic(make_task: MakeTask) -> None:
+    task = make_task(normals=300, anomalies=40, unlabelled=20, seed=1)
+    common = dict(pool_size=50, query_max=100, min_query_per_class=5)
+    small = draw_split(task, shots=5, anomaly_shots=1, seed=7, **common)
+    large = draw_split(task, shots=10, anomaly_shots=3, seed=7, **common)
+    again = draw_split(task, shots=10, anomaly_shots=3, seed=7, **common)
+    other = draw_split(task, shots=10, anomaly_shots=3, seed=8, **common)
+    for split in (small, large):
+        parts = [split.support, split.pool, split.query]
+        assert len(np.unique(np.concatenate(parts))) == sum(len(p) for p in parts)
+        assert (task.y[split.query] != -1).all()  # unlabelled rows only ever go to the pool
+        assert len(split.pool) == 50 and len(split.query) == 100  # capped, stratified
+    # Unlabelled rows fill the pool first; labelled rows keep the task's class ratio.
+    assert (task.y[large.pool] == -1).sum() == 20
+    assert 10 <= (task.y[large.query] == 1).sum() <= 12
+    assert set(small.support[:5]) <= set(large.support[:10])
+    assert set(small.support[5:]) <= set(large.support[10:])
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            (large.support, large.pool, large.query),
+            (again.support, again.pool, again.query),
+            strict=True,
+        )
+    )
+    assert not np.array_equal(large.query, other.query)
+
+
+def test_draw_split_refuses_a_task_too_small_for_the_setting(make_task: MakeTask) -> None:
+    task = make_task("tiny", normals=30, anomalies=6)
+    with pytest.raises(DataError, match="tiny.*anomaly_shots=2"):
+        draw_split(
+            task,
+            shots=5,
+            anomaly_shots=2,
+            pool_size=0,
+            query_max=100,
+            min_query_per_class=5,
+            seed=0,
+        )
+
+
+def test_classical_baselines_detect_shifted_anomalies(make_task: MakeTask) -> None:
+    task = make_task(normals=200, anomalies=40, features=4, seed=3)
+    split = draw_split(
+        task, shots=10, anomaly_shots=3, pool_size=40, query_max=1000, min_query_per_class=5, seed=0
+    )
+    xs, ys = task.X[split.support], task.y[split.support]
+    xp, xq, yq = task.X[split.pool], task.X[split.query], task.y[split.query]
+    scaling, config = ScalingConfig(), BaselineConfig(devnet_steps=100)
+    detectors = {
+        "knn-support": KNNDetector(k=5, source="support", scaling=scaling),
+        "knn-pool": KNNDetector(k=5, source="pool", scaling=scaling),
+        "iforest-support": IForestDetector(n_estimators=50, source="support", seed=0),
+        "iforest-pool": IForestDetector(n_estimators=50, source="pool", seed=0),
+        "logreg-support": LogRegDetector(c=1.0, scaling=scaling, seed=0),
+        "devnet": DevNetDetector(config=config, scaling=scaling, seed=0),
+    }
+    for name, detector in detectors.items():
+        scores = detector.fit(xs, ys, unlabeled=xp).decision_function(xq)
+        assert scores.shape == (len(xq),)
+        assert roc_auc_score(yq, scores) > 0.9, name
+    again = DevNetDetector(config=config, scaling=scaling, seed=0).fit(xs, ys, unlabeled=xp)
+    np.testing.assert_array_equal(
+        again.decision_function(xq), detectors["devnet"].decision_function(xq)
+    )
+
+
+def test_baselines_reject_inputs_they_cannot_use(make_task: MakeTask) -> None:
+    task = make_task(normals=30, anomalies=5)
+    normals = task.X[task.y == 0]
+    with pytest.raises(MetakdError, match="logreg-support needs labelled anomalies"):
+        LogRegDetector(c=1.0, scaling=ScalingConfig(), seed=0).fit(normals, np.zeros(len(normals)))
+    with pytest.raises(MetakdError, match="knn-pool"):
+        KNNDetector(k=5, source="pool", scaling=ScalingConfig()).fit(
+            normals, np.zeros(len(normals))
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"methods": ["knn-support", "lof"]}, "unknown method 'lof'"),
+        ({"shots": [0, 5]}, "shots must be integers >= 1"),
+        ({"anomaly_shots": [1, 1]}, "anomaly_shots lists a value twice"),
+        ({"methods": ["metakd-student"], "adapt": {"student": False}}, "adapt.student is false"),
+        ({"methods": ["knn-pool"], "pool_size": 0}, "knn-pool, which needs pool_size > 0"),
+    ],
+)
+def test_config_errors_name_the_culprit(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(**overrides)
+
+
+def test_default_methods_follow_the_config() -> None:
+    assert _config().resolved_methods() == list(METHODS)
+    without = _config(adapt={"student": False}, pool_size=0).resolved_methods()
+    assert "metakd-student" not in without and "knn-pool" not in without and "scratch" in without
+
+
+def test_failed_runs_are_counted_and_never_best() -> None:
+    rows = [
+        {"task": f"t{i}", "shots": 5, "anomaly_shots": 0, "seed": 0, "method": method}
+        | {"auroc": auroc, "auprc": auroc}
+        for i in range(3)
+        for method, auroc in (("metakd-student", 0.99 if i else float("nan")), ("knn-support", 0.7))
+    ]
+    summary = summarise(pd.DataFrame(rows))
+    student = summary[summary["method"] == "metakd-student"].iloc[0]
+    assert (student["n"], student["failed"], student["auroc"]) == (2, 1, pytest.approx(0.99))
+    gaps = headline_gaps(summary)
+    assert gaps.iloc[0]["student_failed"] == 1 and gaps.iloc[0]["best_baseline"] == "knn-support"
+    table = "\n".join(_metric_table(summary, "auroc", 0))
+    assert "**0.700 ± 0.000**" in table and "0.990 ± " in table and "(failed 1/3)" in table
+    assert "**0.990" not in table
