@@ -9,6 +9,7 @@ distils it into a small student on the support and pool, and calibrates a thresh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from metakd.data.readers import ReadOptions, read_task
 from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig, align_features
 from metakd.distill import DistillConfig, distill
 from metakd.errors import DataError, MetakdError
-from metakd.meta.inner import adapt, support_reference
+from metakd.meta.inner import adapt, reference_scores, support_reference
 from metakd.meta.learners import Algorithm, InnerConfig
 from metakd.meta.losses import inner_loss_fn
 from metakd.models.deploy import (
@@ -42,6 +43,7 @@ from metakd.models.teachers import (
     Teacher,
     build_teacher,
     count_parameters,
+    score_logits,
 )
 from metakd.threshold import ThresholdConfig, calibrate_threshold
 from metakd.tracking import TrackingConfig
@@ -194,10 +196,12 @@ class FewShotDetector:
             has_anomalies=bool((labels == 1).any()),
             score_is_logit=teacher.score_is_logit,
         )
+        # Clones: the teacher's weights are overwritten below, and the adapted parameters refer
+        # to these tensors.
         params = StackParams.from_layers(
             [
-                (layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
-                for layer in teacher.layers
+                (w.detach().clone(), None if b is None else b.detach().clone())
+                for w, b in ((layer.weight, layer.bias) for layer in teacher.layers)
             ]
         )
         adapted, _ = adapt(
@@ -213,23 +217,29 @@ class FewShotDetector:
             pool_x=xp,
             pool=inner.pool_term(),
         )
-        teacher.load_stack(
-            StackParams.from_layers(
-                [(w.detach(), None if b is None else b.detach()) for w, b in adapted.materialize()]
+        with torch.no_grad():
+            reference = support_reference(
+                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xp
             )
-        )
-        if teacher.uses_reference:
-            teacher.store_reference(
-                support_reference(adapted, teacher=teacher, support_x=xs, support_y=labels)
+            # The support's and pool's own scores, leave-one-out: what the threshold and the
+            # student's targets are fitted on (a row in the reference is not its own neighbour).
+            support_raw, pool_raw = reference_scores(
+                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xp
             )
+            t_support = score_logits(teacher, support_raw)
+            t_pool = None if pool_raw is None else score_logits(teacher, pool_raw)
+        teacher.load_stack(adapted)
+        teacher.store_reference(reference)
         teacher.eval()
         timings["adapt_seconds"] = time.perf_counter() - tick
 
         teacher_net = LogitScorer(teacher)
-        with torch.no_grad():
-            t_support = teacher_net(xs).numpy()
-            t_pool = teacher_net(xp).numpy() if xp is not None else None
-        t_threshold, method = calibrate_threshold(t_support, labels.numpy(), t_pool, cfg.threshold)
+        t_threshold, method = calibrate_threshold(
+            t_support.numpy(),
+            labels.numpy(),
+            None if t_pool is None else t_pool.numpy(),
+            cfg.threshold,
+        )
         self.teacher_scorer_ = DeployedScorer(preprocess, teacher_net, t_threshold).eval()
         self.student_scorer_: DeployedScorer | None = None
         report: dict[str, Any] = {
@@ -244,14 +254,17 @@ class FewShotDetector:
         }
         if cfg.student:
             tick = time.perf_counter()
+            student_config = cfg.distill.student.resolved(teacher_is_logit=teacher.score_is_logit)
             result = distill(
                 lambda x: teacher_net(x),
                 xs,
                 labels,
                 xp,
                 teacher_threshold=t_threshold,
-                config=cfg.distill,
+                config=dataclasses.replace(cfg.distill, student=student_config),
                 seed=cfg.seed,
+                support_scores=t_support,
+                pool_scores=t_pool,
             )
             timings["distill_seconds"] = time.perf_counter() - tick
             student_net = ScoreHead(result.student)
@@ -260,7 +273,7 @@ class FewShotDetector:
                 s_pool = student_net(xp).numpy() if xp is not None else None
             s_threshold, _ = calibrate_threshold(s_support, labels.numpy(), s_pool, cfg.threshold)
             self.student_scorer_ = DeployedScorer(preprocess, student_net, s_threshold).eval()
-            self._student_config = cfg.distill.student
+            self._student_config = student_config
             report |= {
                 "student_parameters": count_parameters(result.student),
                 "student_threshold": s_threshold,
@@ -453,7 +466,6 @@ def run_adapt(
 
     Returns the report written to ``out_dir/report.json``.
     """
-    import dataclasses
     import json
 
     from metakd.checkpoint import atomic_write_text

@@ -1,8 +1,12 @@
 """Per-task distillation of an adapted teacher into a small student.
 
 The student learns the teacher's scores on the task's support and unlabelled pool, plus
-augmented rows around them (mixup between rows and Gaussian noise) so it also matches the teacher
-between and around the data it saw. Targets live on the teacher's *normalised* scale
+augmented rows around them so it also matches the teacher between, around and beyond the data it
+saw: mixup between rows with weights stretched past [0, 1] (so it also extrapolates along the
+lines between rows), then Gaussian noise of a per-row scale drawn from a wide range (small noise
+teaches the teacher's fine structure next to the data, large noise its growth away from the data,
+where anomalies lie). The teacher labels every augmented row afresh, so the training set is
+unbounded. Targets live on the teacher's *normalised* scale
 ``z = (logit - median) / IQR`` of the teacher's scores on the training rows, so the loss weights
 do not depend on the teacher's score units.
 
@@ -11,12 +15,15 @@ Loss (Hinton et al. 2015, adapted to one anomaly logit):
 soft = BCE(σ((s - z_τ)/T), σ((z - z_τ)/T)), hard = BCE with the teacher's thresholded labels
 (true labels on the support rows), regression = MSE(asinh s, asinh z); ``z_τ`` is the teacher's threshold.
 Training stops early on fidelity (Spearman correlation between student and teacher) measured on
-a held-out part of the pool.
+a held-out part of the pool and on noisy copies of those held-out rows: the held-out pool alone is
+mostly normal rows and says little about how the student ranks rows off the data, which is where
+a student that fits the pool well can still disagree with the teacher.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,8 +50,8 @@ class DistillConfig:
     """Softening temperature T of the teacher's probabilities."""
     regression_weight: float = 1.0
     """β: weight of the MSE between student and normalised teacher scores."""
-    steps: int = 400
-    """Maximum optimiser steps."""
+    steps: int = 1000
+    """Maximum optimiser steps (early stopping usually ends sooner)."""
     batch_size: int = 256
     """Rows per step (a mix of real and augmented rows)."""
     lr: float = 3e-3
@@ -53,12 +60,18 @@ class DistillConfig:
     """Adam weight decay."""
     mixup_alpha: float = 0.4
     """Beta(a, a) parameter of mixup between training rows (0 disables mixup)."""
-    noise_std: float = 0.1
-    """Std of Gaussian noise added to rows, in scaled-feature units (0 disables)."""
+    mixup_extrapolation: float = 0.5
+    """Mixup weights ``λ ~ Beta(a, a)`` are stretched from [0, 1] to ``[-e, 1 + e]``, so mixed
+    rows also lie beyond the two rows on the line through them (0: interpolation only)."""
+    noise_std: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    """``[low, high]``: each augmented row gets Gaussian noise whose std, in scaled-feature units,
+    is drawn log-uniformly from this range (``[0, 0]`` disables noise)."""
     augment_fraction: float = 0.5
     """Fraction of each batch that is augmented rather than real rows."""
     holdout_fraction: float = 0.2
     """Fraction of the pool held out to measure fidelity for early stopping."""
+    fidelity_copies: int = 3
+    """Noisy copies (noise as in training) of each held-out row added to the fidelity set."""
     eval_every: int = 25
     """Measure fidelity every this many steps."""
     patience: int = 4
@@ -73,6 +86,16 @@ class DistillConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.steps < 1 or self.batch_size < 2:
             raise ValueError("temperature must be > 0, steps >= 1 and batch_size >= 2")
+        if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1]:
+            raise ValueError(
+                f"noise_std must be [low, high] with 0 <= low <= high, got {self.noise_std}"
+            )
+        if (self.noise_std[0] == 0.0) != (self.noise_std[1] == 0.0):
+            raise ValueError(
+                f"noise_std is drawn log-uniformly: both ends 0 or both > 0, got {self.noise_std}"
+            )
+        if self.mixup_alpha < 0 or self.mixup_extrapolation < 0 or self.fidelity_copies < 0:
+            raise ValueError("mixup_alpha, mixup_extrapolation and fidelity_copies must be >= 0")
 
 
 def distillation_loss(
@@ -133,6 +156,8 @@ def distill(
     teacher_threshold: float,
     config: DistillConfig,
     seed: int,
+    support_scores: Tensor | None = None,
+    pool_scores: Tensor | None = None,
 ) -> DistillResult:
     """Train a student to reproduce ``teacher`` on one task.
 
@@ -143,16 +168,22 @@ def distill(
         teacher_threshold: the teacher's decision threshold on its logit scale.
         config: distillation settings.
         seed: seeds the student's initialisation, batches and augmentation.
+        support_scores, pool_scores: the teacher's scores ``[n]``, ``[m]`` of the support and pool
+            rows themselves, when they differ from ``teacher`` on those rows: a teacher whose
+            reference holds these rows scores them leave-one-out (a row is not its own
+            neighbour), as it would score a new row there. Default: ``teacher`` of the rows.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     pool = pool_x if pool_x is not None else support_x.new_zeros(0, support_x.shape[1])
+    with torch.no_grad():
+        s_support = teacher(support_x) if support_scores is None else support_scores
+        s_pool = teacher(pool) if pool_scores is None or pool_x is None else pool_scores
     order = torch.randperm(pool.shape[0], generator=gen)
     n_hold = int(round(config.holdout_fraction * pool.shape[0])) if pool.shape[0] >= 10 else 0
     held_out, pool_train = pool[order[:n_hold]], pool[order[n_hold:]]
     train_x = torch.cat([support_x, pool_train])
-    with torch.no_grad():
-        raw = teacher(train_x)
+    raw = torch.cat([s_support, s_pool[order[n_hold:]]])
     offset, scale = _normaliser(raw)
 
     def target(x: Tensor) -> Tensor:
@@ -165,8 +196,26 @@ def distill(
     n_support = support_x.shape[0]
     hard_train = (z_train > z_threshold).float()
     hard_train[:n_support] = support_y
-    fidelity_x = held_out if n_hold > 0 else train_x
-    z_fidelity = target(fidelity_x)
+    augment = functools.partial(
+        _augment,
+        mixup_alpha=config.mixup_alpha,
+        extrapolation=config.mixup_extrapolation,
+        noise_std=(config.noise_std[0], config.noise_std[1]),
+        gen=gen,
+    )
+    if n_hold > 0:
+        fidelity_x, z_fidelity = held_out, (s_pool[order[:n_hold]] - offset) / scale
+    else:
+        fidelity_x, z_fidelity = train_x, z_train
+    noisy_x = torch.cat(
+        [fidelity_x[:0]]
+        + [
+            augment(fidelity_x, len(fidelity_x), mixup_alpha=0.0)
+            for _ in range(config.fidelity_copies)
+        ]
+    )
+    fidelity_x = torch.cat([fidelity_x, noisy_x])
+    z_fidelity = torch.cat([z_fidelity, target(noisy_x)])
 
     student = build_student(train_x.shape[1], config.student)
     optimiser = torch.optim.Adam(
@@ -179,9 +228,7 @@ def distill(
     step = 0
     for step in range(1, config.steps + 1):
         real = torch.randint(train_x.shape[0], (n_real,), generator=gen)
-        x_aug = _augment(
-            train_x, n_aug, mixup_alpha=config.mixup_alpha, noise_std=config.noise_std, gen=gen
-        )
+        x_aug = augment(train_x, n_aug)
         z_aug = target(x_aug)
         x = torch.cat([train_x[real], x_aug])
         z = torch.cat([z_train[real], z_aug])
@@ -225,9 +272,17 @@ def distill(
 
 
 def _augment(
-    x: Tensor, n: int, *, mixup_alpha: float, noise_std: float, gen: torch.Generator
+    x: Tensor,
+    n: int,
+    *,
+    mixup_alpha: float,
+    extrapolation: float,
+    noise_std: tuple[float, float],
+    gen: torch.Generator,
 ) -> Tensor:
-    """``n`` rows near the data: mixup of random pairs (if enabled) plus Gaussian noise."""
+    """``n`` rows around the data ``x [N, D]``: mixup of random pairs (if enabled) with weights
+    in ``[-extrapolation, 1 + extrapolation]``, plus Gaussian noise whose per-row std is
+    log-uniform in ``noise_std``."""
     if n == 0:
         return x[:0]
     out = x[torch.randint(x.shape[0], (n,), generator=gen)]
@@ -236,9 +291,13 @@ def _augment(
         # torch.distributions samplers take no generator; draw Beta(a, a) from a seeded numpy rng.
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=gen)))
         lam = torch.from_numpy(rng.beta(mixup_alpha, mixup_alpha, size=(n, 1))).to(x.dtype)
+        lam = lam * (1.0 + 2.0 * extrapolation) - extrapolation
         out = lam * out + (1.0 - lam) * partner
-    if noise_std > 0:
-        out = out + noise_std * torch.randn(out.shape, generator=gen, dtype=x.dtype)
+    low, high = noise_std
+    if high > 0:
+        u = torch.rand(n, 1, generator=gen, dtype=x.dtype)
+        std = low * (high / low) ** u
+        out = out + std * torch.randn(out.shape, generator=gen, dtype=x.dtype)
     return out
 
 

@@ -239,9 +239,9 @@ def _meta_step(
     optimiser.zero_grad(set_to_none=True)
     if learner.meta.algorithm == "reptile":
         grads, stats = learner.reptile_gradients(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
         )
-        for param, grad in zip(learner.teacher.parameters(), grads, strict=True):
+        for param, grad in zip(learner.teacher.layers.parameters(), grads, strict=True):
             param.grad = grad
     else:
         loss, stats = learner.meta_loss(

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from metakd.distill import DistillConfig, distill, distillation_loss
@@ -30,7 +32,7 @@ def test_student_reaches_high_fidelity_and_is_deterministic() -> None:
     g = torch.Generator().manual_seed(1)
     support = torch.randn(10, 8, generator=g)
     pool = torch.randn(300, 8, generator=g)
-    config = DistillConfig(student=StudentConfig(hidden=[16]), steps=300)
+    config = DistillConfig(student=StudentConfig(hidden=[16], head="linear"), steps=300)
     with torch.no_grad():
         thr = float(score(pool).quantile(0.9))
     a = distill(score, support, torch.zeros(10), pool, teacher_threshold=thr, config=config, seed=0)
@@ -43,6 +45,37 @@ def test_student_reaches_high_fidelity_and_is_deterministic() -> None:
     assert a.history and all("fidelity" in h for h in a.history)
 
 
+def test_distance_student_follows_a_distance_teacher_off_the_data() -> None:
+    """Trained on 40 rows near the data, the student must still rank rows far from them as the
+    teacher does: that is where anomalies lie (augmentation + the distance head)."""
+    g = torch.Generator().manual_seed(2)
+    mix = torch.randn(12, 12, generator=g) / 12**0.5
+    centre = torch.randn(12, generator=g)
+    score = lambda x: torch.log(((x - centre) @ mix).pow(2).sum(-1) + 1e-6)  # noqa: E731
+    support = centre + 0.5 * torch.randn(8, 12, generator=g)
+    pool = centre + 0.5 * torch.randn(32, 12, generator=g)
+    far = centre + 3.0 * torch.randn(200, 12, generator=g)  # never seen in distillation
+    with torch.no_grad():
+        thr = float(score(pool).quantile(0.9))
+    config = DistillConfig(student=StudentConfig(hidden=[16], head="distance"))
+    result = distill(
+        score, support, torch.zeros(8), pool, teacher_threshold=thr, config=config, seed=0
+    )
+    with torch.no_grad():
+        student_far = result.student(far).squeeze(-1)
+    rho = spearmanr(student_far.numpy(), score(far).numpy()).statistic
+    assert rho > 0.85
+
+
+def test_auto_head_follows_the_teacher_kind() -> None:
+    auto = StudentConfig()
+    assert auto.resolved(teacher_is_logit=True).head == "linear"
+    assert auto.resolved(teacher_is_logit=False).head == "distance"
+    assert StudentConfig(head="linear").resolved(teacher_is_logit=False).head == "linear"
+    with pytest.raises(ValueError, match="resolve"):
+        build_student(4, auto)
+
+
 def test_distillation_loss_is_minimal_at_the_teacher() -> None:
     z = torch.linspace(-3, 3, 50)
     hard = (z > 1.0).float()
@@ -52,16 +85,18 @@ def test_distillation_loss_is_minimal_at_the_teacher() -> None:
     assert off > at_teacher
 
 
-def _scorer(tmp_path: Path) -> DeployedScorer:
+def _scorer(head: str) -> DeployedScorer:
     torch.manual_seed(0)
     pre = Preprocessor(torch.randn(5), torch.rand(5) + 0.5, 10.0, torch.randn(5, 7))
-    return DeployedScorer(pre, ScoreHead(build_student(7, StudentConfig(hidden=[4]))), 0.1).eval()
+    student = build_student(7, StudentConfig(hidden=[4], head=head))  # type: ignore[arg-type]
+    return DeployedScorer(pre, ScoreHead(student), 0.1).eval()
 
 
-def test_torchscript_export_gives_identical_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["linear", "distance"])
+def test_torchscript_export_gives_identical_scores(tmp_path: Path, head: str) -> None:
     from metakd.adapt import export_torchscript
 
-    scorer = _scorer(tmp_path)
+    scorer = _scorer(head)
     path = tmp_path / "student.torchscript.pt"
     export_torchscript(scorer, path)
     x = torch.randn(20, 5)

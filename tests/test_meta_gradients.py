@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import higher
 
-B, N, Q, D, STEPS, LR = 4, 6, 8, 5, 2, 0.3
+B, N, Q, P, D, STEPS, LR = 4, 6, 8, 5, 5, 2, 0.3
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,9 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def _batch(anomaly_shots: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _batch(anomaly_shots: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(support_x, support_y, query_x, query_y, pool_x)``; the pool serves heads with pool
+    neighbours (the kNN teacher's) and is ignored by the others."""
     g = torch.Generator().manual_seed(1)
     sx = torch.randn(B, N, D, generator=g)
     sy = torch.zeros(B, N)
@@ -36,44 +38,53 @@ def _batch(anomaly_shots: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         sy[:, -anomaly_shots:] = 1
     qx = torch.randn(B, Q, D, generator=g)
     qy = (torch.arange(Q) % 2).to(torch.float64).expand(B, Q).contiguous()
-    return sx, sy, qx, qy
+    px = torch.randn(B, P, D, generator=g)
+    return sx, sy, qx, qy, px
 
 
 def _teacher(kind: str) -> Teacher:
+    """A small teacher; the kNN one with the input skip and pool neighbours, so the meta-gradient
+    tests also cover those meta-parameters and the pool rows' part in the inner loop."""
     torch.manual_seed(0)
-    return build_teacher(
-        D, ModelConfig(kind=kind, hidden=[7, 6], embedding_dim=3, activation="tanh")
+    config = ModelConfig(
+        kind=kind,  # type: ignore[arg-type]
+        hidden=[7, 6],
+        embedding_dim=3,
+        activation="tanh",
+        input_skip=kind == "knn",
+        pool_neighbours=kind == "knn",
     )
+    return build_teacher(D, config)
 
 
 def _higher_reference(learner: MetaLearner, batch, *, head_only: bool) -> list[Tensor]:
     """Meta-gradient from `higher`'s differentiable SGD, one task at a time."""
     teacher = learner.teacher
-    sx, sy, qx, qy = batch
+    sx, sy, qx, qy, px = batch
     params = list(teacher.parameters())
     adapted = [teacher.layers[-1].weight, teacher.layers[-1].bias] if head_only else params
     adapted = [p for p in adapted if p is not None]
     total = [torch.zeros_like(p) for p in params]
 
-    def scores(fm, x: Tensor, ref_x: Tensor, ref_y: Tensor, *, support: bool) -> Tensor:
+    def scores(fm, x: Tensor, b: int, *, support: bool) -> Tensor:
         def stack(h: Tensor) -> Tensor:
             for i, layer in enumerate(fm.layers):
                 h = F.linear(h, layer.weight, layer.bias)
                 h = torch.tanh(h) if i < len(fm.layers) - 1 else h
             return h
 
-        out = stack(x)
-        reference = teacher.reference(stack(ref_x), 1 - ref_y) if teacher.uses_reference else ()
-        return teacher.head(out, x, reference, leave_one_out=support)
+        reference = ()
+        if teacher.uses_reference:
+            pool = (stack(px[b]), px[b]) if teacher.uses_pool else (None, None)
+            reference = teacher.reference(stack(sx[b]), sx[b], 1 - sy[b], *pool)
+        return teacher.head(stack(x), x, reference, leave_one_out=support)
 
     for b in range(B):
         opt = torch.optim.SGD(adapted, lr=LR)
         with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
             for _ in range(STEPS):
-                diffopt.step(
-                    learner.inner_loss(scores(fm, sx[b], sx[b], sy[b], support=True), sy[b])
-                )
-            q = scores(fm, qx[b], sx[b], sy[b], support=False)
+                diffopt.step(learner.inner_loss(scores(fm, sx[b], b, support=True), sy[b]))
+            q = scores(fm, qx[b], b, support=False)
             loss = learner.outer_loss(score_logits(teacher, q), qy[b]) / B
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
@@ -83,7 +94,7 @@ def _higher_reference(learner: MetaLearner, batch, *, head_only: bool) -> list[T
 def _loop_reference(learner: MetaLearner, batch, *, first_order: bool) -> list[Tensor]:
     """Meta-gradient with the same pure `adapt`, but one task at a time (no vmap)."""
     teacher = learner.teacher
-    sx, sy, qx, qy = batch
+    sx, sy, qx, qy, px = batch
     total = sx.new_zeros(())
     for b in range(B):
         adapted, _ = adapt(
@@ -96,8 +107,11 @@ def _loop_reference(learner: MetaLearner, batch, *, first_order: bool) -> list[T
             lr=LR,
             first_order=first_order,
             layers=learner.adapted_layers(),
+            pool_x=px[b],
         )
-        q, _ = task_scores(adapted, qx[b], teacher=teacher, support_x=sx[b], support_y=sy[b])
+        q, _ = task_scores(
+            adapted, qx[b], teacher=teacher, support_x=sx[b], support_y=sy[b], pool_x=px[b]
+        )
         total = total + learner.outer_loss(score_logits(teacher, q), qy[b]) / B
     return list(torch.autograd.grad(total, list(teacher.parameters())))
 
@@ -153,7 +167,7 @@ def test_fomaml_is_maml_without_second_order_terms() -> None:
     ours = _ours(fomaml, batch)
     _assert_close(ours, _loop_reference(fomaml, batch, first_order=True))
     # FOMAML's gradient is the query gradient at the adapted weights (Finn et al. 2017, §5.2).
-    sx, sy, qx, qy = batch
+    sx, sy, qx, qy, _ = batch
     expected = [torch.zeros_like(p) for p in teacher.parameters()]
     for b in range(B):
         params = {k: v.detach().clone() for k, v in teacher.named_parameters()}
@@ -186,7 +200,7 @@ def test_reptile_update_equals_formula() -> None:
         meta=MetaConfig(algorithm="reptile"),
         anomaly_shots=1,
     )
-    sx, sy, qx, qy = _batch()
+    sx, sy, qx, qy, _ = _batch()
     grads, _ = learner.reptile_gradients(sx, sy, qx, qy)
     x, y = torch.cat([sx, qx], 1), torch.cat([sy, qy], 1)
     theta = {k: v.detach() for k, v in teacher.named_parameters()}
@@ -223,7 +237,7 @@ def test_metasgd_rates_get_gradients_and_match_loop() -> None:
     grads = torch.autograd.grad(loss, params)
     assert all(g.abs().sum() > 0 for g in grads)
     # The same objective computed with dense per-element SGD steps, one task at a time.
-    sx, sy, qx, qy = batch
+    sx, sy, qx, qy, _ = batch
     rates = dict(zip([k for k, _ in teacher.named_parameters()], learner.rates, strict=True))
     total = sx.new_zeros(())
     for b in range(B):
@@ -265,7 +279,7 @@ def test_transductive_pool_term_matches_loop_and_changes_adaptation() -> None:
     teacher = _teacher("svdd")
     inner = InnerConfig(steps=STEPS, lr=LR, pool_weight=0.5, pool_trim=0.25)
     learner = MetaLearner(teacher, inner=inner, meta=MetaConfig(), anomaly_shots=1)
-    sx, sy, qx, qy = _batch()
+    sx, sy, qx, qy, _ = _batch()
     px = torch.randn(B, 8, D, generator=torch.Generator().manual_seed(3))
     loss, _ = learner.meta_loss(sx, sy, qx, qy, px)
     ours = torch.autograd.grad(loss, list(teacher.parameters()))

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from metakd.meta.losses import LossFn, one_class_loss
-from metakd.models.stack import StackParams, stack_forward
+from metakd.models.stack import Prefix, StackParams, make_prefix, stack_forward
 from metakd.models.teachers import Teacher
 
 # Per-layer learned rates for Meta-SGD (Li et al. 2017): (weight rate [out, in], bias rate [out]).
@@ -37,18 +37,27 @@ def _inner_objective(
     teacher: Teacher,
     loss: LossFn,
     pool: PoolTerm | None,
-) -> tuple[Tensor, list[Tensor]]:
+    prefix: Prefix | None,
+) -> tuple[Tensor, dict[int, Tensor]]:
     """Support loss (support rows scored leave-one-out), plus the transductive pool term.
 
-    ``x`` holds the ``len(y)`` support rows followed by the pool rows, if any.
+    ``x`` holds the ``len(y)`` support rows followed by the pool rows, if any; ``prefix`` is their
+    cached state at the first adapted layer.
     """
-    out, inputs = stack_forward(params, x, activation=teacher.activation, perturb=perturb)
+    out, inputs = stack_forward(
+        params, x, activation=teacher.activation, perturb=perturb, prefix=prefix
+    )
     n = y.shape[-1]
-    support_out = out[..., :n, :]
-    reference = teacher.reference(support_out, 1.0 - y) if teacher.uses_reference else ()
-    value = loss(teacher.head(support_out, x[..., :n, :], reference, leave_one_out=True), y)
+    support_out, support_x = out[..., :n, :], x[..., :n, :]
+    pool_out, pool_x = (out[..., n:, :], x[..., n:, :]) if x.shape[-2] > n else (None, None)
+    reference = (
+        teacher.reference(support_out, support_x, 1.0 - y, pool_out, pool_x)
+        if teacher.uses_reference
+        else ()
+    )
+    value = loss(teacher.head(support_out, support_x, reference, leave_one_out=True), y)
     if pool is not None:
-        pool_scores = teacher.head(out[..., n:, :], x[..., n:, :], reference)
+        pool_scores = teacher.head(pool_out, pool_x, reference)
         keep = max(1, round((1.0 - pool.trim) * pool_scores.shape[-1]))
         # The most normal-looking share of the pool; the rest may hold anomalies.
         kept = pool_scores.topk(keep, dim=-1, largest=False).values
@@ -95,41 +104,63 @@ def adapt(
             the update low-rank; per-element rates make that layer's weight dense per task.
         first_order: drop second-order terms (FOMAML): the step is treated as a constant.
         layers: indices of the layers to adapt (ANIL adapts only the last); default all.
-        pool_x: the task's unlabelled rows ``[m, d]``, used when ``pool`` is given.
+        pool_x: the task's unlabelled rows ``[m, d]``, used by the ``pool`` term and by heads
+            with pool neighbours (``teacher.uses_pool``).
         pool: weight and trim of the transductive pool term (see :class:`PoolTerm`).
 
     Returns:
         ``(adapted params, support loss before the first step)``.
     """
     n_layers = len(params.weights)
-    adapted = tuple(range(n_layers)) if layers is None else tuple(layers)
+    adapted = tuple(range(n_layers)) if layers is None else tuple(sorted(layers))
     weights, biases, factors = list(params.weights), list(params.biases), list(params.factors)
     use_pool = pool is not None and pool.weight > 0 and pool_x is not None
-    rows = torch.cat([support_x, pool_x], dim=-2) if use_pool else support_x
+    # A head with pool neighbours scores the support against the pool: its rows ride along.
+    with_pool = pool_x is not None and (use_pool or teacher.uses_pool)
+    rows = torch.cat([support_x, pool_x], dim=-2) if with_pool else support_x
     initial_loss = support_x.new_zeros(())
+    if steps == 0 or not adapted:
+        return params, initial_loss
+    # Layers below the first adapted one never change, so the rows' input to it is the same at
+    # every step: each step's update of that layer has the same H and they merge into one factor
+    # (H, Σ_k lr·G_k). With a scalar rate its weight stays the shared one too, so the product of
+    # the rows with it is computed once (the Prefix) rather than once per step.
+    first = adapted[0]
+    prefix = None
+    if isinstance(lr, float):
+        prefix = make_prefix(params, rows, activation=teacher.activation, layer=first)
+        factors[first] = ()  # folded into prefix.product; the merged factor goes here
+    merged: Tensor | None = None
     for step in range(steps):
         current = StackParams(tuple(weights), tuple(biases), tuple(factors))
         perturb = {
             layer: rows.new_zeros(*rows.shape[:-1], weights[layer].shape[-2]) for layer in adapted
         }
         deltas, (value, inputs) = grad_and_value(_inner_objective, has_aux=True)(
-            perturb, current, rows, support_y, teacher, loss, pool if use_pool else None
+            perturb, current, rows, support_y, teacher, loss, pool if use_pool else None, prefix
         )
         if step == 0:
             initial_loss = value
         for layer in adapted:
-            g, h = deltas[layer], inputs[layer]
+            g = deltas[layer]
+            h = prefix.inputs if prefix is not None and layer == first else inputs[layer]
             if first_order:
                 g, h = g.detach(), h.detach()
             if isinstance(lr, float):
                 w_rate, b_rate = lr, lr
-                factors[layer] = (*factors[layer], (h, w_rate * g))
+                if layer == first:
+                    merged = w_rate * g if merged is None else merged + w_rate * g
+                    factors[layer] = ((h, merged),)
+                else:
+                    factors[layer] = (*factors[layer], (h, w_rate * g))
             else:
                 w_rate, b_rate = lr[layer]
                 weights[layer] = weights[layer] - w_rate * (g.transpose(-1, -2) @ h)
             if biases[layer] is not None:
                 rate = b_rate if b_rate is not None else w_rate
                 biases[layer] = biases[layer] - rate * g.sum(-2)
+    if prefix is not None:
+        factors[first] = (*params.factors[first], *factors[first])
     return StackParams(tuple(weights), tuple(biases), tuple(factors)), initial_loss
 
 
@@ -140,11 +171,14 @@ def task_scores(
     teacher: Teacher,
     support_x: Tensor,
     support_y: Tensor,
+    pool_x: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Score rows of one task with its (adapted) parameters.
 
-    Support-relative heads (centre, nearest neighbours) need the support's outputs under the same
-    parameters, so support and ``x`` share one forward pass. Support rows are scored leave-one-out.
+    Support-relative heads (centre, nearest neighbours) need the support's (and, for heads with
+    pool neighbours, the pool's) outputs under the same parameters. Each set of rows makes its
+    own forward pass: concatenating them first would copy every row once more. Support rows are
+    scored leave-one-out.
 
     Args:
         params: the task's parameters.
@@ -152,24 +186,64 @@ def task_scores(
         teacher: supplies activation and head.
         support_x: support rows ``[n, d]``.
         support_y: support labels ``[n]``.
+        pool_x: the task's unlabelled rows ``[p, d]`` (read by heads with pool neighbours).
 
     Returns:
         ``(scores of x [m], scores of the support [n])``.
     """
+    support_out, _ = stack_forward(params, support_x, activation=teacher.activation)
+    reference = _reference(params, teacher, support_out, support_x, support_y, pool_x)
+    out, _ = stack_forward(params, x, activation=teacher.activation)
+    support_scores = teacher.head(support_out, support_x, reference, leave_one_out=True)
+    return teacher.head(out, x, reference), support_scores
+
+
+def reference_scores(
+    params: StackParams,
+    *,
+    teacher: Teacher,
+    support_x: Tensor,
+    support_y: Tensor,
+    pool_x: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Scores of the task's own support ``[n]`` and pool ``[m]`` rows, each scored leave-one-out
+    against a reference that holds it (a row is never its own neighbour), as a new row in the
+    same place would be. Thresholds and distillation targets are fitted on these."""
+    rows = support_x if pool_x is None else torch.cat([support_x, pool_x], dim=-2)
+    out, _ = stack_forward(params, rows, activation=teacher.activation)
     n = support_x.shape[-2]
-    both = torch.cat([support_x, x], dim=-2)
-    out, _ = stack_forward(params, both, activation=teacher.activation)
-    reference = (
-        teacher.reference(out[..., :n, :], 1.0 - support_y) if teacher.uses_reference else ()
-    )
-    support_scores = teacher.head(out[..., :n, :], support_x, reference, leave_one_out=True)
-    return teacher.head(out[..., n:, :], x, reference), support_scores
+    reference = _reference(params, teacher, out[..., :n, :], support_x, support_y, pool_x)
+    scores = teacher.head(out, rows, reference, leave_one_out=True)
+    return scores[..., :n], (None if pool_x is None else scores[..., n:])
 
 
 def support_reference(
-    params: StackParams, *, teacher: Teacher, support_x: Tensor, support_y: Tensor
+    params: StackParams,
+    *,
+    teacher: Teacher,
+    support_x: Tensor,
+    support_y: Tensor,
+    pool_x: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
-    """The reference a support-relative head keeps for standalone scoring (see
-    :meth:`~metakd.models.teachers.Teacher.store_reference`)."""
-    out, _ = stack_forward(params, support_x, activation=teacher.activation)
-    return teacher.reference(out, 1.0 - support_y)
+    """The reference a support-relative head scores against (``()`` for other heads); kept for
+    standalone scoring by :meth:`~metakd.models.teachers.Teacher.store_reference`."""
+    if not teacher.uses_reference:
+        return ()
+    support_out, _ = stack_forward(params, support_x, activation=teacher.activation)
+    return _reference(params, teacher, support_out, support_x, support_y, pool_x)
+
+
+def _reference(
+    params: StackParams,
+    teacher: Teacher,
+    support_out: Tensor,
+    support_x: Tensor,
+    support_y: Tensor,
+    pool_x: Tensor | None,
+) -> tuple[Tensor, ...]:
+    if not teacher.uses_reference:
+        return ()
+    if not (teacher.uses_pool and pool_x is not None):
+        return teacher.reference(support_out, support_x, 1.0 - support_y)
+    pool_out, _ = stack_forward(params, pool_x, activation=teacher.activation)
+    return teacher.reference(support_out, support_x, 1.0 - support_y, pool_out, pool_x)

@@ -37,7 +37,8 @@ class InnerConfig:
     one-class supports, so second order is the default."""
     loss: InnerLossName = "auto"
     """Support loss: ``auto`` is ``one_class`` without anomaly shots, else ``bce`` (logit teachers)
-    or ``sad`` (distance teachers); also ``deviation`` (DevNet)."""
+    or ``ranking`` (one-class plus pairwise ranking of the labelled anomalies; any teacher); also
+    ``deviation`` (DevNet, logit teachers) and ``sad`` (Deep SAD, distance teachers)."""
     layers: Literal["all", "head"] = "all"
     """Which layers adapt: ``head`` adapts only the last layer (ANIL)."""
     pool_weight: float = 0.0
@@ -153,7 +154,7 @@ class MetaLearner(nn.Module):
             pool=self.inner.pool_term(),
         )
         q_scores, s_scores = task_scores(
-            adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy
+            adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy, pool_x=px
         )
         return q_scores, before, self.inner_loss(s_scores, sy)
 
@@ -198,16 +199,24 @@ class MetaLearner(nn.Module):
     # -- Reptile -------------------------------------------------------------------------------
 
     def reptile_gradients(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        pool_x: Tensor | None = None,
     ) -> tuple[list[Tensor], MetaStats]:
         """Reptile's pseudo-gradient ``θ - mean_b φ_b`` (Nichol et al. 2018, Alg. 2).
 
         Reptile has no support/query split: each task's φ_b is ``steps`` first-order SGD steps on
-        all its labelled rows (support ∪ query) under the supervised inner loss.
+        all its labelled rows (support ∪ query) under the supervised inner loss. ``pool_x``
+        (``[B, m, d]`` or ``None``) serves heads with pool neighbours. Only the stack's weights
+        get a pseudo-gradient; other meta-parameters of the head (input skip, pool trust) have
+        no inner loop to move them and stay as they are.
 
         Returns:
-            ``(one gradient per teacher parameter, per-task stats)``; stats' query scores are
-            from the un-adapted teacher (Reptile adapts on the query itself).
+            ``(one gradient per parameter of teacher.layers, in order; per-task stats)``; stats'
+            query scores are from the un-adapted teacher (Reptile adapts on the query itself).
         """
         x = torch.cat([support_x, query_x], dim=1)
         y = torch.cat([support_y, query_y], dim=1)
@@ -216,7 +225,9 @@ class MetaLearner(nn.Module):
         )
         params = self.teacher.stack_params()
 
-        def task(p: StackParams, xb: Tensor, yb: Tensor):
+        pool_dim = None if pool_x is None else 0
+
+        def task(p: StackParams, xb: Tensor, yb: Tensor, px: Tensor | None):
             adapted, before = adapt(
                 p,
                 xb,
@@ -227,10 +238,11 @@ class MetaLearner(nn.Module):
                 lr=self.inner.lr,
                 first_order=True,
                 layers=self.adapted_layers(),
+                pool_x=px,
             )
             return adapted, before
 
-        adapted, before = vmap(task, in_dims=(None, 0, 0))(params, x, y)
+        adapted, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(params, x, y, pool_x)
         grads: list[Tensor] = []
         batch = x.shape[0]
         for layer, (facs, bias) in enumerate(zip(adapted.factors, adapted.biases, strict=True)):
@@ -244,10 +256,11 @@ class MetaLearner(nn.Module):
                 grads.append((params.biases[layer] - bias).mean(0).detach())
         with torch.no_grad():
             q_scores, s_scores = vmap(
-                lambda sx, sy, qx: task_scores(
-                    params, qx, teacher=self.teacher, support_x=sx, support_y=sy
-                )
-            )(support_x, support_y, query_x)
+                lambda sx, sy, qx, px: task_scores(
+                    params, qx, teacher=self.teacher, support_x=sx, support_y=sy, pool_x=px
+                ),
+                in_dims=(0, 0, 0, pool_dim),
+            )(support_x, support_y, query_x, pool_x)
             after = vmap(self.inner_loss)(s_scores, support_y)
             outer = vmap(self.outer_loss)(score_logits(self.teacher, q_scores), query_y)
         return grads, MetaStats(outer, before.detach(), after, q_scores)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-InnerLossName = Literal["auto", "one_class", "bce", "deviation", "sad"]
+InnerLossName = Literal["auto", "one_class", "ranking", "bce", "deviation", "sad"]
 OuterLossName = Literal["ranking", "bce"]
 
 
@@ -53,10 +54,24 @@ def deviation_loss(scores: Tensor, y: Tensor, *, margin: float = 5.0) -> Tensor:
 def sad_loss(scores: Tensor, y: Tensor, *, eps: float = 1e-6) -> Tensor:
     """Deep SAD loss for distance scores (Ruff et al. 2020, Eq. 6 with η = 1).
 
-    Normals minimise their distance; labelled anomalies minimise its inverse.
+    Normals minimise their distance; labelled anomalies minimise its inverse. Not scale-free:
+    the gradient of ``1 / s`` grows as ``1 / s²``, so a few SGD steps from an initialisation with
+    small distances can diverge; ``ranking`` is the robust choice for the inner loop.
     """
     per_row = (1.0 - y) * scores + y / (scores + eps)
     return per_row.mean(-1)
+
+
+def one_class_ranking_loss(scores: Tensor, y: Tensor, *, logit: bool) -> Tensor:
+    """The one-class loss of the normals plus the pairwise ranking loss of labelled anomalies
+    above normals, on the logit scale (log-distances for distance scores).
+
+    Equal to :func:`one_class_loss` without anomalies. The ranking term is bounded and invariant
+    to the scale of distances, so labelled anomalies cannot blow up a few-step inner loop the way
+    Deep SAD's ``1 / s`` can.
+    """
+    logits = scores if logit else torch.log(scores + 1e-6)
+    return one_class_loss(scores, y, logit=logit) + ranking_loss(logits, y)
 
 
 def ranking_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -72,18 +87,20 @@ def ranking_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 def inner_loss_fn(name: InnerLossName, *, has_anomalies: bool, score_is_logit: bool) -> LossFn:
     """Resolve an inner-loss name for a teacher; ``auto`` picks one-class without anomaly shots,
-    else BCE for logit scores and Deep SAD for distance scores."""
+    else BCE for logit scores and the one-class ranking loss for distance scores."""
     if name == "auto":
         if not has_anomalies:
             name = "one_class"
         else:
-            name = "bce" if score_is_logit else "sad"
+            name = "bce" if score_is_logit else "ranking"
     if name in ("bce", "deviation") and not score_is_logit:
         raise ValueError(f"inner loss '{name}' needs logit scores; use 'sad' or 'one_class'")
     if name == "sad" and score_is_logit:
         raise ValueError("inner loss 'sad' needs distance scores; use 'bce' or 'deviation'")
     if name == "one_class":
         return lambda s, y: one_class_loss(s, y, logit=score_is_logit)
+    if name == "ranking":
+        return lambda s, y: one_class_ranking_loss(s, y, logit=score_is_logit)
     return {"bce": balanced_bce_loss, "deviation": deviation_loss, "sad": sad_loss}[name]
 
 
@@ -109,6 +126,7 @@ __all__ = [
     "deviation_loss",
     "inner_loss_fn",
     "one_class_loss",
+    "one_class_ranking_loss",
     "outer_loss_fn",
     "ranking_loss",
     "sad_loss",

@@ -8,6 +8,7 @@ TorchScript and runs without metakd installed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,10 +24,26 @@ class StudentConfig:
     """Hidden widths of the student MLP (small: it is deployed per task)."""
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """Activation between layers."""
+    head: Literal["auto", "linear", "distance"] = "auto"
+    """``linear``: the MLP's output is the score. ``distance``: the MLP outputs an embedding
+    ``e`` and the score is ``a · log(‖e‖² + ε) + b`` (learned ``a``, ``b``), the shape of a distance
+    teacher's log-distance to its centre, so the student grows away from the data as the teacher
+    does instead of flattening out where it saw no rows. ``auto``: ``distance`` for distance
+    teachers, ``linear`` for logit teachers."""
+    embedding_dim: int = 16
+    """Width of the embedding ``e`` of the ``distance`` head."""
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"student hidden widths must be positive, got {self.hidden}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"student embedding_dim must be positive, got {self.embedding_dim}")
+
+    def resolved(self, *, teacher_is_logit: bool) -> StudentConfig:
+        """This config with ``head: auto`` replaced by the head that suits the teacher."""
+        if self.head != "auto":
+            return self
+        return dataclasses.replace(self, head="linear" if teacher_is_logit else "distance")
 
 
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
@@ -37,14 +54,34 @@ _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 }
 
 
+class LogSquaredNorm(nn.Module):
+    """``[N, k] -> [N, 1]``: ``a · log(‖e‖² + ε) + b`` with learned scalars ``a`` and ``b``."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(1))
+        self.offset = nn.Parameter(torch.zeros(1))
+
+    def forward(self, e: Tensor) -> Tensor:
+        return self.scale * torch.log(e.pow(2).sum(-1, keepdim=True) + self.eps) + self.offset
+
+
 def build_student(input_dim: int, config: StudentConfig) -> nn.Sequential:
-    """MLP ``[N, input_dim] -> [N, 1]`` producing a score on the teacher's normalised scale."""
-    sizes = [input_dim, *config.hidden, 1]
+    """The student ``[N, input_dim] -> [N, 1]``, a score on the teacher's normalised scale: an MLP
+    with ``config.hidden`` widths, ending in one output (``linear`` head) or in an embedding and
+    :class:`LogSquaredNorm` (``distance`` head). ``head`` must be resolved (not ``auto``)."""
+    if config.head == "auto":
+        raise ValueError("resolve the student head first (StudentConfig.resolved)")
+    out = 1 if config.head == "linear" else config.embedding_dim
+    sizes = [input_dim, *config.hidden, out]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(_ACTIVATION_MODULES[config.activation]())
+    if config.head == "distance":
+        layers.append(LogSquaredNorm())
     return nn.Sequential(*layers)
 
 

@@ -69,36 +69,81 @@ class StackParams(NamedTuple):
         return out
 
 
+class Prefix(NamedTuple):
+    """Fixed rows' state at one layer, computed once and reused by every inner step.
+
+    While an inner loop adapts layers ``>= layer`` only, the layers below never change, so the
+    rows' input to ``layer`` and its product with that layer's shared weight are the same at every
+    step: the one matmul with a wide weight (e.g. ``[256, 1000]``) is not repeated per step.
+
+    Attributes:
+        layer: the first layer run from this state.
+        inputs: the rows' input to ``layer``, ``[..., N, in]``.
+        product: ``inputs @ weightᵀ`` with the low-rank factors of the parameters it was computed
+            from folded in, ``[..., N, out]`` (no bias). Factors in the parameters passed to
+            :func:`stack_forward` with this prefix are applied on top.
+    """
+
+    layer: int
+    inputs: Tensor
+    product: Tensor
+
+
+def layer_product(params: StackParams, layer: int, h: Tensor) -> Tensor:
+    """``h`` times the layer's effective weight transposed, ``[..., N, out]`` (no bias)."""
+    z = h @ params.weights[layer].transpose(-1, -2)
+    for fh, fg in params.factors[layer]:
+        z = z - (h @ fh.transpose(-1, -2)) @ fg
+    return z
+
+
+def make_prefix(params: StackParams, x: Tensor, *, activation: Activation, layer: int) -> Prefix:
+    """The rows ``x``'s :class:`Prefix` at ``layer``: run the layers below it, then one product."""
+    h = x
+    for below in range(layer):
+        z = layer_product(params, below, h)
+        b = params.biases[below]
+        h = activation(z if b is None else z + b)
+    return Prefix(layer, h, layer_product(params, layer, h))
+
+
 def stack_forward(
     params: StackParams,
     x: Tensor,
     *,
     activation: Activation,
     perturb: dict[int, Tensor] | None = None,
-) -> tuple[Tensor, list[Tensor]]:
+    prefix: Prefix | None = None,
+) -> tuple[Tensor, dict[int, Tensor]]:
     """Run the stack on ``x`` with (possibly adapted) per-task parameters.
 
     Args:
         params: the task's parameters.
-        x: inputs ``[..., N, d]``.
+        x: inputs ``[..., N, d]`` (ignored when ``prefix`` is given).
         activation: applied after every layer but the last.
         perturb: optional ``{layer: zeros [..., N, out]}`` added to that layer's pre-activation.
             Differentiating the loss with respect to these zeros yields ``∂L/∂z`` per row, which
             is exactly the ``G`` of the low-rank update (see module docstring).
+        prefix: start at ``prefix.layer`` from its cached state instead of at layer 0; the
+            factors of ``params`` at that layer are applied on top of ``prefix.product``.
 
     Returns:
-        ``(output [..., N, out_last], inputs)`` where ``inputs[l]`` is layer ``l``'s input.
+        ``(output [..., N, out_last], inputs)`` where ``inputs[l]`` is layer ``l``'s input, for
+        every layer that ran.
     """
-    inputs: list[Tensor] = []
-    h = x
+    inputs: dict[int, Tensor] = {}
+    first = 0 if prefix is None else prefix.layer
+    h = x if prefix is None else prefix.inputs
     last = len(params.weights) - 1
-    for layer, (w, b, facs) in enumerate(
-        zip(params.weights, params.biases, params.factors, strict=True)
-    ):
-        inputs.append(h)
-        z = h @ w.transpose(-1, -2)
-        for fh, fg in facs:
-            z = z - (h @ fh.transpose(-1, -2)) @ fg
+    for layer in range(first, last + 1):
+        inputs[layer] = h
+        if prefix is not None and layer == first:
+            z = prefix.product
+            for fh, fg in params.factors[layer]:
+                z = z - (h @ fh.transpose(-1, -2)) @ fg
+        else:
+            z = layer_product(params, layer, h)
+        b = params.biases[layer]
         if b is not None:
             z = z + b
         if perturb is not None and layer in perturb:

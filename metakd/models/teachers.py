@@ -40,6 +40,17 @@ class ModelConfig:
     """k of the ``knn`` head (fewer when the support has fewer normals)."""
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """Elementwise activation between layers."""
+    input_skip: bool = False
+    """Distance heads (``knn``, ``svdd``) embed a row as ``[γ·x/√D, φ(x)]``: the scaled input next
+    to the network's embedding, with a meta-learned weight ``γ`` (initially 1). The detector then
+    starts close to plain kNN (centre distance) on the scaled features and meta-learning moves
+    away from it only as far as that helps across tasks. Off by default: measured mixed (held-out
+    AUROC +0.02 on MVTec, -0.08 on SKAB, ±0.01 on synthetic and digits)."""
+    pool_neighbours: bool = True
+    """``knn`` head: the task's unlabelled pool rows join the support normals as neighbours, their
+    distances multiplied by a meta-learned factor ``c = exp(ρ)`` (initially 1). The pool is many
+    more rows than the support and mostly normal; ``c`` learns how far to trust it, which depends
+    on how contaminated pools are across tasks (large ``c`` ignores it)."""
 
     def __post_init__(self) -> None:
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -63,6 +74,7 @@ class Teacher(nn.Module):
 
     score_is_logit: bool = False
     uses_reference: bool = False
+    uses_pool: bool = False
 
     def __init__(self, sizes: list[int], *, activation: str, bias: bool = True) -> None:
         super().__init__()
@@ -90,16 +102,27 @@ class Teacher(nn.Module):
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
         """``load_state_dict`` that accepts a stored reference of any size."""
-        if "memory" in state_dict:
-            self.memory = torch.empty_like(state_dict["memory"])
+        for name, value in state_dict.items():
+            if name.startswith("memory"):
+                setattr(self, name, torch.empty_like(value))
         self.load_state_dict(state_dict)
 
     def activation(self, x: Tensor) -> Tensor:
         return ACTIVATIONS[self.activation_name](x)
 
-    def reference(self, out: Tensor, normal_weight: Tensor) -> Reference:
-        """What :meth:`head` needs from the support: ``out [n, k]`` are the support rows' outputs
-        and ``normal_weight [n]`` is 1 for normals, 0 for anomalies."""
+    def reference(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> Reference:
+        """What :meth:`head` needs from the task: ``out [n, k]`` and ``x [n, d]`` are the support
+        rows' outputs and inputs, ``normal_weight [n]`` is 1 for normals and 0 for anomalies;
+        ``pool_out [m, k]``, ``pool_x [m, d]`` the unlabelled pool's (read only when
+        :attr:`uses_pool`). Leave-one-out scoring (:meth:`head`) takes the reference rows in this
+        order: support, then pool."""
         return ()
 
     def store_reference(self, reference: Reference) -> None:
@@ -138,7 +161,24 @@ class MLPScorer(Teacher):
         return out.squeeze(-1)
 
 
-class SVDDNet(Teacher):
+class _DistanceTeacher(Teacher):
+    """Shared embedding of the distance heads: ``φ(x)``, or ``[γ·x/√D, φ(x)]`` with the input skip."""
+
+    def __init__(self, sizes: list[int], config: ModelConfig, *, bias: bool) -> None:
+        super().__init__(sizes, activation=config.activation, bias=bias)
+        self.input_skip = config.input_skip
+        # log γ: γ > 0 always, so the input part can fade but never flips sign.
+        self.log_skip = nn.Parameter(torch.zeros(())) if config.input_skip else None
+
+    def embed(self, out: Tensor, x: Tensor) -> Tensor:
+        """Embeddings ``[..., N, k (+ D)]`` from stack outputs and inputs."""
+        if self.log_skip is None:
+            return out
+        scale = torch.exp(self.log_skip) / x.shape[-1] ** 0.5
+        return torch.cat([scale * x, out], dim=-1)
+
+
+class SVDDNet(_DistanceTeacher):
     """Embedding network scored by squared distance to a centre (Deep SVDD, Ruff et al. 2018).
 
     Bias-free, as Deep SVDD requires to rule out the trivial constant map. The centre is the mean
@@ -148,15 +188,23 @@ class SVDDNet(Teacher):
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
-        super().__init__(
-            [input_dim, *config.hidden, config.embedding_dim],
-            activation=config.activation,
-            bias=False,
-        )
+        super().__init__([input_dim, *config.hidden, config.embedding_dim], config, bias=False)
+        self.register_buffer("memory", torch.zeros(0, self.width(input_dim, config)))
 
-    def reference(self, out: Tensor, normal_weight: Tensor) -> Reference:
+    @staticmethod
+    def width(input_dim: int, config: ModelConfig) -> int:
+        return config.embedding_dim + (input_dim if config.input_skip else 0)
+
+    def reference(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> Reference:
         w = normal_weight.unsqueeze(-1)
-        return ((out * w).sum(-2) / w.sum(-2).clamp_min(1.0),)
+        return ((self.embed(out, x) * w).sum(-2) / w.sum(-2).clamp_min(1.0),)
 
     def store_reference(self, reference: Reference) -> None:
         self.memory = reference[0].detach().reshape(1, -1).clone()
@@ -168,56 +216,81 @@ class SVDDNet(Teacher):
         self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
     ) -> Tensor:
         (centre,) = reference
-        return (out - centre.unsqueeze(-2)).pow(2).sum(-1)
+        return (self.embed(out, x) - centre.unsqueeze(-2)).pow(2).sum(-1)
 
 
-class KNNNet(Teacher):
-    """Embedding network scored by the mean distance to the k nearest support normals.
+class KNNNet(_DistanceTeacher):
+    """Embedding network scored by the mean distance to the k nearest reference rows.
 
-    A meta-learned metric for kNN anomaly detection: at a random initialisation the embedding is
-    a random-feature map, so the detector starts close to plain kNN on the scaled features, and
-    meta-training shapes the metric across tasks. Neighbours are selected with masks (anomalous
-    support rows and, in leave-one-out mode, the row itself are excluded), so it runs under vmap.
+    A meta-learned metric for kNN anomaly detection. The reference is the support normals and,
+    with ``pool_neighbours``, the unlabelled pool rows, whose distances count ``c`` times (a
+    meta-learned trust in the pool). With the input skip the detector starts as plain kNN on
+    the scaled features and meta-training shapes the metric across tasks. Neighbours are selected
+    with masks (anomalous support rows and, in leave-one-out mode, the row itself are excluded),
+    so it runs under vmap.
     """
 
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
-        super().__init__(
-            [input_dim, *config.hidden, config.embedding_dim], activation=config.activation
-        )
+        super().__init__([input_dim, *config.hidden, config.embedding_dim], config, bias=True)
         self.neighbours = config.neighbours
+        self.uses_pool = config.pool_neighbours
+        self.log_pool_factor = nn.Parameter(torch.zeros(())) if config.pool_neighbours else None
+        width = SVDDNet.width(input_dim, config)
+        # Stored reference for standalone scoring: embeddings, and each row's distance factor.
+        self.register_buffer("memory", torch.zeros(0, width))
+        self.register_buffer("memory_factor", torch.zeros(0))
 
-    def reference(self, out: Tensor, normal_weight: Tensor) -> Reference:
-        return (out, normal_weight)
+    def reference(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> Reference:
+        ref = self.embed(out, x)
+        factor = torch.ones_like(normal_weight)
+        if self.log_pool_factor is not None and pool_out is not None and pool_x is not None:
+            ref = torch.cat([ref, self.embed(pool_out, pool_x)], dim=-2)
+            pool_factor = torch.exp(self.log_pool_factor).expand(pool_out.shape[:-1])
+            factor = torch.cat([factor, pool_factor], dim=-1)
+            normal_weight = torch.cat([normal_weight, torch.ones_like(pool_factor)], dim=-1)
+        return (ref, normal_weight, factor)
 
     def store_reference(self, reference: Reference) -> None:
-        out, weight = reference
-        self.memory = out[weight > 0].detach().clone()
+        ref, weight, factor = reference
+        keep = weight > 0
+        self.memory = ref[keep].detach().clone()
+        self.memory_factor = factor[keep].detach().clone()
 
     def stored_reference(self) -> Reference:
-        return (self.memory, torch.ones(self.memory.shape[0], device=self.memory.device))
+        return (self.memory, torch.ones_like(self.memory_factor), self.memory_factor)
 
     def head(
         self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
     ) -> Tensor:
-        ref, weight = reference
+        ref, weight, factor = reference
+        e = self.embed(out, x)
         sq = (
-            out.pow(2).sum(-1, keepdim=True)
+            e.pow(2).sum(-1, keepdim=True)
             + ref.pow(2).sum(-1).unsqueeze(-2)
-            - 2.0 * out @ ref.transpose(-1, -2)
+            - 2.0 * e @ ref.transpose(-1, -2)
         ).clamp_min(0.0)  # [..., N, n]
         valid = weight.unsqueeze(-2).expand_as(sq)
         if leave_one_out:
-            valid = valid * (1.0 - torch.eye(sq.shape[-1], dtype=sq.dtype, device=sq.device))
+            # Row i is reference row i (support first, then pool): never its own neighbour.
+            eye = torch.eye(sq.shape[-2], sq.shape[-1], dtype=sq.dtype, device=sq.device)
+            valid = valid * (1.0 - eye)
+        distance = (sq + 1e-12).sqrt() * factor.unsqueeze(-2)
         # Invalid neighbours sort last; only valid ones among the k nearest are averaged.
-        big = sq.detach().max() + 1.0
-        masked = sq + (1.0 - valid) * big
+        big = distance.detach().max() + 1.0
+        masked = distance + (1.0 - valid) * big
         k = min(self.neighbours, sq.shape[-1])
         nearest, index = masked.topk(k, dim=-1, largest=False)
         keep = valid.gather(-1, index)
-        distance = (nearest * keep + 1e-12).sqrt() * keep
-        return distance.sum(-1) / keep.sum(-1).clamp_min(1.0)
+        return (nearest * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
 
 class AutoEncoder(Teacher):
