@@ -241,6 +241,13 @@ def _tracking_overrides(
     return [f"tracking.{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
 
 
+_TEACHER_OPTION = click.option(
+    "--teacher",
+    "teacher_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="teacher.pt from metakd meta-train.",
+)
 _PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
@@ -333,13 +340,7 @@ def _meta_train(
 
 
 @main.command("adapt")
-@click.option(
-    "--teacher",
-    "teacher_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="teacher.pt from metakd meta-train.",
-)
+@_TEACHER_OPTION
 @click.option(
     "--support",
     "support_path",
@@ -499,13 +500,7 @@ def _score(model_path: str, data_path: str, out_path: str | None, label_column: 
 
 
 @main.command("evaluate")
-@click.option(
-    "--teacher",
-    "teacher_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="teacher.pt from metakd meta-train.",
-)
+@_TEACHER_OPTION
 @click.option(
     "--tasks",
     "tasks_spec",

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -62,7 +62,7 @@ from metakd.data.collection import TaskCollection, load_collection
 from metakd.data.task import ANOMALY, NORMAL, UNLABELLED, Task
 from metakd.episodes import EpisodeConfig
 from metakd.errors import ConfigError, DataError, MetakdError
-from metakd.tracking import Run, TrackingConfig
+from metakd.tracking import Run, TrackingConfig, progress_bar
 
 #: Every method, in report order. ``metakd-*`` are ours; ``teacher-no-adapt`` is an ablation.
 METHODS: tuple[str, ...] = (
@@ -80,16 +80,7 @@ METHODS: tuple[str, ...] = (
 )
 OURS: tuple[str, ...] = ("metakd-student", "metakd-teacher")
 #: Methods that do not use the meta-trained teacher: "best baseline" is taken over these.
-BASELINES: tuple[str, ...] = (
-    "scratch",
-    "pooled-finetune",
-    "knn-support",
-    "iforest-support",
-    "knn-pool",
-    "iforest-pool",
-    "logreg-support",
-    "devnet",
-)
+BASELINES: tuple[str, ...] = tuple(m for m in METHODS if m not in (*OURS, "teacher-no-adapt"))
 #: Methods that need labelled anomalies; they run only in settings with ``A > 0``.
 NEEDS_ANOMALIES: tuple[str, ...] = ("logreg-support", "devnet")
 #: Methods that need the unlabelled pool.
@@ -424,7 +415,7 @@ def _run_evaluation(
         "methods": methods,
     }
     with Run(out_dir, config=resolved, tracking=config.tracking, job_type="evaluate") as run:
-        bar = _progress(enabled=progress)
+        bar = progress_bar(enabled=progress)
         with bar:
             pooled = None
             if "pooled-finetune" in methods:
@@ -481,8 +472,10 @@ def _run_evaluation(
                 for r in summary.itertuples()
             }
         )
-        run.log_table("results", list(RESULT_COLUMNS), results.astype(object).values.tolist())
-        run.log_table("summary", list(summary.columns), summary.astype(object).values.tolist())
+        run.log_table("results_table", list(RESULT_COLUMNS), results.astype(object).values.tolist())
+        run.log_table(
+            "summary_table", list(summary.columns), summary.astype(object).values.tolist()
+        )
         run.log_image("auroc_vs_shots", files["plot"])
     return EvaluationResult(
         out_dir=out_dir,
@@ -729,19 +722,6 @@ def _evaluate_split(
         seconds = time.perf_counter() - tick
         record(method, detector_b.decision_function(xq), seconds)
     return records
-
-
-def _progress(*, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 # -- reporting -----------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 TrackingMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -186,3 +188,18 @@ class Run:
 
     def __exit__(self, *exc: object) -> None:
         self.finish()
+
+
+def progress_bar(*, enabled: bool) -> Progress:
+    """The progress display of long jobs: a bar per job with counts, elapsed and remaining time,
+    and a free ``info`` field (e.g. the current loss)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )

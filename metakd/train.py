@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from metakd import configio
@@ -28,7 +27,7 @@ from metakd.errors import DataError
 from metakd.meta.learners import MetaLearner, MetaStats
 from metakd.meta.losses import auroc
 from metakd.models.teachers import build_teacher
-from metakd.tracking import Run
+from metakd.tracking import Run, progress_bar
 
 
 @dataclass
@@ -153,7 +152,7 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
     best_auroc: float | None = None
     best_iteration = 0
     with Run(out_dir, config=resolved, tracking=config.tracking, job_type="meta-train") as run:
-        bar = _progress(enabled=progress)
+        bar = progress_bar(enabled=progress)
         with bar:
             job = bar.add_task("meta-train", total=config.iterations, info="")
             for iteration in range(1, config.iterations + 1):
@@ -316,17 +315,4 @@ def _save(
             "val_auroc": val_auroc,
             "seed": config.seed,
         },
-    )
-
-
-def _progress(*, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-        transient=False,
     )

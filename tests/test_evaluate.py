@@ -56,8 +56,7 @@ def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "tasks": "digits",
             "iterations": 20,
             "val_every": 10,
-            # An MLP teacher: its BCE inner loss cannot overflow, so every run must score. (Deep
-            # SAD, the SVDD teacher's loss with anomaly shots, can; see the failed-run test.)
+            # An MLP teacher (the others are covered elsewhere): every run must score.
             "model": {"kind": "mlp", "hidden": [32, 16]},
             "episode": {
                 "shots": 10,

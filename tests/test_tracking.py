@@ -66,7 +66,8 @@ def offline_run(run_dir: Path) -> dict:
         elif kind == "config":
             out["config"] |= {i.key: json.loads(i.value_json) for i in record.config.update}
         elif kind == "history":
-            out["history"] |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+            # A logged media object (table, image) is a nested item: its name comes first.
+            out["history"] |= {i.key or i.nested_key[0] for i in record.history.item}
         elif kind == "summary":
             out["summary"] |= {
                 i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -138,7 +139,30 @@ def offline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ],
     )
     assert result.exit_code == 0, result.output
-    return {"train": train, "adapt": adapted}
+    evaluated = root / "evaluated"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--teacher",
+            str(train / "teacher.pt"),
+            "--shots",
+            "5",
+            "--anomaly-shots",
+            "0",
+            "--seeds",
+            "1",
+            "--out",
+            str(evaluated),
+            "--no-progress",
+            "--tracking",
+            "offline",
+            "--set",
+            "methods=[metakd-teacher,knn-support,iforest-pool]",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return {"train": train, "adapt": adapted, "evaluate": evaluated}
 
 
 def test_meta_train_offline_run_holds_keys_and_teacher_artifact(offline_runs) -> None:
@@ -179,6 +203,21 @@ def test_adapt_offline_run_logs_curves_and_student_lineage(offline_runs) -> None
     (source,) = student["metadata"]["sources"]
     assert source["artifact"] == "teacher"
     assert source["sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+
+
+def test_evaluate_offline_run_logs_results_table_and_plot(offline_runs) -> None:
+    run = offline_run(offline_runs["evaluate"])
+    assert run["job_type"] == "evaluate"
+    assert {"results_table", "summary_table", "auroc_vs_shots"} <= run["history"]
+    assert "auroc/knn-support/K5-A0" in run["summary"]
+    (table,) = offline_runs["evaluate"].glob(
+        "wandb/offline-run-*/files/media/table/results_table_*.json"
+    )
+    logged = json.loads(table.read_text())
+    csv_rows = (offline_runs["evaluate"] / "results.csv").read_text().splitlines()
+    assert logged["columns"] == csv_rows[0].split(",")
+    assert len(logged["data"]) == len(csv_rows) - 1
+    assert list(offline_runs["evaluate"].glob("wandb/offline-run-*/files/media/images/*.png"))
 
 
 def test_disabled_writes_no_wandb_files_but_metrics(tmp_path: Path) -> None:
