@@ -319,6 +319,12 @@ def _meta_train(
         + f" at iteration {result.best_iteration}",
         soft_wrap=True,
     )
+    if result.best_val_auroc is not None and result.best_iteration == 0:
+        console.print(
+            "note: no meta-training iterate beat the initialisation on the meta-val tasks, so the "
+            "saved teacher is the initialisation",
+            soft_wrap=True,
+        )
     if result.test_auroc:
         table = Table(
             title=f"Held-out few-shot AUROC ({', '.join(result.test_tasks)}; "

@@ -99,11 +99,39 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     if unknown:
         known = ", ".join(sorted(fields))
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known here: {known})")
-    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {
+        name: _convert(_over_field_default(fields[name], value), hints[name], f"{prefix}{name}")
+        for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config '{prefix.rstrip('.') or cls.__name__}': {err}") from None
+
+
+def _over_field_default(field: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested-config field, completed from that field's own default.
+
+    A parent may default a section differently from the section class's defaults (e.g. the
+    training episode shape); ``--set episode.meta_batch=4`` must change that one key of the
+    parent's default, not reset the section's other keys to the class's defaults.
+    """
+    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:
+        return value
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _deep_merge(to_dict(default), value)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -151,16 +151,37 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
     best_state = copy.deepcopy(learner.state_dict())
     best_auroc: float | None = None
     best_iteration = 0
+
+    def validate(iteration: int, metrics: dict[str, float | Tensor]) -> None:
+        """Meta-val AUROC into ``metrics``; a new best is kept in memory and saved."""
+        nonlocal best_auroc, best_iteration, best_state
+        assert val_batch is not None
+        val = float(np.mean(list(few_shot_auroc(learner, val_batch.to(config.device)).values())))
+        metrics["val_auroc"] = val
+        if best_auroc is None or val > best_auroc:
+            best_auroc, best_iteration = val, iteration
+            best_state = copy.deepcopy(learner.state_dict())
+            _save(out_dir / "teacher.pt", learner, config, alignment, collection, iteration, val)
+            metrics["best_val_auroc"] = val
+
+    skipped = 0  # outer steps skipped for a non-finite meta-gradient
     with Run(out_dir, config=resolved, tracking=config.tracking, job_type="meta-train") as run:
+        if val_batch is not None:
+            # The initialisation is a candidate too: where meta-training never beats it on the
+            # meta-val tasks, the teacher stays at iteration 0 instead of the least bad iterate.
+            initial: dict[str, float | Tensor] = {}
+            validate(0, initial)
+            run.log(initial, step=0)
         bar = progress_bar(enabled=progress)
         with bar:
             job = bar.add_task("meta-train", total=config.iterations, info="")
             for iteration in range(1, config.iterations + 1):
                 tick = time.perf_counter()
                 batch = sampler.sample().to(config.device)
-                stats = _meta_step(
+                stats, stepped = _meta_step(
                     learner, optimiser, batch, grad_clip=config.meta.grad_clip, meta_loss=meta_loss
                 )
+                skipped += not stepped
                 elapsed = time.perf_counter() - tick
                 metrics = {
                     "outer_loss": stats.outer_loss.mean(),
@@ -170,27 +191,12 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
                     "inner_lr": _mean_inner_lr(learner),
                     "meta_lr": optimiser.param_groups[0]["lr"],
                     "tasks_per_second": batch.support_x.shape[0] / elapsed,
+                    "skipped_steps": skipped,
                 }
                 if val_batch is not None and (
                     iteration % config.val_every == 0 or iteration == config.iterations
                 ):
-                    val = float(
-                        np.mean(list(few_shot_auroc(learner, val_batch.to(config.device)).values()))
-                    )
-                    metrics["val_auroc"] = val
-                    if best_auroc is None or val > best_auroc:
-                        best_auroc, best_iteration = val, iteration
-                        best_state = copy.deepcopy(learner.state_dict())
-                        _save(
-                            out_dir / "teacher.pt",
-                            learner,
-                            config,
-                            alignment,
-                            collection,
-                            iteration,
-                            val,
-                        )
-                        metrics["best_val_auroc"] = val
+                    validate(iteration, metrics)
                 run.log(metrics, step=iteration)
                 info = f"loss {metrics['outer_loss']:.3f}"
                 if best_auroc is not None:
@@ -216,8 +222,20 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
                 "knn_support": float(np.mean(list(knn_auroc(test_batch).values()))),
             }
         seconds = time.perf_counter() - start
+        if skipped:
+            warnings.warn(
+                f"{skipped} of {config.iterations} meta-steps had a non-finite meta-gradient (an "
+                "inner loop diverged) and were skipped; a smaller inner.lr or meta.meta_lr avoids "
+                "that",
+                stacklevel=2,
+            )
         run.summary(
-            {"best_val_auroc": best_auroc, "best_iteration": best_iteration, "seconds": seconds}
+            {
+                "best_val_auroc": best_auroc,
+                "best_iteration": best_iteration,
+                "skipped_steps": skipped,
+                "seconds": seconds,
+            }
             | {f"test_auroc/{k}": v for k, v in test_auroc.items()}
         )
         run.log_artifact(
@@ -244,7 +262,10 @@ def _meta_step(
     *,
     grad_clip: float,
     meta_loss: Callable[..., tuple[Tensor, MetaStats]],
-) -> MetaStats:
+) -> tuple[MetaStats, bool]:
+    """One outer step. Returns the batch's stats and whether the step was taken: a step whose
+    meta-gradient is not finite (an inner loop that diverged on some task) is skipped, so one bad
+    batch cannot turn every meta-parameter into NaN."""
     optimiser.zero_grad(set_to_none=True)
     if learner.meta.algorithm == "reptile":
         grads, stats = learner.reptile_gradients(
@@ -257,10 +278,14 @@ def _meta_step(
             batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
         )
         loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(
+        learner.parameters(), grad_clip if grad_clip > 0 else float("inf")
+    )
+    if not torch.isfinite(norm):
+        optimiser.zero_grad(set_to_none=True)
+        return stats, False
     optimiser.step()
-    return stats
+    return stats, True
 
 
 def _mean_inner_lr(learner: MetaLearner) -> float:

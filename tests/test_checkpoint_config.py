@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from metakd import configio
 from metakd.checkpoint import load_checkpoint, save_checkpoint
+from metakd.episodes import EpisodeConfig
 from metakd.errors import ConfigError, DataError
 
 
@@ -71,6 +73,17 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     cfg = configio.load(Outer, path, ["inner.lr=0.5", "tags=[a, b]", "maybe=2"])
     assert cfg == Outer(name="y", tags=["a", "b"], inner=Inner(steps=3, lr=0.5), maybe=2.0)
     assert configio.from_dict(Outer, configio.read_yaml_text(configio.dump_yaml(cfg))) == cfg
+
+
+def test_partial_section_keeps_the_parents_default_for_other_keys() -> None:
+    """A parent that defaults a section differently from the section class (the training episode
+    shape) keeps those defaults for every key an override does not name."""
+    from metakd.config import TrainConfig, load_train_config
+
+    default = TrainConfig().episode
+    assert default.query_size != EpisodeConfig().query_size  # the case that matters
+    episode = load_train_config(None, ["episode.meta_batch=4"]).episode
+    assert episode == dataclasses.replace(default, meta_batch=4)
 
 
 @pytest.mark.parametrize(

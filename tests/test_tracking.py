@@ -182,8 +182,13 @@ def test_meta_train_offline_run_holds_keys_and_teacher_artifact(offline_runs) ->
     assert {"best_val_auroc", "best_iteration", "test_auroc/metakd"} <= set(run["summary"])
     teacher = [a for a in run["artifacts"] if a["name"] == "teacher"]
     assert teacher and teacher[0]["type"] == "model" and teacher[0]["aliases"] >= {"latest", "best"}
-    lines = (offline_runs["train"] / "metrics.jsonl").read_text().splitlines()
-    assert "outer_loss" in json.loads(lines[0])
+    lines = [
+        json.loads(x)
+        for x in (offline_runs["train"] / "metrics.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert lines[0]["step"] == 0 and "val_auroc" in lines[0], "the initialisation is validated"
+    assert lines[1]["step"] == 1 and "outer_loss" in lines[1]
 
 
 def test_adapt_offline_run_logs_curves_and_student_lineage(offline_runs) -> None:

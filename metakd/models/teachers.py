@@ -40,12 +40,14 @@ class ModelConfig:
     """k of the ``knn`` head (fewer when the support has fewer normals)."""
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """Elementwise activation between layers."""
-    input_skip: bool = False
+    input_skip: bool = True
     """Distance heads (``knn``, ``svdd``) embed a row as ``[γ·x/√D, φ(x)]``: the scaled input next
-    to the network's embedding, with a meta-learned weight ``γ`` (initially 1). The detector then
-    starts close to plain kNN (centre distance) on the scaled features and meta-learning moves
-    away from it only as far as that helps across tasks. Off by default: measured mixed (held-out
-    AUROC +0.02 on MVTec, -0.08 on SKAB, ±0.01 on synthetic and digits)."""
+    to the network's embedding, with a meta-learned weight ``γ`` (initially 1). The detector
+    starts close to plain kNN (centre distance) on the scaled features, and the raw distances
+    anchor it against meta-overfitting when there are few meta-train tasks: meta-trained on
+    digits 0-5, held-out digits 7-9 stayed at 0.93-0.94 AUROC for 300 iterations with it and fell
+    from 0.93 to 0.64 without it. Held-out AUROC of the default run, with / without: MVTec 0.807 /
+    0.779, digits 0.937 / 0.915, SKAB 0.914 / 0.933, synthetic 0.964 / 0.968."""
     pool_neighbours: bool = True
     """``knn`` head: the task's unlabelled pool rows join the support normals as neighbours, their
     distances multiplied by a meta-learned factor ``c = exp(ρ)`` (initially 1). The pool is many
