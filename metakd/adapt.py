@@ -88,7 +88,7 @@ class TeacherBundle:
         """Load ``teacher.pt`` written by ``metakd meta-train`` (never runs code)."""
         data = load_checkpoint(path, "teacher")
         try:
-            model = configio.from_dict(ModelConfig, data["model"])
+            model = _stored_model_config(data["model"])
             teacher = build_teacher(int(data["input_dim"]), model)
             teacher.load_weights(data["state_dict"])
             return TeacherBundle(
@@ -116,6 +116,20 @@ class TeacherBundle:
             (next(rates), next(rates) if layer.bias is not None else None)
             for layer in self.teacher.layers
         )
+
+
+# Checkpoints written before an option existed behaved as with the option off: a key missing from
+# a stored config means that, whatever today's default is.
+_MODEL_BEFORE_OPTIONS = {"input_skip": False, "pool_neighbours": False}
+_STUDENT_BEFORE_OPTIONS = {"head": "linear", "input_skip": False}
+
+
+def _stored_model_config(data: dict[str, Any]) -> ModelConfig:
+    return configio.from_dict(ModelConfig, _MODEL_BEFORE_OPTIONS | data)
+
+
+def _stored_student_config(data: dict[str, Any]) -> StudentConfig:
+    return configio.from_dict(StudentConfig, _STUDENT_BEFORE_OPTIONS | data)
 
 
 def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
@@ -254,7 +268,10 @@ class FewShotDetector:
         }
         if cfg.student:
             tick = time.perf_counter()
-            student_config = cfg.distill.student.resolved(teacher_is_logit=teacher.score_is_logit)
+            student_config = cfg.distill.student.resolved(
+                teacher_is_logit=teacher.score_is_logit,
+                teacher_skip=teacher.input_skip,
+            )
             result = distill(
                 lambda x: teacher_net(x),
                 xs,
@@ -340,7 +357,7 @@ class FewShotDetector:
                 net="student",
                 spec={
                     "student": configio.to_dict(self._student_config),
-                    "input_dim": student[0].in_features,
+                    "input_dim": teacher.input_dim,
                 },
                 state=student.state_dict(),
                 info={"teacher_checkpoint": self._bundle.path},
@@ -396,13 +413,13 @@ def load_scorer(path: str | Path) -> DeployedScorer:
         spec, pre = data["spec"], data["preprocess"]
         if data["net"] == "teacher":
             teacher = build_teacher(
-                int(spec["input_dim"]), configio.from_dict(ModelConfig, spec["model"])
+                int(spec["input_dim"]), _stored_model_config(spec["model"])
             )
             teacher.load_weights(data["state_dict"])
             net: torch.nn.Module = LogitScorer(teacher)
         else:
             student = build_student(
-                int(spec["input_dim"]), configio.from_dict(StudentConfig, spec["student"])
+                int(spec["input_dim"]), _stored_student_config(spec["student"])
             )
             student.load_state_dict(data["state_dict"])
             net = ScoreHead(student)

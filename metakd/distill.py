@@ -74,7 +74,7 @@ class DistillConfig:
     """Noisy copies (noise as in training) of each held-out row added to the fidelity set."""
     eval_every: int = 25
     """Measure fidelity every this many steps."""
-    patience: int = 4
+    patience: int = 8
     """Stop after this many fidelity checks without improvement."""
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,30 @@ def test_standalone_teacher_scores_against_support_and_pool(tmp_path: Path, kind
     if kind == "knn":  # a pool row is in the kNN reference; the SVDD centre is the support's
         assert (standalone < pool_loo - 1e-6).all()
     assert det.threshold_ == np.quantile(pool_loo, 0.9)
+
+
+def test_checkpoints_from_before_the_new_options_load_as_they_were(tmp_path: Path) -> None:
+    """A teacher.pt written before ``input_skip`` / ``pool_neighbours`` existed has neither key
+    in its model config nor their parameters: it loads with both off, as it was trained."""
+    from metakd import configio
+    from metakd.checkpoint import save_teacher
+
+    old_model = ModelConfig(kind="knn", hidden=[8], embedding_dim=3, input_skip=False)
+    old_model = dataclasses.replace(old_model, pool_neighbours=False)
+    teacher = build_teacher(D, old_model)
+    model = configio.to_dict(old_model)
+    del model["input_skip"], model["pool_neighbours"]
+    save_teacher(
+        tmp_path / "teacher.pt",
+        teacher=teacher,
+        model=model,
+        inner=configio.to_dict(InnerConfig()),
+        algorithm="maml",
+        rates=[],
+        scaling=configio.to_dict(ScalingConfig()),
+        alignment=configio.to_dict(AlignmentConfig()),
+        episode={},
+        info={},
+    )
+    bundle = TeacherBundle.load(tmp_path / "teacher.pt")
+    assert not bundle.model.input_skip and not bundle.teacher.uses_pool

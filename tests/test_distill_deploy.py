@@ -57,7 +57,7 @@ def test_distance_student_follows_a_distance_teacher_off_the_data() -> None:
     far = centre + 3.0 * torch.randn(200, 12, generator=g)  # never seen in distillation
     with torch.no_grad():
         thr = float(score(pool).quantile(0.9))
-    config = DistillConfig(student=StudentConfig(hidden=[16], head="distance"))
+    config = DistillConfig(student=StudentConfig(hidden=[16], head="distance", input_skip=False))
     result = distill(
         score, support, torch.zeros(8), pool, teacher_threshold=thr, config=config, seed=0
     )
@@ -67,13 +67,42 @@ def test_distance_student_follows_a_distance_teacher_off_the_data() -> None:
     assert rho > 0.85
 
 
-def test_auto_head_follows_the_teacher_kind() -> None:
+def test_auto_choices_follow_the_teacher() -> None:
     auto = StudentConfig()
-    assert auto.resolved(teacher_is_logit=True).head == "linear"
-    assert auto.resolved(teacher_is_logit=False).head == "distance"
-    assert StudentConfig(head="linear").resolved(teacher_is_logit=False).head == "linear"
+    logit = auto.resolved(teacher_is_logit=True, teacher_skip=False)
+    assert (logit.head, logit.input_skip) == ("linear", False)
+    distance = auto.resolved(teacher_is_logit=False, teacher_skip=True)
+    assert (distance.head, distance.input_skip) == ("distance", True)
+    linear = StudentConfig(head="linear").resolved(teacher_is_logit=False, teacher_skip=True)
+    assert (linear.head, linear.input_skip) == ("linear", False)
     with pytest.raises(ValueError, match="resolve"):
         build_student(4, auto)
+
+
+def test_student_with_input_skip_follows_a_teacher_with_one() -> None:
+    """A teacher whose score keeps the raw distance to a centre in all D = 400 directions (an
+    input skip): a 16-wide embedding cannot carry it, the student's own skip term can."""
+    d = 400
+    g = torch.Generator().manual_seed(3)
+    centre = torch.randn(d, generator=g)
+    proj = torch.randn(d, 4, generator=g)
+    score = lambda x: torch.log(  # noqa: E731
+        (x - centre).pow(2).mean(-1) + ((x - centre) @ proj).pow(2).sum(-1) / d
+    )
+    support = centre + torch.randn(10, d, generator=g)
+    pool = centre + torch.randn(60, d, generator=g)
+    far = centre + 2.0 * torch.randn(300, d, generator=g) * torch.rand(300, 1, generator=g)
+    with torch.no_grad():
+        thr = float(score(pool).quantile(0.9))
+    rho = {}
+    for skip in (False, True):
+        config = DistillConfig(student=StudentConfig(hidden=[16], head="distance", input_skip=skip))
+        result = distill(
+            score, support, torch.zeros(10), pool, teacher_threshold=thr, config=config, seed=0
+        )
+        with torch.no_grad():
+            rho[skip] = spearmanr(result.student(far).squeeze(-1), score(far)).statistic
+    assert rho[True] > 0.85 and rho[True] > rho[False] + 0.1
 
 
 def test_distillation_loss_is_minimal_at_the_teacher() -> None:
@@ -88,7 +117,8 @@ def test_distillation_loss_is_minimal_at_the_teacher() -> None:
 def _scorer(head: str) -> DeployedScorer:
     torch.manual_seed(0)
     pre = Preprocessor(torch.randn(5), torch.rand(5) + 0.5, 10.0, torch.randn(5, 7))
-    student = build_student(7, StudentConfig(hidden=[4], head=head))  # type: ignore[arg-type]
+    config = StudentConfig(hidden=[4], head=head, input_skip=head == "distance")  # type: ignore[arg-type]
+    student = build_student(7, config)
     return DeployedScorer(pre, ScoreHead(student), 0.1).eval()
 
 

@@ -77,6 +77,7 @@ class Teacher(nn.Module):
     score_is_logit: bool = False
     uses_reference: bool = False
     uses_pool: bool = False
+    input_skip: bool = False
 
     def __init__(self, sizes: list[int], *, activation: str, bias: bool = True) -> None:
         super().__init__()
