@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from metakd.errors import ConfigError
+
 TrackingMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -56,6 +58,19 @@ def resolve_mode(mode: TrackingMode) -> Literal["online", "offline", "disabled"]
     return "offline"
 
 
+# What wandb itself accepts in WANDB_MODE; it refuses anything else with a traceback.
+_WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
+def _check_wandb_env() -> None:
+    value = os.environ.get("WANDB_MODE")
+    if value is not None and value not in _WANDB_ENV_MODES:
+        raise ConfigError(
+            f"environment variable WANDB_MODE={value!r} is not a W&B mode; set it to one of "
+            f"{', '.join(_WANDB_ENV_MODES)} or unset it"
+        )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -88,6 +103,8 @@ class Run:
     ) -> None:
         self.out_dir = out_dir
         self.mode = resolve_mode(tracking.mode)
+        if self.mode != "disabled":
+            _check_wandb_env()
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
         self._metrics = self.metrics_path.open("w")

@@ -255,6 +255,18 @@ def test_auto_mode_never_needs_a_login(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert resolve_mode("offline") == "offline"
 
 
+def test_a_bad_wandb_mode_in_the_environment_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "")
+    args = ["meta-train", "--out", str(tmp_path / "run"), "--no-progress", *TINY]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "WANDB_MODE=''" in result.output and "Traceback" not in result.output
+    # With tracking off, W&B (and its environment) is never touched.
+    assert CliRunner().invoke(main, [*args, "--tracking", "disabled"]).exit_code == 0
+
+
 def test_sweep_config_keys_are_real_config_keys() -> None:
     from metakd.config import load_train_config
 
