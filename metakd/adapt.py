@@ -214,8 +214,11 @@ class FewShotDetector:
         # to these tensors.
         params = StackParams.from_layers(
             [
-                (w.detach().clone(), None if b is None else b.detach().clone())
-                for w, b in ((layer.weight, layer.bias) for layer in teacher.layers)
+                (
+                    layer.weight.detach().clone(),
+                    None if layer.bias is None else layer.bias.detach().clone(),
+                )
+                for layer in teacher.layers
             ]
         )
         adapted, _ = adapt(
@@ -412,15 +415,11 @@ def load_scorer(path: str | Path) -> DeployedScorer:
     try:
         spec, pre = data["spec"], data["preprocess"]
         if data["net"] == "teacher":
-            teacher = build_teacher(
-                int(spec["input_dim"]), _stored_model_config(spec["model"])
-            )
+            teacher = build_teacher(int(spec["input_dim"]), _stored_model_config(spec["model"]))
             teacher.load_weights(data["state_dict"])
             net: torch.nn.Module = LogitScorer(teacher)
         else:
-            student = build_student(
-                int(spec["input_dim"]), _stored_student_config(spec["student"])
-            )
+            student = build_student(int(spec["input_dim"]), _stored_student_config(spec["student"]))
             student.load_state_dict(data["state_dict"])
             net = ScoreHead(student)
         preprocess = Preprocessor(

@@ -24,7 +24,7 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def one_class_loss(scores: Tensor, y: Tensor, *, logit: bool) -> Tensor:
-    """"These are normal" loss over the normal rows.
+    """ "These are normal" loss over the normal rows.
 
     For logit scores it is the mean BCE against label 0, ``softplus(s)`` (OC-MAML, Frikha et al.
     2021). For distance scores it is the log of the mean distance (Deep SVDD's compactness, or

@@ -167,11 +167,17 @@ class MLPScorer(Teacher):
 class _DistanceTeacher(Teacher):
     """Shared embedding of the distance heads: ``φ(x)``, or ``[γ·x/√D, φ(x)]`` with the input skip."""
 
-    def __init__(self, sizes: list[int], config: ModelConfig, *, bias: bool) -> None:
-        super().__init__(sizes, activation=config.activation, bias=bias)
+    def __init__(self, input_dim: int, config: ModelConfig, *, bias: bool) -> None:
+        super().__init__(
+            [input_dim, *config.hidden, config.embedding_dim],
+            activation=config.activation,
+            bias=bias,
+        )
         self.input_skip = config.input_skip
         # log γ: γ > 0 always, so the input part can fade but never flips sign.
         self.log_skip = nn.Parameter(torch.zeros(())) if config.input_skip else None
+        width = config.embedding_dim + (input_dim if config.input_skip else 0)
+        self.register_buffer("memory", torch.zeros(0, width))
 
     def embed(self, out: Tensor, x: Tensor) -> Tensor:
         """Embeddings ``[..., N, k (+ D)]`` from stack outputs and inputs."""
@@ -191,12 +197,7 @@ class SVDDNet(_DistanceTeacher):
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
-        super().__init__([input_dim, *config.hidden, config.embedding_dim], config, bias=False)
-        self.register_buffer("memory", torch.zeros(0, self.width(input_dim, config)))
-
-    @staticmethod
-    def width(input_dim: int, config: ModelConfig) -> int:
-        return config.embedding_dim + (input_dim if config.input_skip else 0)
+        super().__init__(input_dim, config, bias=False)
 
     def reference(
         self,
@@ -236,13 +237,11 @@ class KNNNet(_DistanceTeacher):
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
-        super().__init__([input_dim, *config.hidden, config.embedding_dim], config, bias=True)
+        super().__init__(input_dim, config, bias=True)
         self.neighbours = config.neighbours
         self.uses_pool = config.pool_neighbours
         self.log_pool_factor = nn.Parameter(torch.zeros(())) if config.pool_neighbours else None
-        width = SVDDNet.width(input_dim, config)
-        # Stored reference for standalone scoring: embeddings, and each row's distance factor.
-        self.register_buffer("memory", torch.zeros(0, width))
+        # Stored reference for standalone scoring: embeddings (memory), each row's distance factor.
         self.register_buffer("memory_factor", torch.zeros(0))
 
     def reference(
