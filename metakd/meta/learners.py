@@ -77,9 +77,10 @@ class MetaConfig:
     weight_decay: float = 0.0
     """Adam weight decay on the meta-parameters."""
     compile: bool = False
-    """``torch.compile`` the meta-batch loss (TorchInductor; not Reptile). Measured 1.2x per step
-    on 2 CPU cores for a 1000-feature teacher at meta-batch 32 (benchmarks/meta_train_speed.py),
-    after a one-off compilation of about a minute: worth it for runs of thousands of iterations."""
+    """``torch.compile`` the meta-batch loss (TorchInductor; not Reptile). Measured 1.0-1.8x per step
+    on 2 CPU cores at meta-batch 32 (benchmarks/meta_train_speed.py; least for a 1000-feature
+    teacher, most for a 64-feature one), after a one-off compilation of about a minute: worth it
+    only for runs of thousands of iterations."""
 
 
 class MetaStats(NamedTuple):
