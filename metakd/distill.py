@@ -237,7 +237,7 @@ def distill(
             # chunk instead of one per step, the per-call overhead being most of its cost here.
             chunk = min(config.eval_every, config.steps - step + 1)
             real_chunk = torch.randint(train_x.shape[0], (chunk, n_real), generator=gen)
-            x_aug_chunk = augment(train_x, chunk * n_aug).view(chunk, n_aug, -1)
+            x_aug_chunk = augment(train_x, chunk * n_aug).view(chunk, n_aug, train_x.shape[1])
             z_aug_chunk = target(x_aug_chunk.flatten(0, 1)).view(chunk, n_aug)
         real, x_aug, z_aug = real_chunk[i], x_aug_chunk[i], z_aug_chunk[i]
         x = torch.cat([train_x[real], x_aug])

@@ -45,6 +45,23 @@ def test_student_reaches_high_fidelity_and_is_deterministic() -> None:
     assert a.history and all("fidelity" in h for h in a.history)
 
 
+@pytest.mark.parametrize("augment_fraction", [0.0, 1.0])
+def test_batches_of_only_real_or_only_augmented_rows(augment_fraction: float) -> None:
+    teacher = _teacher()
+    score = lambda x: teacher(x).squeeze(-1)  # noqa: E731
+    g = torch.Generator().manual_seed(2)
+    support, pool = torch.randn(10, 8, generator=g), torch.randn(200, 8, generator=g)
+    config = DistillConfig(
+        student=StudentConfig(hidden=[16], head="linear"),
+        steps=60,
+        augment_fraction=augment_fraction,
+    )
+    result = distill(
+        score, support, torch.zeros(10), pool, teacher_threshold=0.0, config=config, seed=0
+    )
+    assert result.steps > 0 and result.fidelity > 0.5
+
+
 def test_distance_student_follows_a_distance_teacher_off_the_data() -> None:
     """Trained on 40 rows near the data, the student must still rank rows far from them as the
     teacher does: that is where anomalies lie (augmentation + the distance head)."""
