@@ -143,6 +143,14 @@ def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
     return t
 
 
+def _as_labels(y: np.ndarray | Tensor) -> Tensor:
+    try:
+        values = np.asarray(y, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise MetakdError(f"support labels must be 0 (normal) or 1 (anomaly): {err}") from None
+    return torch.tensor(values)  # a copy, as in _as_rows
+
+
 class FewShotDetector:
     """Adapt a meta-trained teacher to one domain, with PyOD's detector contract.
 
@@ -178,11 +186,7 @@ class FewShotDetector:
         )
         cfg = self.config
         support = _as_rows("support", X)
-        labels = (
-            torch.zeros(support.shape[0])
-            if y is None
-            else torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        )
+        labels = torch.zeros(support.shape[0]) if y is None else _as_labels(y)
         if labels.shape != (support.shape[0],):
             raise MetakdError(
                 f"support labels: expected {support.shape[0]} labels, got shape {tuple(labels.shape)}"

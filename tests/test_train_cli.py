@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle, load_score
 from metakd.cli import main
 from metakd.config import load_train_config
 from metakd.data.builtin import synthetic_collection
+from metakd.errors import MetakdError
 from metakd.threshold import ThresholdConfig
 from metakd.train import meta_train
 
@@ -239,6 +241,17 @@ def test_threshold_with_and_without_anomaly_shots(teacher_path: Path, domain) ->
         config=AdaptConfig(student=False, threshold=ThresholdConfig(method="normal_quantile")),
     ).fit(X, y)
     assert quantile.report_["threshold_method"] == "normal_quantile"
+
+
+def test_fit_takes_read_only_arrays_without_warnings(teacher_path: Path, domain) -> None:
+    """Task arrays are read-only; fit copies them, so torch has nothing to warn about."""
+    X, y = (a.copy() for a in domain["support"])
+    X.flags.writeable = y.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FewShotDetector(teacher_path, config=AdaptConfig(student=False)).fit(X, y)
+    with pytest.raises(MetakdError, match="support labels"):
+        FewShotDetector(teacher_path).fit(X, np.array(["n"] * len(X)))
 
 
 def _adapt(tmp_path: Path, teacher_path: Path, support: Path, *extra: str):
