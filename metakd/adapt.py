@@ -26,7 +26,7 @@ from metakd.data.readers import ReadOptions, read_task
 from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig, align_features
 from metakd.distill import DistillConfig, distill
 from metakd.errors import DataError, MetakdError
-from metakd.meta.inner import adapt, reference_scores, support_reference
+from metakd.meta.inner import adapt, reference_scores
 from metakd.meta.learners import Algorithm, InnerConfig
 from metakd.meta.losses import inner_loss_fn
 from metakd.models.deploy import (
@@ -239,12 +239,10 @@ class FewShotDetector:
             pool=inner.pool_term(),
         )
         with torch.no_grad():
-            reference = support_reference(
-                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xp
-            )
-            # The support's and pool's own scores, leave-one-out: what the threshold and the
-            # student's targets are fitted on (a row in the reference is not its own neighbour).
-            support_raw, pool_raw = reference_scores(
+            # The reference to store, and the support's and pool's own scores, leave-one-out:
+            # what the threshold and the student's targets are fitted on (a row in the reference
+            # is not its own neighbour).
+            reference, support_raw, pool_raw = reference_scores(
                 adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xp
             )
             t_support = score_logits(teacher, support_raw)

@@ -132,7 +132,7 @@ def distillation_loss(
 class DistillResult:
     """A trained student and how it got there."""
 
-    student: nn.Sequential
+    student: nn.Module
     fidelity: float
     """Spearman correlation with the teacher on the held-out pool rows (on all rows if none)."""
     steps: int

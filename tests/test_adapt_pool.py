@@ -86,7 +86,7 @@ def test_standalone_teacher_scores_against_support_and_pool(tmp_path: Path, kind
         )
         # The threshold is fitted on the pool's own scores left-one-out: scored standalone, a
         # pool row would be its own nearest neighbour and look more normal than it is.
-        _, pool_loo = reference_scores(
+        _, _, pool_loo = reference_scores(
             params, teacher=bundle.teacher, support_x=xs, support_y=y, pool_x=xp
         )
         pool_loo = score_logits(bundle.teacher, pool_loo).numpy()

@@ -23,7 +23,7 @@ from torch.func import grad_and_value
 
 from metakd.meta.losses import LossFn, one_class_loss
 from metakd.models.stack import Prefix, StackParams, make_prefix, stack_forward
-from metakd.models.teachers import Teacher
+from metakd.models.teachers import Reference, Teacher
 
 # Per-layer learned rates for Meta-SGD (Li et al. 2017): (weight rate [out, in], bias rate [out]).
 LayerRates = tuple[tuple[Tensor, Tensor | None], ...]
@@ -50,11 +50,7 @@ def _inner_objective(
     n = y.shape[-1]
     support_out, support_x = out[..., :n, :], x[..., :n, :]
     pool_out, pool_x = (out[..., n:, :], x[..., n:, :]) if x.shape[-2] > n else (None, None)
-    reference = (
-        teacher.reference(support_out, support_x, 1.0 - y, pool_out, pool_x)
-        if teacher.uses_reference
-        else ()
-    )
+    reference = _reference(teacher, support_out, support_x, y, pool_out, pool_x)
     value = loss(teacher.head(support_out, support_x, reference, leave_one_out=True), y)
     if pool is not None:
         pool_scores = teacher.head(pool_out, pool_x, reference)
@@ -192,7 +188,10 @@ def task_scores(
         ``(scores of x [m], scores of the support [n])``.
     """
     support_out, _ = stack_forward(params, support_x, activation=teacher.activation)
-    reference = _reference(params, teacher, support_out, support_x, support_y, pool_x)
+    pool_out = None
+    if teacher.uses_reference and teacher.uses_pool and pool_x is not None:
+        pool_out, _ = stack_forward(params, pool_x, activation=teacher.activation)
+    reference = _reference(teacher, support_out, support_x, support_y, pool_out, pool_x)
     out, _ = stack_forward(params, x, activation=teacher.activation)
     support_scores = teacher.head(support_out, support_x, reference, leave_one_out=True)
     return teacher.head(out, x, reference), support_scores
@@ -205,45 +204,34 @@ def reference_scores(
     support_x: Tensor,
     support_y: Tensor,
     pool_x: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Scores of the task's own support ``[n]`` and pool ``[m]`` rows, each scored leave-one-out
-    against a reference that holds it (a row is never its own neighbour), as a new row in the
-    same place would be. Thresholds and distillation targets are fitted on these."""
+) -> tuple[Reference, Tensor, Tensor | None]:
+    """The task's reference and the scores of its own support ``[n]`` and pool ``[m]`` rows.
+
+    The reference is what a support-relative head scores against (``()`` for other heads), kept
+    for standalone scoring by :meth:`~metakd.models.teachers.Teacher.store_reference`. Each row
+    is scored leave-one-out against a reference that holds it (a row is never its own
+    neighbour), as a new row in the same place would be: thresholds and distillation targets are
+    fitted on these scores. One forward pass serves both.
+    """
     rows = support_x if pool_x is None else torch.cat([support_x, pool_x], dim=-2)
     out, _ = stack_forward(params, rows, activation=teacher.activation)
     n = support_x.shape[-2]
-    reference = _reference(params, teacher, out[..., :n, :], support_x, support_y, pool_x)
+    pool_out = None if pool_x is None else out[..., n:, :]
+    reference = _reference(teacher, out[..., :n, :], support_x, support_y, pool_out, pool_x)
     scores = teacher.head(out, rows, reference, leave_one_out=True)
-    return scores[..., :n], (None if pool_x is None else scores[..., n:])
-
-
-def support_reference(
-    params: StackParams,
-    *,
-    teacher: Teacher,
-    support_x: Tensor,
-    support_y: Tensor,
-    pool_x: Tensor | None = None,
-) -> tuple[Tensor, ...]:
-    """The reference a support-relative head scores against (``()`` for other heads); kept for
-    standalone scoring by :meth:`~metakd.models.teachers.Teacher.store_reference`."""
-    if not teacher.uses_reference:
-        return ()
-    support_out, _ = stack_forward(params, support_x, activation=teacher.activation)
-    return _reference(params, teacher, support_out, support_x, support_y, pool_x)
+    return reference, scores[..., :n], (None if pool_x is None else scores[..., n:])
 
 
 def _reference(
-    params: StackParams,
     teacher: Teacher,
     support_out: Tensor,
     support_x: Tensor,
     support_y: Tensor,
+    pool_out: Tensor | None,
     pool_x: Tensor | None,
-) -> tuple[Tensor, ...]:
+) -> Reference:
+    """:meth:`Teacher.reference` from the support's and pool's outputs and inputs (``()`` for
+    heads without one); the pool is read only by heads with pool neighbours."""
     if not teacher.uses_reference:
         return ()
-    if not (teacher.uses_pool and pool_x is not None):
-        return teacher.reference(support_out, support_x, 1.0 - support_y)
-    pool_out, _ = stack_forward(params, pool_x, activation=teacher.activation)
     return teacher.reference(support_out, support_x, 1.0 - support_y, pool_out, pool_x)

@@ -2,7 +2,8 @@
 
 A deployed detector maps raw feature rows to anomaly scores (higher = more anomalous): scale with
 the statistics fitted on the task's support and unlabelled pool, align to the network's width,
-run the network. Students are plain ``nn.Sequential`` MLPs so the whole scorer exports to
+run the network. Students are small MLPs (``nn.Sequential``, or one inside a
+:class:`DistanceStudent`) built from TorchScript-friendly modules, so the whole scorer exports to
 TorchScript and runs without metakd installed.
 """
 
