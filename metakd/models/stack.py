@@ -91,8 +91,12 @@ class Prefix(NamedTuple):
 
 def layer_product(params: StackParams, layer: int, h: Tensor) -> Tensor:
     """``h`` times the layer's effective weight transposed, ``[..., N, out]`` (no bias)."""
-    z = h @ params.weights[layer].transpose(-1, -2)
-    for fh, fg in params.factors[layer]:
+    return _apply_factors(h @ params.weights[layer].transpose(-1, -2), params.factors[layer], h)
+
+
+def _apply_factors(z: Tensor, factors: tuple[Factor, ...], h: Tensor) -> Tensor:
+    """``z`` minus the rows ``h``'s products with the low-rank factors ``(H, G)``: ``h Hᵀ G``."""
+    for fh, fg in factors:
         z = z - (h @ fh.transpose(-1, -2)) @ fg
     return z
 
@@ -138,9 +142,7 @@ def stack_forward(
     for layer in range(first, last + 1):
         inputs[layer] = h
         if prefix is not None and layer == first:
-            z = prefix.product
-            for fh, fg in params.factors[layer]:
-                z = z - (h @ fh.transpose(-1, -2)) @ fg
+            z = _apply_factors(prefix.product, params.factors[layer], h)
         else:
             z = layer_product(params, layer, h)
         b = params.biases[layer]
