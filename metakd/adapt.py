@@ -36,6 +36,7 @@ from metakd.models.deploy import (
     StudentConfig,
     build_student,
 )
+from metakd.models.profile import NeighbourProfile
 from metakd.models.stack import StackParams
 from metakd.models.teachers import (
     LogitScorer,
@@ -204,9 +205,18 @@ class FewShotDetector:
         timings: dict[str, float] = {}
         tick = time.perf_counter()
 
-        preprocess = self._fit_preprocess(bundle, support, pool)
+        # A bounded, seeded subsample of a large pool is the teacher's reference (its profile's
+        # density reference and its embedding's pool neighbours): adapting and scoring then cost
+        # memory and time linear in the rows, not quadratic. Every pool row is still scored and
+        # distilled on.
+        reference_pool = pool
+        profile_config = bundle.model.input_profile()
+        if pool is not None and profile_config is not None:
+            reference_pool = pool[bounded_reference(len(pool), profile_config.max_pool, cfg.seed)]
+        preprocess = self._fit_preprocess(bundle, support, labels, reference_pool, seed=cfg.seed)
         xs = preprocess(support)
         xp = preprocess(pool) if pool is not None else None
+        xr = xp if reference_pool is pool else preprocess(reference_pool)
         inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
         teacher = copy.deepcopy(bundle.teacher)
         loss = inner_loss_fn(
@@ -235,7 +245,7 @@ class FewShotDetector:
             lr=inner.lr if "lr" in cfg.inner else bundle.layer_rates(),
             first_order=True,  # no meta-gradient is needed here
             layers=(len(teacher.layers) - 1,) if inner.layers == "head" else None,
-            pool_x=xp,
+            pool_x=xr,
             pool=inner.pool_term(),
         )
         with torch.no_grad():
@@ -243,13 +253,17 @@ class FewShotDetector:
             # what the threshold and the student's targets are fitted on (a row in the reference
             # is not its own neighbour).
             reference, support_raw, pool_raw = reference_scores(
-                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xp
+                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xr
             )
+            teacher.load_stack(adapted)
+            teacher.store_reference(reference)
+            teacher.eval()
+            if xr is not xp:
+                # Rows outside the reference are new to it; rows inside it match themselves
+                # exactly and are scored leave-one-out (ProfileNet's rule), as above.
+                pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(4096)])
             t_support = score_logits(teacher, support_raw)
             t_pool = None if pool_raw is None else score_logits(teacher, pool_raw)
-        teacher.load_stack(adapted)
-        teacher.store_reference(reference)
-        teacher.eval()
         timings["adapt_seconds"] = time.perf_counter() - tick
 
         teacher_net = LogitScorer(teacher)
@@ -312,11 +326,12 @@ class FewShotDetector:
 
     @staticmethod
     def _fit_preprocess(
-        bundle: TeacherBundle, support: Tensor, pool: Tensor | None
+        bundle: TeacherBundle, support: Tensor, labels: Tensor, pool: Tensor | None, *, seed: int
     ) -> Preprocessor:
-        """Scaling fitted on the support and the pool (never on rows to be evaluated)."""
+        """Scaling (and the neighbourhood profile) fitted on the support and the pool, never on
+        rows to be evaluated."""
         d = support.shape[1]
-        expected = bundle.teacher.input_dim
+        expected = bundle.teacher.input_dim - bundle.teacher.profile_width
         kind = bundle.alignment.kind
         if kind == "none" and d != expected:
             raise MetakdError(f"the data has {d} features but the teacher takes {expected}")
@@ -328,7 +343,20 @@ class FewShotDetector:
         scaler = Scaler.fit(rows, bundle.scaling)
         projection = align_features(torch.eye(d), bundle.alignment) if kind != "none" else None
         clip = bundle.scaling.clip if bundle.scaling.clip is not None else float("inf")
-        return Preprocessor(scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection)
+        profile = None
+        profile_config = bundle.model.input_profile()
+        if profile_config is not None:
+            normals = support[labels == 0]
+            profile = NeighbourProfile.fit(
+                normals,
+                scaler(normals),
+                None if pool is None else scaler(pool),
+                config=profile_config,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        return Preprocessor(
+            scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection, profile
+        )
 
     def decision_function(self, X: np.ndarray | Tensor) -> np.ndarray:
         """Anomaly scores ``[N]`` (higher = more anomalous) from the student (or teacher)."""
@@ -372,6 +400,14 @@ class FewShotDetector:
         return paths
 
 
+def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
+    """Sorted indices of at most ``cap`` of ``rows`` rows: all of them, or a seeded subsample."""
+    if rows <= cap:
+        return torch.arange(rows)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(rows, generator=generator)[:cap].sort().values
+
+
 def _scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
     x = _as_rows("data", X)
     if x.shape[1] != scorer.preprocess.input_dim:
@@ -404,6 +440,15 @@ def _save_scorer(
                 "scale": p.scale,
                 "clip": p.clip,
                 "projection": p.projection if p.use_projection else None,
+                "profile": (
+                    {
+                        "neighbours": p.profile.neighbours,
+                        "clip": p.profile.clip,
+                        "state": {k: v.detach().cpu() for k, v in p.profile.state_dict().items()},
+                    }
+                    if p.use_profile
+                    else None
+                ),
             },
             "threshold": scorer.threshold,
             "info": info,
@@ -424,8 +469,17 @@ def load_scorer(path: str | Path) -> DeployedScorer:
             student = build_student(int(spec["input_dim"]), _stored_student_config(spec["student"]))
             student.load_state_dict(data["state_dict"])
             net = ScoreHead(student)
+        profile = None
+        if pre.get("profile") is not None:
+            stored = pre["profile"]
+            profile = NeighbourProfile.empty(
+                neighbours=int(stored["neighbours"]),
+                clip=float(stored["clip"]),
+                n_features=int(pre["center"].shape[0]),
+            )
+            profile.load_references(stored["state"])
         preprocess = Preprocessor(
-            pre["center"], pre["scale"], float(pre["clip"]), pre["projection"]
+            pre["center"], pre["scale"], float(pre["clip"]), pre["projection"], profile
         )
         return DeployedScorer(preprocess, net, float(data["threshold"])).eval()
     except (KeyError, RuntimeError, MetakdError) as err:

@@ -407,7 +407,12 @@ def pretrain_pooled(
         # Tasks too small for these episodes were already reported when meta-training.
         warnings.simplefilter("ignore")
         sampler = EpisodeSampler(
-            tasks, episode, scaling=bundle.scaling, alignment=bundle.alignment, seed=config.seed
+            tasks,
+            episode,
+            scaling=bundle.scaling,
+            alignment=bundle.alignment,
+            seed=config.seed,
+            profile=bundle.model.input_profile(),
         )
     teacher = _fresh_teacher(bundle, config.seed)
     learner = MetaLearner(

@@ -336,6 +336,7 @@ def _meta_train(
             "metakd": "metakd (meta-learned init, adapted)",
             "random_init": "same network, random init, adapted",
             "knn_support": "kNN distance to the support normals (reference)",
+            "knn_pool": "kNN density in the unlabelled pool (reference)",
         }
         for key, value in result.test_auroc.items():
             table.add_row(labels.get(key, key), f"{value:.3f}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from metakd import configio
 from metakd.data.collection import SplitConfig
+from metakd.data.prior import PriorConfig
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.episodes import EpisodeConfig
 from metakd.meta.learners import InnerConfig, MetaConfig
@@ -56,6 +57,8 @@ class TrainConfig:
     """Feature alignment across tasks with different feature counts; null uses the collection's."""
     split: SplitConfig | None = None
     """Task split into meta-train/val/test; null uses the collection's."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """The synthetic task prior mixed into meta-batches (``prior.weight: 0`` turns it off)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Teacher architecture."""
     inner: InnerConfig = field(default_factory=InnerConfig)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metakd.data.prior import PriorConfig, prior_task
 from metakd.data.task import ANOMALY, NORMAL, Task
 from metakd.data.transforms import (
     AlignmentConfig,
@@ -31,6 +32,7 @@ from metakd.data.transforms import (
     check_feature_counts,
 )
 from metakd.errors import ConfigError, DataError
+from metakd.models.profile import NeighbourProfile, ProfileConfig
 
 
 @dataclass
@@ -164,6 +166,10 @@ class EpisodeSampler:
         scaling: Per-episode feature scaling (fitted on support and pool rows).
         alignment: Feature alignment to the common width.
         seed: Seed of the sampler's own generator, advanced by :meth:`sample`.
+        profile: Append each row's neighbourhood profile (against the episode's support normals
+            and pool) to its aligned features, as the ``profile`` teacher reads them.
+        prior: Draw this share of each meta-batch as fresh tasks of the synthetic prior
+            (:mod:`metakd.data.prior`); needs ``alignment: project``.
 
     Attributes:
         tasks: The usable tasks, in the given order.
@@ -184,12 +190,21 @@ class EpisodeSampler:
         scaling: ScalingConfig,
         alignment: AlignmentConfig,
         seed: int,
+        profile: ProfileConfig | None = None,
+        prior: PriorConfig | None = None,
     ) -> None:
         if not tasks:
             raise DataError("episodes", "no tasks to sample from")
         self.config = config
         self.scaling = scaling
         self.alignment = alignment
+        self.profile = profile
+        self.prior = prior if prior is not None and prior.weight > 0 else None
+        if self.prior is not None and alignment.kind != "project":
+            raise ConfigError(
+                f"the synthetic prior's tasks differ in width: set alignment.kind: project (is "
+                f"{alignment.kind}) or prior.weight: 0"
+            )
         self.n_features = check_feature_counts(
             {task.name: task.n_features for task in tasks}, alignment, where="episodes"
         )
@@ -222,7 +237,25 @@ class EpisodeSampler:
         if size < 1:
             raise ValueError(f"batch_size must be >= 1, got {size}")
         chosen = self.rng.choice(len(self.tasks), size=size, replace=size > len(self.tasks))
-        return _stack([self._draw(self.tasks[i], self.rng) for i in chosen])
+        if self.prior is None:
+            return _stack([self._draw(self.tasks[i], self.rng) for i in chosen])
+        from_prior = self.rng.random(size) < self.prior.weight
+        return _stack(
+            [
+                self._draw(self._prior_task() if p else self.tasks[i], self.rng)
+                for i, p in zip(chosen, from_prior, strict=True)
+            ]
+        )
+
+    def _prior_task(self) -> Task:
+        c = self.config
+        return prior_task(
+            self.rng,
+            self.prior,
+            normals=c.shots + c.query_normals,
+            anomalies=c.anomaly_shots + c.query_anomalies,
+            pool=c.pool_size,
+        )
 
     def episode(self, task: Task, rng: np.random.Generator) -> EpisodeBatch:
         """One episode of ``task`` (``B = 1``) drawn with ``rng``.
@@ -276,17 +309,46 @@ class EpisodeSampler:
         query_x = torch.from_numpy(task.X[query])
         pool_x = torch.from_numpy(task.X[pool])
         scaler = Scaler.fit(torch.cat([support_x, pool_x]), self.scaling)
+        features = self._features(scaler, support_x, task.y[support] == NORMAL, pool_x, rng)
         return _Episode(
             task_name=task.name,
-            support_x=align_features(scaler(support_x), self.alignment),
+            support_x=features(support_x),
             support_y=torch.from_numpy((task.y[support] == ANOMALY).astype(np.float32)),
-            query_x=align_features(scaler(query_x), self.alignment),
+            query_x=features(query_x),
             query_y=torch.from_numpy((task.y[query] == ANOMALY).astype(np.float32)),
-            pool_x=align_features(scaler(pool_x), self.alignment),
+            pool_x=features(pool_x),
             support_index=support.astype(np.int64),
             query_index=query.astype(np.int64),
             pool_index=pool.astype(np.int64),
         )
+
+    def _features(
+        self,
+        scaler: Scaler,
+        support_x: Tensor,
+        normal: np.ndarray,
+        pool_x: Tensor,
+        rng: np.random.Generator,
+    ):
+        """The episode's map from rows as read to model input: scaled and aligned, then (with a
+        profile) each row's neighbourhood profile, fitted exactly as ``metakd adapt`` fits it."""
+        profile = None
+        if self.profile is not None:
+            normals = support_x[torch.from_numpy(normal)]
+            profile = NeighbourProfile.fit(
+                normals,
+                scaler(normals),
+                scaler(pool_x) if pool_x.shape[0] else None,
+                config=self.profile,
+                generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+            )
+
+        def features(x: Tensor) -> Tensor:
+            z = scaler(x)
+            aligned = align_features(z, self.alignment)
+            return aligned if profile is None else torch.cat([aligned, profile(x, z)], dim=1)
+
+        return features
 
 
 @dataclass

@@ -543,11 +543,12 @@ def _evaluation_tasks(
                 stacklevel=4,  # the caller of run_evaluation
             )
     if bundle.alignment.kind == "none":
+        width = bundle.teacher.input_dim - bundle.teacher.profile_width
         for task in tasks:
-            if task.n_features != bundle.teacher.input_dim:
+            if task.n_features != width:
                 raise DataError(
                     task.name,
-                    f"{task.n_features} features but the teacher takes {bundle.teacher.input_dim} "
+                    f"{task.n_features} features but the teacher takes {width} "
                     "(it was meta-trained without feature alignment)",
                 )
     return tasks

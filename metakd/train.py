@@ -26,6 +26,7 @@ from metakd.episodes import EpisodeBatch, EpisodeConfig, EpisodeSampler
 from metakd.errors import DataError
 from metakd.meta.learners import MetaLearner, MetaStats
 from metakd.meta.losses import auroc
+from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import build_teacher
 from metakd.tracking import Run, progress_bar
 
@@ -51,9 +52,12 @@ def fixed_episodes(
     alignment: AlignmentConfig,
     per_task: int,
     seed: int,
+    profile: ProfileConfig | None = None,
 ) -> EpisodeBatch:
     """``per_task`` episodes of every usable task, stacked into one batch (task-major order)."""
-    sampler = EpisodeSampler(tasks, config, scaling=scaling, alignment=alignment, seed=seed)
+    sampler = EpisodeSampler(
+        tasks, config, scaling=scaling, alignment=alignment, seed=seed, profile=profile
+    )
     rng = np.random.default_rng(seed)
     episodes = [sampler.episode(task, rng) for task in sampler.tasks for _ in range(per_task)]
     return stack_episodes(episodes)
@@ -88,12 +92,23 @@ def few_shot_auroc(learner: MetaLearner, batch: EpisodeBatch) -> dict[str, float
     return {name: float(np.mean(values)) for name, values in by_task.items()}
 
 
-def knn_auroc(batch: EpisodeBatch, *, k: int = 5) -> dict[str, float]:
+def knn_auroc(
+    batch: EpisodeBatch, *, k: int = 5, width: int | None = None, pool: bool = False
+) -> dict[str, float]:
     """Reference detector on the same episodes: mean distance to the ``k`` nearest support
-    normals (in the episode's scaled features), mean query AUROC per task."""
-    distance = torch.cdist(batch.query_x, batch.support_x)  # [B, q, n]
-    distance = distance + 1e12 * batch.support_y.unsqueeze(1)  # only normals are neighbours
-    k = min(k, int((batch.support_y == 0).sum(-1).min()))
+    normals (``pool``: the ``k`` nearest unlabelled pool rows, a density) in the episode's scaled
+    features (the first ``width`` columns, before any profile), mean query AUROC per task."""
+    width = batch.support_x.shape[-1] if width is None else width
+    if pool:
+        if batch.pool_x is None:
+            raise ValueError("knn_auroc(pool=True) needs episodes with a pool")
+        reference = batch.pool_x[..., :width]
+        excluded = torch.zeros(reference.shape[:-1], dtype=reference.dtype)
+    else:
+        reference, excluded = batch.support_x[..., :width], batch.support_y
+    distance = torch.cdist(batch.query_x[..., :width], reference)  # [B, q, n]
+    distance = distance + 1e12 * excluded.unsqueeze(1)  # only normals are neighbours
+    k = min(k, int((excluded == 0).sum(-1).min()))
     scores = distance.topk(k, dim=-1, largest=False).values.mean(-1)
     by_task: dict[str, list[float]] = {}
     for name, value in zip(batch.task_names, auroc(scores, batch.query_y).tolist(), strict=True):
@@ -128,7 +143,13 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
         raise DataError(collection.source, "no meta-train tasks in the split")
 
     sampler = EpisodeSampler(
-        train_tasks, config.episode, scaling=config.scaling, alignment=alignment, seed=config.seed
+        train_tasks,
+        config.episode,
+        scaling=config.scaling,
+        alignment=alignment,
+        seed=config.seed,
+        profile=config.model.input_profile(),
+        prior=config.prior,
     )
     val_batch = _held_out(
         val_tasks, config, alignment, per_task=config.val_episodes, seed=config.seed + 1
@@ -219,8 +240,16 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
             test_auroc = {
                 "metakd": float(np.mean(list(few_shot_auroc(learner, test_batch).values()))),
                 "random_init": float(np.mean(list(few_shot_auroc(baseline, test_batch).values()))),
-                "knn_support": float(np.mean(list(knn_auroc(test_batch).values()))),
+                "knn_support": float(
+                    np.mean(list(knn_auroc(test_batch, width=sampler.n_features).values()))
+                ),
             }
+            if test_batch.pool_x is not None:
+                test_auroc["knn_pool"] = float(
+                    np.mean(
+                        list(knn_auroc(test_batch, width=sampler.n_features, pool=True).values())
+                    )
+                )
         seconds = time.perf_counter() - start
         if skipped:
             warnings.warn(
@@ -309,6 +338,7 @@ def _held_out(
                 alignment=alignment,
                 per_task=per_task,
                 seed=seed,
+                profile=config.model.input_profile(),
             )
     except DataError:
         return None

@@ -47,6 +47,7 @@ def test_meta_learning_beats_random_init_on_held_out_digits(tmp_path: Path) -> N
         None,
         [
             "tasks=digits",
+            "model.kind=svdd",
             "tracking.mode=disabled",
             "iterations=60",
             "episode.anomaly_shots=5",
@@ -62,8 +63,12 @@ def test_meta_learning_beats_random_init_on_held_out_digits(tmp_path: Path) -> N
 
 def test_meta_learning_beats_random_init_on_held_out_synthetic_tasks(tmp_path: Path) -> None:
     """One-class episodes of tasks sharing a latent structure: measured 0.964 held-out AUROC
-    against 0.868 from a random initialisation (kNN on the support: 0.911)."""
-    config = load_train_config(None, ["tracking.mode=disabled", "iterations=150"])
+    against 0.868 from a random initialisation (kNN on the support: 0.911). The SVDD teacher:
+    the profile teacher starts as a kNN hedge, so its learning test compares with kNN
+    (tests/test_profile.py)."""
+    config = load_train_config(
+        None, ["model.kind=svdd", "tracking.mode=disabled", "iterations=150"]
+    )
     result = meta_train(config, out_dir=tmp_path, progress=False)
     assert result.best_iteration > 0
     assert result.test_auroc["metakd"] > result.test_auroc["random_init"] + 0.05
@@ -77,7 +82,7 @@ def test_meta_train_cli_writes_run_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Held-out few-shot AUROC" in result.output
     data = torch.load(out / "teacher.pt", weights_only=True)
-    assert data["format"] == "metakd.teacher" and data["model"]["kind"] == "svdd"
+    assert data["format"] == "metakd.teacher" and data["model"]["kind"] == "profile"
     assert data["inner"]["steps"] == 3 and data["metakd_version"]
     assert load_train_config(out / "config.yaml").iterations == 20
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -284,10 +289,9 @@ def test_adapt_errors(tmp_path: Path, teacher_path: Path, domain) -> None:
     assert result.exit_code == 2 and "partly.csv: 1 unlabelled rows" in result.output
     narrow = tmp_path / "narrow.csv"
     _write_csv(narrow, X[:, :5], y)
+    # The default teacher is universal: a support of another width adapts without configuration.
     result = _adapt(tmp_path, teacher_path, narrow)
-    assert (
-        result.exit_code == 2 and "5 features" in result.output and str(X.shape[1]) in result.output
-    )
+    assert result.exit_code == 0, result.output
     only_anomalies = tmp_path / "anomalies.csv"
     _write_csv(only_anomalies, X[y == 1], y[y == 1])
     result = _adapt(tmp_path, teacher_path, only_anomalies)

@@ -92,7 +92,9 @@ class CollectionSpec:
         read: How each file is read.
         window: Sliding windows applied to every task (time series), or ``None``.
         split: Task split.
-        alignment: Feature alignment for tasks that differ in feature count.
+        alignment: Feature alignment to the teacher's input width; by default the universal
+            one (:func:`universal_alignment`), so tasks of any width mix and the teacher
+            adapts later to tasks of any width.
     """
 
     name: str = ""
@@ -101,7 +103,7 @@ class CollectionSpec:
     read: ReadOptions = field(default_factory=ReadOptions)
     window: WindowConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
-    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    alignment: AlignmentConfig = field(default_factory=lambda: universal_alignment())
 
 
 @dataclass
@@ -219,7 +221,7 @@ def load_collection(
             read=ReadOptions(),
             window=None,
             split=split or SplitConfig(),
-            alignment=alignment or AlignmentConfig(),
+            alignment=alignment or universal_alignment(),
         )
     manifests = ", ".join(name for name, _ in _manifest_entries()) or "none"
     raise ConfigError(
@@ -297,6 +299,17 @@ def _manifest_entries(dirs: Sequence[Path] | None = None) -> list[tuple[str, str
     return list(entries.items())
 
 
+def universal_alignment() -> AlignmentConfig:
+    """What a collection without alignment settings gets: a fixed projection to 64 features.
+
+    The ``profile`` teacher reads exact neighbour distances in each task's own space beside
+    these 64 columns, so the projection costs it nothing on wide tasks, while any task, of any
+    width, can be meta-trained on or adapted to. ``alignment: {kind: none}`` keeps features as
+    they are (then every task must share one width).
+    """
+    return AlignmentConfig(kind="project", width=64, seed=0)
+
+
 def _load_builtin(
     name: str, *, split: SplitConfig | None, alignment: AlignmentConfig | None
 ) -> TaskCollection:
@@ -311,7 +324,7 @@ def _load_builtin(
         name=name,
         tasks=tasks,
         splits=splits,
-        alignment=alignment or AlignmentConfig(),
+        alignment=alignment or universal_alignment(),
         source=source,
     )
 

@@ -280,11 +280,15 @@ def _split_frame(
             f"no feature columns (columns: {', '.join(columns)}; label column "
             f"'{options.label_column}', ignored: {', '.join(options.ignore_columns) or 'none'})",
         )
+    timestamps = []
     for column in features:
         series = frame[column]
         if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_complex_dtype(
             series.dtype
         ):
+            continue
+        if _is_timestamp(series):
+            timestamps.append(column)
             continue
         coerced = pd.to_numeric(series, errors="coerce")
         bad = coerced.isna() & series.notna()
@@ -297,8 +301,35 @@ def _split_frame(
             f"column '{column}' is not numeric{detail}; list it in read.ignore_columns or set "
             "read.label_column to it",
         )
+    if timestamps:
+        # A time stamp orders rows; it is not a measurement. Said once per file, never silent.
+        warnings.warn(
+            f"{where}: column(s) {', '.join(repr(c) for c in timestamps)} hold timestamps and are "
+            "not used as features (list them in read.ignore_columns to silence this)",
+            stacklevel=2,
+        )
+        features = [c for c in features if c not in timestamps]
+        if not features:
+            raise DataError(where, "no feature columns besides the timestamp column(s)")
     X = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
     return X, labels, features
+
+
+def _is_timestamp(series: pd.Series) -> bool:
+    """Whether every value of a text column parses as a date/time (ISO-like formats)."""
+    values = series.dropna()
+    if values.empty or pd.api.types.is_numeric_dtype(values.dtype):
+        return False
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return True
+    text = values.astype(str)
+    # A date needs digits and a separator; plain words like "a" must not count as timestamps.
+    if not text.str.contains(r"\d{1,4}[-/.:]\d{1,2}", regex=True).all():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it infers the format per element
+        parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    return bool(parsed.notna().all())
 
 
 # ---------------------------------------------------------------------------------- labels

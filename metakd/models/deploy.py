@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from metakd.models.profile import NeighbourProfile
+
 
 @dataclass
 class StudentConfig:
@@ -107,16 +109,23 @@ def build_student(input_dim: int, config: StudentConfig) -> nn.Module:
 
 
 class Preprocessor(nn.Module):
-    """Per-task scaling then feature alignment, fixed after fitting: ``[N, d] -> [N, D]``.
+    """Per-task scaling then feature alignment, fixed after fitting: ``[N, d] -> [N, D]``; with
+    a neighbourhood profile, ``[N, D + P]``: the aligned rows, then each row's profile.
 
     Args:
         center, scale: ``[d]`` fitted on the task's support and unlabelled rows.
         clip: z-scores are clipped to ``±clip`` (``inf`` for none).
         projection: ``[d, D]`` alignment matrix, or ``None`` when features are used as they are.
+        profile: the task's fitted :class:`NeighbourProfile`, or ``None``.
     """
 
     def __init__(
-        self, center: Tensor, scale: Tensor, clip: float, projection: Tensor | None
+        self,
+        center: Tensor,
+        scale: Tensor,
+        clip: float,
+        projection: Tensor | None,
+        profile: NeighbourProfile | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("center", center.detach().clone().float())
@@ -131,6 +140,13 @@ class Preprocessor(nn.Module):
             "projection",
             projection.detach().clone().float() if projection is not None else torch.zeros(0, 0),
         )
+        # Always a module (TorchScript needs one type); an empty one when unused.
+        self.use_profile = profile is not None
+        self.profile = (
+            profile
+            if profile is not None
+            else NeighbourProfile.empty(neighbours=1, clip=1.0, n_features=self.input_dim)
+        )
 
     @property
     def input_dim(self) -> int:
@@ -140,9 +156,10 @@ class Preprocessor(nn.Module):
         z = torch.addcmul(self.shift, x, self.inv_scale)
         if self.clip != float("inf"):
             z = z.clamp_(-self.clip, self.clip)
-        if self.use_projection:
-            z = z @ self.projection
-        return z
+        out = z @ self.projection if self.use_projection else z
+        if self.use_profile:
+            out = torch.cat([out, self.profile(x, z)], dim=1)
+        return out
 
 
 class ScoreHead(nn.Module):

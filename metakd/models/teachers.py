@@ -16,9 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from metakd.models.profile import N_TASK_STATS, ProfileConfig
 from metakd.models.stack import ACTIVATIONS, StackParams, stack_forward
 
-TeacherKind = Literal["knn", "mlp", "svdd", "autoencoder"]
+TeacherKind = Literal["profile", "knn", "mlp", "svdd", "autoencoder"]
 Reference = tuple[Tensor, ...]
 
 
@@ -26,8 +27,13 @@ Reference = tuple[Tensor, ...]
 class ModelConfig:
     """Architecture of the teacher."""
 
-    kind: TeacherKind = "svdd"
-    """``svdd``: embedding scored by squared distance to the centre of the support normals'
+    kind: TeacherKind = "profile"
+    """``profile`` (default): starts as the hedge of kNN to the support normals and kNN density
+    in the unlabelled pool, read from each row's neighbourhood profile
+    (:mod:`metakd.models.profile`), and meta-learns what to add: a learned metric's support and
+    pool distances, per-task trust in each evidence from task statistics, and a residual on the
+    profile. Its inputs do not depend on a domain's feature count or units, so the teacher adapts
+    to tasks of any width. ``svdd``: embedding scored by squared distance to the centre of the support normals'
     embeddings (Deep SVDD, Ruff et al. 2018; a prototype, so it starts useful and generalises
     best in our held-out measurements); ``knn``: mean distance to the k nearest support normals'
     embeddings (a meta-learned metric); ``autoencoder``: reconstruction error; ``mlp``:
@@ -54,7 +60,18 @@ class ModelConfig:
     more rows than the support and mostly normal; ``c`` learns how far to trust it, which depends
     on how contaminated pools are across tasks (large ``c`` ignores it)."""
 
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    """Neighbourhood profile of the ``profile`` teacher (unused by the other kinds)."""
+    residual_hidden: int = 32
+    """``profile`` teacher: hidden width of the residual network on the profile."""
+
+    def input_profile(self) -> ProfileConfig | None:
+        """The neighbourhood profile this kind reads after the aligned features, if any."""
+        return self.profile if self.kind == "profile" else None
+
     def __post_init__(self) -> None:
+        if self.residual_hidden < 1:
+            raise ValueError(f"residual_hidden must be positive, got {self.residual_hidden}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(
                 f"hidden must be a non-empty list of positive widths, got {self.hidden}"
@@ -78,6 +95,8 @@ class Teacher(nn.Module):
     uses_reference: bool = False
     uses_pool: bool = False
     input_skip: bool = False
+    profile_width: int = 0
+    """Trailing columns of each input row that hold its neighbourhood profile (0: none)."""
 
     def __init__(self, sizes: list[int], *, activation: str, bias: bool = True) -> None:
         super().__init__()
@@ -295,6 +314,136 @@ class KNNNet(_DistanceTeacher):
         return (nearest * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
 
+def _masked_knn(e: Tensor, ref: Tensor, valid: Tensor, k: int) -> Tensor:
+    """Mean distance ``[..., N]`` of rows ``e [..., N, E]`` to their ``k`` nearest valid rows of
+    ``ref [..., M, E]`` (``valid [..., M]`` 1/0). A row's first exact match in ``ref`` is itself
+    and never its own neighbour, so reference rows score leave-one-out, during training and when
+    scored again later. Masks only, so it runs under vmap."""
+    e_sq = e.pow(2).sum(-1, keepdim=True)
+    r_sq = ref.pow(2).sum(-1).unsqueeze(-2)
+    sq = (e_sq + r_sq - 2.0 * e @ ref.transpose(-1, -2)).clamp_min(0.0)
+    # float32 rounding of the norm expansion is ~1e-7 relative; distinct rows are far above 1e-5.
+    match = (sq.detach() <= 1e-5 * (e_sq + r_sq).detach()).to(sq.dtype)
+    first = match * (match.cumsum(-1) == 1).to(sq.dtype)
+    ok = valid.unsqueeze(-2) * (1.0 - first)
+    distance = (sq + 1e-12).sqrt()
+    if distance.numel() == 0:  # no rows to score
+        return distance.sum(-1)
+    big = distance.detach().max() + 1.0
+    nearest, index = (distance + (1.0 - ok) * big).topk(min(k, sq.shape[-1]), largest=False)
+    keep = ok.gather(-1, index)
+    return (nearest * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+
+
+class ProfileNet(Teacher):
+    """Scores a row from its neighbourhood profile plus a meta-learned metric (LUNAR-style).
+
+    Rows arrive as ``[aligned features, profile]`` (:mod:`metakd.models.profile`). With channels
+    ``c = [s_B, s_A, p, s_φ, p_φ]`` (the profile's mean log-normalised distances to the support
+    normals in two scalings and to the pool, then the same to the support normals and the pool
+    in the learned embedding ``φ`` of the whole row, normalised by the reference rows' own
+    leave-one-out geometric mean), the score is the logit
+
+        score = (α + G t)ᵀ c + r(profile),
+
+    ``t`` the profile's task statistics. ``α`` starts at the hedge ``(s_B + p) / 2`` with ``G``
+    and the residual MLP ``r``'s output layer at zero, so before meta-training the teacher *is*
+    the simple detector; meta-training learns ``φ`` (which the inner loop adapts per task), how
+    far to trust each evidence per task, and ``r``.
+    """
+
+    score_is_logit = True
+    uses_reference = True
+    uses_pool = True
+
+    def __init__(self, input_dim: int, config: ModelConfig) -> None:
+        super().__init__(
+            [input_dim, *config.hidden, config.embedding_dim], activation=config.activation
+        )
+        self.profile_width = config.profile.width
+        if input_dim <= self.profile_width:
+            raise ValueError(
+                f"profile teacher: input_dim {input_dim} must exceed the profile's "
+                f"{self.profile_width} columns"
+            )
+        self.k = config.profile.neighbours
+        self.neighbours = config.neighbours
+        self.base = nn.Parameter(torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0]))
+        self.gate = nn.Parameter(torch.zeros(5, N_TASK_STATS))
+        self.residual = nn.Sequential(
+            nn.Linear(self.profile_width, config.residual_hidden),
+            nn.Tanh(),
+            nn.Linear(config.residual_hidden, 1),
+        )
+        nn.init.zeros_(self.residual[2].weight)
+        nn.init.zeros_(self.residual[2].bias)
+        self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
+        self.register_buffer("memory_scale", torch.ones(2))
+
+    def _scale(self, e: Tensor, weight: Tensor) -> Tensor:
+        """Geometric mean of the rows' leave-one-out kNN distance among themselves (weighted)."""
+        d = _masked_knn(e, e, weight, self.neighbours)
+        log_d = torch.log(d + 1e-12)
+        return torch.exp((log_d * weight).sum(-1) / weight.sum(-1).clamp_min(1.0))
+
+    def reference(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> Reference:
+        if pool_out is None:
+            # No pool: the support normals stand in for it, as in the profile.
+            pool_out, pool_weight = out, normal_weight
+        else:
+            pool_weight = torch.ones_like(pool_out[..., 0])
+        scales = torch.stack(
+            [self._scale(out, normal_weight), self._scale(pool_out, pool_weight)], dim=-1
+        )
+        return (out, normal_weight, pool_out, pool_weight, scales)
+
+    def store_reference(self, reference: Reference) -> None:
+        out, weight, pool_out, pool_weight, scales = reference
+        self.memory = out[weight > 0].detach().clone()
+        self.memory_pool = pool_out[pool_weight > 0].detach().clone()
+        self.memory_scale = scales.detach().clone()
+
+    def stored_reference(self) -> Reference:
+        ones = torch.ones_like(self.memory[..., 0])
+        pool_ones = torch.ones_like(self.memory_pool[..., 0])
+        return (self.memory, ones, self.memory_pool, pool_ones, self.memory_scale)
+
+    def channels(self, out: Tensor, x: Tensor, reference: Reference) -> Tensor:
+        """The five evidence channels ``[..., N, 5]`` (see the class docstring)."""
+        ref, weight, pool_ref, pool_weight, scales = reference
+        profile = x[..., -self.profile_width :]
+        k = self.k
+        s_phi = _masked_knn(out, ref, weight, self.neighbours)
+        p_phi = _masked_knn(out, pool_ref, pool_weight, self.neighbours)
+        return torch.stack(
+            [
+                profile[..., :k].mean(-1),
+                profile[..., k : 2 * k].mean(-1),
+                profile[..., 2 * k : 3 * k].mean(-1),
+                torch.log(s_phi / scales[..., 0:1] + 0.01),
+                torch.log(p_phi / scales[..., 1:2] + 0.01),
+            ],
+            dim=-1,
+        )
+
+    def head(
+        self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
+    ) -> Tensor:
+        # Leave-one-out needs no flag: a row's exact match in the reference is left out always.
+        profile = x[..., -self.profile_width :]
+        stats = profile[..., 3 * self.k :]
+        trust = self.base + stats @ self.gate.T  # [..., N, 5]
+        evidence = (trust * self.channels(out, x, reference)).sum(-1)
+        return evidence + self.residual(profile).squeeze(-1)
+
+
 class AutoEncoder(Teacher):
     """Autoencoder scored by mean squared reconstruction error per row."""
 
@@ -309,6 +458,7 @@ class AutoEncoder(Teacher):
 
 
 _KINDS: dict[str, type[Teacher]] = {
+    "profile": ProfileNet,
     "knn": KNNNet,
     "mlp": MLPScorer,
     "svdd": SVDDNet,
@@ -348,6 +498,7 @@ __all__ = [
     "LogitScorer",
     "MLPScorer",
     "ModelConfig",
+    "ProfileNet",
     "SVDDNet",
     "Teacher",
     "build_teacher",

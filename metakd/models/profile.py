@@ -1,0 +1,245 @@
+"""Neighbourhood profiles: width- and scale-free evidence of how anomalous each row is in its task.
+
+The detectors that transfer best to unseen domains score a row relative to references of that
+domain: kNN to the few normals (AnomalyDINO), density among the unlabelled rows (MuSc), and in
+LUNAR (Goodge et al., AAAI 2022) a network reads a row's sorted neighbour distances. A profile
+holds, for each row, the sorted distances to its ``k`` nearest
+
+* support normals, features standardised on the support only (``s_B``),
+* support normals, features scaled on support and pool (``s_A``; the pipeline's scaling),
+* unlabelled pool rows, in that same space (``p``; a density),
+
+each divided by its task's typical value (the median, over the reference rows themselves, of
+their leave-one-out mean distance) and taken as ``log(d / σ + 0.01)``; then six task statistics
+that say which evidence to trust (MetaOD-style meta-features, Zhao et al., NeurIPS 2021): how the
+pool's scale compares to the support's, how typical the support is in the pool, how far the pool
+lies from the support, and the feature count, pool size and support size. None of it depends on
+the domain's feature count or units, so one teacher reads profiles of any task.
+
+A row that is itself in a reference set (a support row, a pool row being scored) is scored
+leave-one-out: its first exact match in that set is not its own neighbour. An exact match is
+identified by distance (zero up to float64 rounding), so the same rule serves training rows and
+any later call that scores the pool's rows again, as ``metakd score`` on today's data does.
+Everything is computed in float64 in row blocks, never an ``N × M`` matrix wider than a block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+#: Task statistics after the ``3k`` per-row columns.
+N_TASK_STATS = 6
+
+
+@dataclass
+class ProfileConfig:
+    """Neighbourhood profile read by the ``profile`` teacher."""
+
+    neighbours: int = 5
+    """k: sorted distances kept per reference set."""
+    max_pool: int = 1024
+    """Most pool rows kept as the density reference (a seeded subsample above it), so scoring
+    costs at most ``max_pool + K`` distances per row whatever the pool size."""
+    clip: float = 10.0
+    """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.neighbours, bool) or self.neighbours < 1:
+            raise ValueError(f"profile.neighbours must be >= 1, got {self.neighbours!r}")
+        if isinstance(self.max_pool, bool) or self.max_pool < 1:
+            raise ValueError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
+        if not self.clip > 0:
+            raise ValueError(f"profile.clip must be positive, got {self.clip!r}")
+
+    @property
+    def width(self) -> int:
+        """Columns of a profile row: ``3k`` distances and the task statistics."""
+        return 3 * self.neighbours + N_TASK_STATS
+
+
+def _sorted_distances(x: Tensor, ref: Tensor, k: int) -> Tensor:
+    """``[N, k]`` ascending distances of rows ``x [N, d]`` to ``ref [M, d]`` (float64), the first
+    exact match of each row left out; fewer than ``k`` neighbours repeat the farthest one, none
+    at all give ``inf``."""
+    ref_sq = ref.pow(2).sum(-1)
+    out: list[Tensor] = []
+    take = min(k + 1, ref.shape[0])
+    block_rows = 2048  # bounds memory at block_rows × M × 8 bytes
+    for start in range(0, x.shape[0], block_rows):
+        block = x[start : start + block_rows]
+        block_sq = block.pow(2).sum(-1, keepdim=True)
+        sq = (block_sq + ref_sq - 2.0 * block @ ref.T).clamp_min(0.0)
+        # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
+        match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
+        first = match & (match.cumsum(-1) == 1)
+        sq = sq.masked_fill(first, float("inf"))
+        out.append(sq.topk(take, dim=-1, largest=False).values.sqrt())
+    d = torch.cat(out)[:, :k] if out else x.new_zeros(0, min(k, take))
+    if d.shape[1] < k:
+        d = torch.cat([d, d[:, -1:].expand(-1, k - d.shape[1])], dim=1)
+    # A row with no neighbour but itself (a one-row reference): repeat what it has, else inf.
+    finite = torch.isfinite(d)
+    last = torch.where(finite, d, torch.zeros_like(d)).amax(-1, keepdim=True)
+    return torch.where(finite | ~finite.any(-1, keepdim=True), d, last)
+
+
+def _typical(mean_distances: Tensor, fallback: Tensor) -> Tensor:
+    """Median of finite leave-one-out mean distances (``fallback`` if none), floored above 0."""
+    finite = mean_distances[torch.isfinite(mean_distances)]
+    value = finite.median() if finite.numel() else fallback
+    return value.clamp_min(1e-12)
+
+
+def _log_ratio(d: Tensor, scale: Tensor) -> Tensor:
+    # A row without any neighbour (inf) is as typical as the reference's own rows (log 1).
+    d = torch.where(torch.isfinite(d), d, scale)
+    # The floor: a duplicate row (distance 0) is very normal, but not infinitely so.
+    return torch.log(d / scale + 0.01)
+
+
+class NeighbourProfile(nn.Module):
+    """The fitted references of one task; ``forward`` maps rows to their profiles.
+
+    Build with :meth:`fit`. Buffers only, so it saves in a ``state_dict``, loads with
+    ``weights_only`` and exports to TorchScript with the scorer.
+
+    Args (as stored): ``support_b [n, d]`` support normals standardised on the support,
+    ``b_shift``/``b_scale [d]`` that standardisation, ``support_a [n, d]`` and ``pool_a [m, d]``
+    the support normals and pool reference in the pipeline's scaling, ``scales [3]`` the
+    normalisers ``σ`` of ``s_B``, ``s_A``, ``p``, ``stats [6]`` the task statistics.
+    """
+
+    def __init__(
+        self,
+        *,
+        neighbours: int,
+        clip: float,
+        support_b: Tensor,
+        b_shift: Tensor,
+        b_scale: Tensor,
+        support_a: Tensor,
+        pool_a: Tensor,
+        scales: Tensor,
+        stats: Tensor,
+    ) -> None:
+        super().__init__()
+        self.neighbours = int(neighbours)
+        self.clip = float(clip)
+        for name, value in (
+            ("support_b", support_b),
+            ("b_shift", b_shift),
+            ("b_scale", b_scale),
+            ("support_a", support_a),
+            ("pool_a", pool_a),
+            ("scales", scales),
+            ("stats", stats),
+        ):
+            self.register_buffer(name, value.detach().to(torch.float64).clone())
+
+    @staticmethod
+    def empty(*, neighbours: int, clip: float, n_features: int) -> NeighbourProfile:
+        """A placeholder of the right buffer names, to ``load_state_dict`` a stored one into."""
+        z = torch.zeros(0, n_features)
+        v = torch.zeros(n_features)
+        return NeighbourProfile(
+            neighbours=neighbours,
+            clip=clip,
+            support_b=z,
+            b_shift=v,
+            b_scale=v,
+            support_a=z,
+            pool_a=z,
+            scales=torch.zeros(3),
+            stats=torch.zeros(N_TASK_STATS),
+        )
+
+    def load_references(self, state: dict[str, Tensor]) -> None:
+        """``load_state_dict`` for stored references of any size."""
+        for name, value in state.items():
+            setattr(self, name, torch.empty_like(value, dtype=torch.float64))
+        self.load_state_dict(state)
+
+    @staticmethod
+    def fit(
+        raw_support: Tensor,
+        support_a: Tensor,
+        pool_a: Tensor | None,
+        *,
+        config: ProfileConfig,
+        eps: float = 1e-6,
+        generator: torch.Generator | None = None,
+    ) -> NeighbourProfile:
+        """Fit on one task: ``raw_support [n, d]`` the support normals as read, ``support_a``
+        and ``pool_a [m, d]`` the support normals and the pool in the pipeline's scaling (the
+        pool may be ``None``: the support then stands in for it). Pools above ``max_pool`` rows
+        are subsampled with ``generator``."""
+        k = config.neighbours
+        raw = raw_support.to(torch.float64)
+        mean = raw.mean(0)
+        std = raw.std(0, correction=0)
+        std = torch.where(std < eps, torch.ones_like(std), std)
+        sb = ((raw - mean) / std).clamp(-config.clip, config.clip)
+        sa = support_a.to(torch.float64)
+        pa = sa if pool_a is None or pool_a.shape[0] == 0 else pool_a.to(torch.float64)
+        if pa.shape[0] > config.max_pool:
+            keep = torch.randperm(pa.shape[0], generator=generator)[: config.max_pool]
+            pa = pa[keep.sort().values]
+        s_b_self = _sorted_distances(sb, sb, k).mean(-1)
+        s_a_self = _sorted_distances(sa, sa, k).mean(-1)
+        p_self = _sorted_distances(pa, pa, k).mean(-1)
+        s_a_pool = _sorted_distances(pa, sa, k).mean(-1)  # pool rows' distance to the support
+        # One-normal supports have no leave-one-out distance: the pool's distance to it stands in.
+        sigma_sa = _typical(s_a_self, s_a_pool.median())
+        scales = torch.stack(
+            [
+                _typical(s_b_self, sigma_sa),
+                sigma_sa,
+                _typical(p_self, sigma_sa),
+            ]
+        )
+        p_of_support = _sorted_distances(sa, pa, k).mean(-1)
+        n, m, d = sa.shape[0], pa.shape[0], sa.shape[1]
+        stats = torch.stack(
+            [
+                torch.log(scales[2] / scales[1]),
+                _log_ratio(p_of_support, scales[2]).median(),
+                _log_ratio(s_a_pool, scales[1]).median(),
+                torch.log(torch.tensor(float(d), dtype=torch.float64)) / 5.0,
+                torch.log(torch.tensor(float(m + 1), dtype=torch.float64)) / 5.0,
+                torch.log(torch.tensor(float(n), dtype=torch.float64)) / 5.0,
+            ]
+        )
+        return NeighbourProfile(
+            neighbours=k,
+            clip=config.clip,
+            support_b=sb,
+            b_shift=-mean / std,
+            b_scale=1.0 / std,
+            support_a=sa,
+            pool_a=pa,
+            scales=scales,
+            stats=stats,
+        )
+
+    def forward(self, raw: Tensor, scaled: Tensor) -> Tensor:
+        """Profiles ``[N, 3k + 6]`` (float32) of rows given as read (``raw [N, d]``) and in the
+        pipeline's scaling (``scaled [N, d]``)."""
+        k = self.neighbours
+        zb = (raw.to(torch.float64) * self.b_scale + self.b_shift).clamp(-self.clip, self.clip)
+        za = scaled.to(torch.float64)
+        columns = torch.cat(
+            [
+                _log_ratio(_sorted_distances(zb, self.support_b, k), self.scales[0]),
+                _log_ratio(_sorted_distances(za, self.support_a, k), self.scales[1]),
+                _log_ratio(_sorted_distances(za, self.pool_a, k), self.scales[2]),
+                self.stats.expand(za.shape[0], self.stats.shape[0]),
+            ],
+            dim=1,
+        )
+        return columns.to(torch.float32)
+
+
+__all__ = ["N_TASK_STATS", "NeighbourProfile", "ProfileConfig"]
