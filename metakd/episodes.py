@@ -310,13 +310,17 @@ class EpisodeSampler:
         pool_x = torch.from_numpy(task.X[pool])
         scaler = Scaler.fit(torch.cat([support_x, pool_x]), self.scaling)
         features = self._features(scaler, support_x, task.y[support] == NORMAL, pool_x, rng)
+        # One pass over all the episode's rows: the profile and projection are per row.
+        sx, qx, px = features(torch.cat([support_x, query_x, pool_x])).split(
+            [len(support), len(query), len(pool)]
+        )
         return _Episode(
             task_name=task.name,
-            support_x=features(support_x),
+            support_x=sx,
             support_y=torch.from_numpy((task.y[support] == ANOMALY).astype(np.float32)),
-            query_x=features(query_x),
+            query_x=qx,
             query_y=torch.from_numpy((task.y[query] == ANOMALY).astype(np.float32)),
-            pool_x=features(pool_x),
+            pool_x=px,
             support_index=support.astype(np.int64),
             query_index=query.astype(np.int64),
             pool_index=pool.astype(np.int64),
