@@ -46,8 +46,12 @@ from metakd.models.teachers import (
     count_parameters,
     score_logits,
 )
-from metakd.threshold import ThresholdConfig, calibrate_threshold
+from metakd.threshold import MIN_THRESHOLD_ROWS, ThresholdConfig, calibrate_threshold
 from metakd.tracking import TrackingConfig
+
+#: Without an unlabelled pool a support needs this many normals: each is scored leave-one-out
+#: against the others, and one normal alone has no other to be compared with.
+MIN_NORMALS_WITHOUT_POOL = 2
 
 
 @dataclass
@@ -198,6 +202,12 @@ class FewShotDetector:
         if not (labels == 0).any():
             raise MetakdError("support: at least one normal row (label 0) is needed")
         pool = _as_rows("unlabeled", unlabeled) if unlabeled is not None else None
+        if pool is None and int((labels == 0).sum()) < MIN_NORMALS_WITHOUT_POOL:
+            raise MetakdError(
+                f"support: {int((labels == 0).sum())} normal row and no unlabelled rows; "
+                f"calibrating a threshold needs at least {MIN_NORMALS_WITHOUT_POOL} normal rows "
+                f"({MIN_THRESHOLD_ROWS} or more recommended) or an unlabelled pool (--unlabeled)"
+            )
         if pool is not None and pool.shape[1] != support.shape[1]:
             raise MetakdError(
                 f"unlabeled rows have {pool.shape[1]} features but the support has {support.shape[1]}"
@@ -415,7 +425,16 @@ def _scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
             f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}"
         )
     with torch.no_grad():
-        return scorer(x).numpy()
+        scores = scorer(x).numpy()
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        # A NaN compares as "not above the threshold": it would silently pass as normal.
+        raise MetakdError(
+            f"{int(bad.sum())} rows score NaN or infinite (first: row {int(np.argmax(bad))}); "
+            "their values are beyond what the model's scaling handles (was it meta-trained with "
+            "scaling.clip: null?)"
+        )
+    return scores
 
 
 def _save_scorer(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import click
@@ -28,6 +29,8 @@ T = TypeVar("T")
 
 #: Exit status for user errors (the same as click's usage errors).
 USER_ERROR_EXIT = 2
+#: Exit status after SIGINT (128 + 2, the shell convention).
+INTERRUPTED_EXIT = 130
 
 
 def run_guarded(body: Callable[[], T]) -> T:
@@ -55,6 +58,14 @@ def run_guarded(body: Callable[[], T]) -> T:
         except MetakdError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(USER_ERROR_EXIT)
+        except OSError as err:
+            # A path that cannot be read or written (permissions, a file where a folder must
+            # go, a full disk): the user's environment, named by the OS message.
+            click.echo(f"error: {err}", err=True)
+            sys.exit(USER_ERROR_EXIT)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(INTERRUPTED_EXIT)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -492,6 +503,8 @@ def _score(model_path: str, data_path: str, out_path: str | None, label_column: 
     from metakd.checkpoint import atomic_write_text
     from metakd.data.readers import ReadOptions, read_task
 
+    if out_path is not None:
+        _check_score_output(Path(out_path), inputs=[Path(model_path), Path(data_path)])
     scorer = load_scorer(model_path)
     task = read_task(data_path, ReadOptions(label_column=label_column))
     scores, flags = score_rows(scorer, task.X)
@@ -504,6 +517,15 @@ def _score(model_path: str, data_path: str, out_path: str | None, label_column: 
         click.echo(
             f"scored {len(scores)} rows ({int(flags.sum())} flagged) -> {out_path}", err=True
         )
+
+
+def _check_score_output(out: Path, *, inputs: list[Path]) -> None:
+    """Refuse an output path that is one of the inputs or holds a model (never overwritten)."""
+    for path in inputs:
+        if out.exists() and path.exists() and out.resolve() == path.resolve():
+            raise MetakdError(f"--out {out} is also an input of this command; choose another file")
+    if out.is_file() and out.suffix in (".pt", ".pth", ".onnx"):
+        raise MetakdError(f"--out {out} is a model file; metakd score never overwrites models")
 
 
 @main.command("evaluate")

@@ -73,6 +73,21 @@ class TrainConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` naming ``device`` when torch cannot use it on this machine."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device (use device=cpu)")
 
 
 def load_train_config(

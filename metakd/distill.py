@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -98,6 +99,10 @@ class DistillConfig:
             )
         if self.mixup_alpha < 0 or self.mixup_extrapolation < 0 or self.fidelity_copies < 0:
             raise ValueError("mixup_alpha, mixup_extrapolation and fidelity_copies must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def distillation_loss(

@@ -11,10 +11,13 @@ above it is an alarm. Quantiles of normal scores sit high in their range instead
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from metakd.errors import ConfigError, MetakdError
 
 
 @dataclass
@@ -52,7 +55,45 @@ def calibrate_threshold(
 
     Returns:
         ``(threshold, method used)``; a row is anomalous when its score exceeds the threshold.
+
+    Raises:
+        MetakdError: the scores are not finite.
+
+    Warns when the threshold is fitted on fewer than :data:`MIN_THRESHOLD_ROWS` rows or flags
+    every support normal.
     """
+    threshold, method, rows = _calibrate(support_scores, support_y, pool_scores, config)
+    normals = support_scores[support_y == 0]
+    if not np.isfinite(threshold) or not np.isfinite(support_scores).all():
+        raise MetakdError("the detector's scores on the support are not finite; check the input")
+    if rows < MIN_THRESHOLD_ROWS:
+        warnings.warn(
+            f"the threshold ({method}) is fitted on only {rows} rows; give at least "
+            f"{MIN_THRESHOLD_ROWS} normal support rows or an unlabelled pool (--unlabeled)",
+            stacklevel=3,
+        )
+    if len(normals) and threshold < normals.min():
+        warnings.warn(
+            f"the calibrated threshold ({method}, {threshold:.4g}) flags every one of the "
+            f"{len(normals)} support normals as anomalous; give more normal support rows or an "
+            "unlabelled pool (--unlabeled)",
+            stacklevel=3,
+        )
+    return threshold, method
+
+
+#: Fewest rows a threshold should be fitted on (the pool's for ``contamination``, the support
+#: normals' for ``normal_quantile``, the support's for ``f1``); fewer give a warning.
+MIN_THRESHOLD_ROWS = 5
+
+
+def _calibrate(
+    support_scores: np.ndarray,
+    support_y: np.ndarray,
+    pool_scores: np.ndarray | None,
+    config: ThresholdConfig,
+) -> tuple[float, str, int]:
+    """``(threshold, method, rows it was fitted on)`` before the safety checks."""
     method = config.method
     has_anomalies = bool((support_y == 1).any())
     if method == "auto":
@@ -64,14 +105,19 @@ def calibrate_threshold(
             method = "normal_quantile"
     if method == "f1":
         if not has_anomalies:
-            raise ValueError("threshold method 'f1' needs labelled anomalies in the support")
-        return _best_f1_threshold(support_scores, support_y), method
+            raise ConfigError(
+                "threshold.method=f1 needs labelled anomalies (label 1) in the support"
+            )
+        return _best_f1_threshold(support_scores, support_y), method, len(support_scores)
     if method == "contamination":
         if pool_scores is None or len(pool_scores) == 0:
-            raise ValueError("threshold method 'contamination' needs an unlabelled pool")
-        return float(np.quantile(pool_scores, 1.0 - config.contamination)), method
+            raise ConfigError(
+                "threshold.method=contamination needs an unlabelled pool (--unlabeled)"
+            )
+        threshold = float(np.quantile(pool_scores, 1.0 - config.contamination))
+        return threshold, method, len(pool_scores)
     normals = support_scores[support_y == 0]
-    return float(np.quantile(normals, config.normal_quantile)), method
+    return float(np.quantile(normals, config.normal_quantile)), method, len(normals)
 
 
 def _best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:

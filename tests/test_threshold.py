@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from metakd.errors import MetakdError
 from metakd.threshold import ThresholdConfig, calibrate_threshold
 
 
@@ -48,9 +49,31 @@ def test_f1_threshold_with_overlap_and_ties() -> None:
 
 
 def test_explicit_methods_need_their_inputs() -> None:
-    with pytest.raises(ValueError, match="labelled anomalies"):
+    # User errors (MetakdError): the CLI prints them as one line and exits 2.
+    with pytest.raises(MetakdError, match="labelled anomalies"):
         calibrate_threshold(np.zeros(3), np.zeros(3), None, ThresholdConfig(method="f1"))
-    with pytest.raises(ValueError, match="unlabelled pool"):
+    with pytest.raises(MetakdError, match="unlabelled pool"):
         calibrate_threshold(np.zeros(3), np.zeros(3), None, ThresholdConfig(method="contamination"))
     with pytest.raises(ValueError, match="contamination"):
         ThresholdConfig(contamination=0.7)
+
+
+def test_threshold_warns_when_fitted_on_few_rows_or_flagging_every_normal() -> None:
+    import warnings
+
+    scores = np.array([1.0, 2.0, 3.0])
+    y = np.zeros(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrate_threshold(scores, y, None, ThresholdConfig())
+    assert any("fitted on only 3 rows" in str(w.message) for w in caught)
+    # A pool that scores far below the support: its quantile would flag every support normal.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threshold, method = calibrate_threshold(
+            scores, y, np.linspace(-10, -5, 50), ThresholdConfig()
+        )
+    assert method == "contamination" and threshold < 1.0
+    assert any("flags every one of the 3 support normals" in str(w.message) for w in caught)
+    with pytest.raises(MetakdError, match="not finite"):
+        calibrate_threshold(np.array([1.0, np.nan, 2.0]), y, None, ThresholdConfig())

@@ -9,6 +9,7 @@ returns new per-task parameters.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -50,8 +51,8 @@ class InnerConfig:
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.pool_weight < 0 or not 0.0 <= self.pool_trim < 1.0:
             raise ValueError("pool_weight must be >= 0 and pool_trim in [0, 1)")
 
@@ -81,6 +82,14 @@ class MetaConfig:
     on 2 CPU cores at meta-batch 32 (benchmarks/meta_train_speed.py; least for a 1000-feature
     teacher, most for a 64-feature one), after a one-off compilation of about a minute: worth it
     only for runs of thousands of iterations."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
+            raise ValueError(f"meta_lr must be a positive number, got {self.meta_lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 class MetaStats(NamedTuple):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metakd.errors import ConfigError
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 InnerLossName = Literal["auto", "one_class", "ranking", "bce", "deviation", "sad"]
 OuterLossName = Literal["ranking", "bce"]
@@ -98,9 +100,14 @@ def inner_loss_fn(name: InnerLossName, *, has_anomalies: bool, score_is_logit: b
         else:
             name = "bce" if score_is_logit else "ranking"
     if name in ("bce", "deviation") and not score_is_logit:
-        raise ValueError(f"inner loss '{name}' needs logit scores; use 'sad' or 'one_class'")
+        raise ConfigError(
+            f"inner.loss={name} needs a teacher with logit scores (model.kind mlp or profile); "
+            "use ranking, sad or one_class"
+        )
     if name == "sad" and score_is_logit:
-        raise ValueError("inner loss 'sad' needs distance scores; use 'bce' or 'deviation'")
+        raise ConfigError(
+            "inner.loss=sad needs a distance teacher (svdd, knn, autoencoder); use bce or deviation"
+        )
     if name == "one_class":
         return lambda s, y: one_class_loss(s, y, logit=score_is_logit)
     if name == "ranking":
