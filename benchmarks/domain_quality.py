@@ -133,19 +133,19 @@ def main() -> None:
     for fold in range(a.folds):
         held = tasks[fold :: a.folds]
         names = {t.name for t in held}
-        split = {"train": [t.name for t in tasks if t.name not in names], "val": [], "test": []}
-        # Meta-validation needs held-out tasks: a quarter of the training domains, as a default
-        # split would take (never a held-out domain).
-        n_val = max(1, len(split["train"]) // 4)
-        split["val"], split["train"] = split["train"][-n_val:], split["train"][:-n_val]
+        train = [t.name for t in tasks if t.name not in names]
+        # Meta-validation needs tasks of its own: a quarter of the training domains (never a
+        # held-out one); the held-out domains are the split's test tasks, never trained on.
+        n_val = max(1, len(train) // 4)
         overrides = [
             f"tasks={a.collection}",
             "tracking.mode=disabled",
-            f"split.train={json.dumps(split['train'])}",
-            f"split.val={json.dumps(split['val'])}",
-            "split.test=[]",
+            f"split.train_tasks={json.dumps(train[:-n_val])}",
+            f"split.val_tasks={json.dumps(train[-n_val:])}",
+            f"split.test_tasks={json.dumps(sorted(names))}",
             *a.train_set,
         ]
+        split = {"train": train[:-n_val]}
         config = configio.load(TrainConfig, None, overrides)
         tick = time.perf_counter()
         meta_train(config, out_dir=work / f"fold{fold}", progress=False)
