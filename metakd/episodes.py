@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -333,7 +333,7 @@ class EpisodeSampler:
         normal: np.ndarray,
         pool_x: Tensor,
         rng: np.random.Generator,
-    ):
+    ) -> Callable[[Tensor], Tensor]:
         """The episode's map from rows as read to model input: scaled and aligned, then (with a
         profile) each row's neighbourhood profile, fitted exactly as ``metakd adapt`` fits it."""
         profile = None
