@@ -36,7 +36,7 @@ from metakd.models.deploy import (
     StudentConfig,
     build_student,
 )
-from metakd.models.profile import NeighbourProfile
+from metakd.models.profile import NeighbourProfile, bounded_reference
 from metakd.models.stack import StackParams
 from metakd.models.teachers import (
     LogitScorer,
@@ -356,13 +356,8 @@ class FewShotDetector:
         profile = None
         profile_config = bundle.model.input_profile()
         if profile_config is not None:
-            normals = support[labels == 0]
-            profile = NeighbourProfile.fit(
-                normals,
-                scaler(normals),
-                None if pool is None else scaler(pool),
-                config=profile_config,
-                generator=torch.Generator().manual_seed(seed),
+            profile = NeighbourProfile.fit_task(
+                support, labels == 0, pool, scale=scaler, config=profile_config, seed=seed
             )
         return Preprocessor(
             scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection, profile
@@ -408,14 +403,6 @@ class FewShotDetector:
             paths["torchscript"] = out_dir / "student.torchscript.pt"
             export_torchscript(self.student_scorer_, paths["torchscript"])
         return paths
-
-
-def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
-    """Sorted indices of at most ``cap`` of ``rows`` rows: all of them, or a seeded subsample."""
-    if rows <= cap:
-        return torch.arange(rows)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(rows, generator=generator)[:cap].sort().values
 
 
 def _scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:

@@ -338,13 +338,13 @@ class EpisodeSampler:
         profile) each row's neighbourhood profile, fitted exactly as ``metakd adapt`` fits it."""
         profile = None
         if self.profile is not None:
-            normals = support_x[torch.from_numpy(normal)]
-            profile = NeighbourProfile.fit(
-                normals,
-                scaler(normals),
-                scaler(pool_x) if pool_x.shape[0] else None,
+            profile = NeighbourProfile.fit_task(
+                support_x,
+                torch.from_numpy(normal),
+                pool_x,
+                scale=scaler,
                 config=self.profile,
-                generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+                seed=int(rng.integers(2**62)),
             )
 
         def features(x: Tensor) -> Tensor:

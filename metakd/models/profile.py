@@ -25,6 +25,7 @@ Everything is computed in float64 in row blocks, never an ``N × M`` matrix wide
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,14 @@ class ProfileConfig:
     def width(self) -> int:
         """Columns of a profile row: ``3k`` distances and the task statistics."""
         return 3 * self.neighbours + N_TASK_STATS
+
+
+def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
+    """Sorted indices of at most ``cap`` of ``rows`` rows: all of them, or a seeded subsample."""
+    if rows <= cap:
+        return torch.arange(rows)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(rows, generator=generator)[:cap].sort().values
 
 
 def _sorted_distances(x: Tensor, ref: Tensor, k: int) -> Tensor:
@@ -170,12 +179,12 @@ class NeighbourProfile(nn.Module):
         *,
         config: ProfileConfig,
         eps: float = 1e-6,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> NeighbourProfile:
         """Fit on one task: ``raw_support [n, d]`` the support normals as read, ``support_a``
         and ``pool_a [m, d]`` the support normals and the pool in the pipeline's scaling (the
         pool may be ``None``: the support then stands in for it). Pools above ``max_pool`` rows
-        are subsampled with ``generator``."""
+        are subsampled (:func:`bounded_reference` with ``seed``)."""
         k = config.neighbours
         raw = raw_support.to(torch.float64)
         mean = raw.mean(0)
@@ -184,9 +193,7 @@ class NeighbourProfile(nn.Module):
         sb = ((raw - mean) / std).clamp(-config.clip, config.clip)
         sa = support_a.to(torch.float64)
         pa = sa if pool_a is None or pool_a.shape[0] == 0 else pool_a.to(torch.float64)
-        if pa.shape[0] > config.max_pool:
-            keep = torch.randperm(pa.shape[0], generator=generator)[: config.max_pool]
-            pa = pa[keep.sort().values]
+        pa = pa[bounded_reference(pa.shape[0], config.max_pool, seed)]
         s_b_self = _sorted_distances(sb, sb, k).mean(-1)
         s_a_self = _sorted_distances(sa, sa, k).mean(-1)
         p_self = _sorted_distances(pa, pa, k).mean(-1)
@@ -224,6 +231,29 @@ class NeighbourProfile(nn.Module):
             stats=stats,
         )
 
+    @staticmethod
+    def fit_task(
+        support: Tensor,
+        normal: Tensor,
+        pool: Tensor | None,
+        *,
+        scale: Callable[[Tensor], Tensor],
+        config: ProfileConfig,
+        seed: int,
+    ) -> NeighbourProfile:
+        """:meth:`fit` from one task's rows as read: ``support [n, d]`` with ``normal [n]``
+        (bool) marking its normals, the pool ``[m, d]`` (or ``None``, or empty), and ``scale``
+        the task's fitted pipeline scaling. Meta-training and ``metakd adapt`` both call this."""
+        normals = support[normal]
+        has_pool = pool is not None and pool.shape[0] > 0
+        return NeighbourProfile.fit(
+            normals,
+            scale(normals),
+            scale(pool) if has_pool else None,
+            config=config,
+            seed=seed,
+        )
+
     def forward(self, raw: Tensor, scaled: Tensor) -> Tensor:
         """Profiles ``[N, 3k + 6]`` (float32) of rows given as read (``raw [N, d]``) and in the
         pipeline's scaling (``scaled [N, d]``)."""
@@ -242,4 +272,4 @@ class NeighbourProfile(nn.Module):
         return columns.to(torch.float32)
 
 
-__all__ = ["N_TASK_STATS", "NeighbourProfile", "ProfileConfig"]
+__all__ = ["N_TASK_STATS", "NeighbourProfile", "ProfileConfig", "bounded_reference"]
