@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle
 from metakd.config import load_train_config
 from metakd.data.collection import load_collection
+from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.models.deploy import DeployedScorer
+from metakd.persist import TeacherBundle
 from metakd.train import meta_train
 
 

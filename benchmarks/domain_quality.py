@@ -44,10 +44,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
 from metakd import configio
-from metakd.adapt import FewShotDetector
 from metakd.config import TrainConfig
 from metakd.data.collection import load_collection
 from metakd.data.task import Task
+from metakd.detector import FewShotDetector
 from metakd.train import meta_train
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from metakd.meta.learners import InnerConfig, MetaConfig, MetaLearner
+from metakd.meta.learners import MAML, InnerConfig, MetaConfig
 from metakd.models.teachers import ModelConfig, build_teacher, score_logits
 
 with warnings.catch_warnings():
@@ -43,23 +43,23 @@ def make_batch(b: int, d: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, T
     return sx, sy, qx, qy
 
 
-def ours(learner: MetaLearner, batch) -> None:
+def ours(learner: MAML, batch) -> None:
     loss, _ = learner.meta_loss(*batch)
     loss.backward()
 
 
-def compiled(learner: MetaLearner) -> Callable:
+def compiled(learner: MAML) -> Callable:
     """Our path with the meta-loss compiled, as ``meta.compile: true`` does in training."""
     meta_loss = torch.compile(learner.meta_loss)
 
-    def run(learner: MetaLearner, batch) -> None:
+    def run(learner: MAML, batch) -> None:
         loss, _ = meta_loss(*batch)
         loss.backward()
 
     return run
 
 
-def loop(learner: MetaLearner, batch) -> None:
+def loop(learner: MAML, batch) -> None:
     """The textbook per-task loop: functional_call + autograd.grad(create_graph=True)."""
     teacher, (sx, sy, qx, qy) = learner.teacher, batch
     b = sx.shape[0]
@@ -73,7 +73,7 @@ def loop(learner: MetaLearner, batch) -> None:
         (learner.outer_loss(score_logits(teacher, q), qy[i]) / b).backward()
 
 
-def with_higher(learner: MetaLearner, batch) -> None:
+def with_higher(learner: MAML, batch) -> None:
     teacher, (sx, sy, qx, qy) = learner.teacher, batch
     b = sx.shape[0]
     opt = torch.optim.SGD(teacher.parameters(), lr=LR)
@@ -84,13 +84,13 @@ def with_higher(learner: MetaLearner, batch) -> None:
             (learner.outer_loss(score_logits(teacher, fm(qx[i])), qy[i]) / b).backward()
 
 
-def grads_of(fn: Callable, learner: MetaLearner, batch) -> Tensor:
+def grads_of(fn: Callable, learner: MAML, batch) -> Tensor:
     learner.zero_grad(set_to_none=True)
     fn(learner, batch)
     return torch.cat([p.grad.flatten() for p in learner.teacher.parameters()])
 
 
-def time_it(fn: Callable, learner: MetaLearner, batch, seconds: float) -> float:
+def time_it(fn: Callable, learner: MAML, batch, seconds: float) -> float:
     """Seconds per call (median of repeated timing windows)."""
     fn(learner, batch)  # warm-up
     times = []
@@ -104,7 +104,7 @@ def time_it(fn: Callable, learner: MetaLearner, batch, seconds: float) -> float:
     return times[len(times) // 2]
 
 
-def flops_of(fn: Callable, learner: MetaLearner, batch) -> int:
+def flops_of(fn: Callable, learner: MAML, batch) -> int:
     learner.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
         fn(learner, batch)
@@ -145,7 +145,7 @@ def main() -> None:
     print(header + "\n" + "-" * len(header))
     for size, (d, hidden) in SIZES.items():
         teacher = build_teacher(d, ModelConfig(kind="mlp", hidden=hidden))
-        learner = MetaLearner(
+        learner = MAML(
             teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(), anomaly_shots=0
         )
         for b in batches:

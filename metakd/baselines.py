@@ -3,7 +3,7 @@
 Every baseline is a :class:`Detector`: ``fit(X, y, unlabeled)`` on a task's labelled support
 rows ``X [n, d]`` (``y``: 0 normal, 1 anomaly) and optional unlabelled pool ``[m, d]``, then
 ``decision_function(X) -> [N]`` with higher = more anomalous. They see exactly what
-:class:`~metakd.adapt.FewShotDetector` sees and never the rows they are evaluated on; all
+:class:`~metakd.detector.FewShotDetector` sees and never the rows they are evaluated on; all
 scaling is fitted on the support and pool (or on the pool alone for the unsupervised ones).
 
 * :class:`KNNDetector` and :class:`IForestDetector` fitted on the support normals (what a user
@@ -13,6 +13,11 @@ scaling is fitted on the support and pool (or on the pool alone for the unsuperv
 * :class:`TeacherDetector` adapts a teacher network with metakd's inner loop; it is the engine of
   the ``scratch`` (random initialisation, :func:`scratch_bundle`) and ``pooled-finetune``
   (non-meta multi-task pretraining, :func:`pretrain_pooled`) ablations.
+
+Each baseline registers in :data:`metakd.evaluate.methods.REGISTRY` right below the code that
+builds it, which is all ``metakd evaluate`` needs to run and report it. Their hyper-parameters
+(:class:`BaselineConfig`, :class:`PretrainConfig`) live in :mod:`metakd.evaluate.config`, so
+that the config loads without this module; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import dataclasses
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,78 +38,21 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from metakd import configio
-from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle
-from metakd.checkpoint import save_teacher
+from metakd.checkpoint import load_checkpoint, save_teacher
 from metakd.data.task import Task
 from metakd.data.transforms import Scaler, ScalingConfig
+from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.episodes import EpisodeConfig, EpisodeSampler
-from metakd.errors import ConfigError, DataError, MetakdError
-from metakd.meta.learners import InnerConfig, MetaConfig, MetaLearner
+from metakd.errors import DataError, MetakdError
+from metakd.evaluate.config import BaselineConfig, PretrainConfig
+from metakd.evaluate.methods import MethodContext, Setup, register_method
+from metakd.evaluate.tasks import meta_train_tasks
+from metakd.meta.learners import MAML, InnerConfig, MetaConfig
 from metakd.meta.losses import deviation_loss
 from metakd.models.teachers import Teacher, build_teacher
+from metakd.persist import TeacherBundle
 
 Source = Literal["support", "pool"]
-
-
-@dataclass
-class BaselineConfig:
-    """Hyper-parameters of the classical baselines (fixed, not tuned per task: no labels exist
-    to tune them on in the few-shot setting)."""
-
-    knn_k: int = 5
-    """Neighbours of kNN; capped by the rows it is fitted on (``min(k, K)`` on the support)."""
-    iforest_trees: int = 100
-    """Trees of Isolation Forest (scikit-learn's default)."""
-    logreg_c: float = 1.0
-    """Inverse L2 strength of the logistic regression."""
-    devnet_hidden: int = 20
-    """Hidden width of DevNet's network (the paper's default one-hidden-layer net)."""
-    devnet_steps: int = 200
-    """DevNet optimiser steps."""
-    devnet_batch_size: int = 64
-    """Rows per DevNet step, half of them labelled anomalies (DevNet's balanced batches)."""
-    devnet_lr: float = 1e-3
-    """DevNet RMSprop step size."""
-    devnet_margin: float = 5.0
-    """DevNet's deviation margin ``a``."""
-
-    def __post_init__(self) -> None:
-        for key in ("knn_k", "iforest_trees", "devnet_hidden", "devnet_steps", "devnet_batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")
-        for key in ("logreg_c", "devnet_lr", "devnet_margin"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"baselines.{key} must be positive, got {getattr(self, key)!r}")
-
-
-@dataclass
-class PretrainConfig:
-    """Pooled (non-meta) multi-task pretraining behind the ``pooled-finetune`` baseline."""
-
-    iterations: int = 300
-    """Optimiser steps, each on one batch of episodes of the meta-train tasks."""
-    lr: float = 1e-3
-    """Adam step size."""
-    loss: Literal["ranking", "bce"] = "ranking"
-    """Loss on the episodes' labelled query rows: the pairwise ranking loss (the default outer
-    loss of meta-training, so only the inner loop differs) or class-balanced BCE on logit-scale
-    scores. BCE on a distance teacher's log-distances keeps inflating the anomalies' distances;
-    on MVTec its fine-tuned SVDD scores overflowed in 1 of 9 one-class runs, ranking in none."""
-    seed: int = 0
-    """Seeds the initialisation and the episode sampling."""
-
-    def __post_init__(self) -> None:
-        if (
-            isinstance(self.iterations, bool)
-            or not isinstance(self.iterations, int)
-            or self.iterations < 1
-        ):
-            raise ConfigError(
-                f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"pretrain.lr must be positive, got {self.lr!r}")
 
 
 # -- the interface -------------------------------------------------------------------------------
@@ -204,6 +151,23 @@ class KNNDetector(Detector):
         return distances.mean(axis=1)
 
 
+register_method(
+    "knn-support",
+    group="support",
+    build=lambda c: KNNDetector(
+        k=c.config.baselines.knn_k, source="support", scaling=c.bundle.scaling
+    ),
+)
+register_method(
+    "knn-pool",
+    group="pool",
+    needs_pool=True,
+    build=lambda c: KNNDetector(
+        k=c.config.baselines.knn_k, source="pool", scaling=c.bundle.scaling
+    ),
+)
+
+
 class IForestDetector(Detector):
     """Isolation Forest (Liu et al. 2008) on raw features: its axis-parallel random splits are
     invariant to per-feature affine scaling, so none is applied.
@@ -236,6 +200,23 @@ class IForestDetector(Detector):
         return -self.forest_.score_samples(_rows("data", X))
 
 
+register_method(
+    "iforest-support",
+    group="support",
+    build=lambda c: IForestDetector(
+        n_estimators=c.config.baselines.iforest_trees, source="support", seed=c.seed
+    ),
+)
+register_method(
+    "iforest-pool",
+    group="pool",
+    needs_pool=True,
+    build=lambda c: IForestDetector(
+        n_estimators=c.config.baselines.iforest_trees, source="pool", seed=c.seed
+    ),
+)
+
+
 class LogRegDetector(Detector):
     """Class-balanced logistic regression on the scaled support (needs labelled anomalies).
 
@@ -266,6 +247,16 @@ class LogRegDetector(Detector):
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         return self.model_.decision_function(self.scale_(_rows("data", X)))
+
+
+register_method(
+    "logreg-support",
+    group="labelled",
+    needs_anomalies=True,
+    build=lambda c: LogRegDetector(
+        c=c.config.baselines.logreg_c, scaling=c.bundle.scaling, seed=c.seed
+    ),
+)
 
 
 class DevNetDetector(Detector):
@@ -328,6 +319,16 @@ class DevNetDetector(Detector):
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.net_(torch.from_numpy(self.scale_(_rows("data", X)))).squeeze(-1).numpy()
+
+
+register_method(
+    "devnet",
+    group="labelled",
+    needs_anomalies=True,
+    build=lambda c: DevNetDetector(
+        config=c.config.baselines, scaling=c.bundle.scaling, seed=c.seed
+    ),
+)
 
 
 class TeacherDetector(Detector):
@@ -415,7 +416,7 @@ def pretrain_pooled(
             profile=bundle.model.input_profile(),
         )
     teacher = _fresh_teacher(bundle, config.seed)
-    learner = MetaLearner(
+    learner = MAML(
         teacher,
         inner=InnerConfig(steps=0, lr=bundle.inner.lr, loss=bundle.inner.loss),
         meta=MetaConfig(algorithm="maml", meta_lr=config.lr, outer_loss=config.loss),
@@ -486,6 +487,45 @@ def load_or_pretrain_pooled(
     return dataclasses.replace(
         bundle, teacher=teacher, rates=[], info={"pretraining": "pooled"}, path=str(path)
     )
+
+
+#: The pooled pre-training cached in an evaluation's output folder (reused by a re-run into it).
+POOLED_CACHE = "pooled_pretrain.pt"
+
+
+def _prepare_pooled(setup: Setup) -> TeacherBundle:
+    """Pretrain (or reuse) the pooled teacher on the meta-trained teacher's meta-train tasks,
+    with its meta-training episode shapes; cached as ``pooled_pretrain.pt`` in the output."""
+    train = meta_train_tasks(setup.bundle, setup.collection, needed_by=setup.method)
+    episode = configio.from_dict(
+        EpisodeConfig, load_checkpoint(setup.teacher_path, "teacher")["episode"]
+    )
+    iterations = setup.config.pretrain.iterations
+    job = setup.progress.add_task("pooled pretraining", total=iterations, info="")
+    pooled = load_or_pretrain_pooled(
+        setup.out_dir / POOLED_CACHE,
+        setup.bundle,
+        train.tasks,
+        episode=episode,
+        config=setup.config.pretrain,
+        provenance={"tasks": train.collection.source, "train_tasks": train.names},
+        on_step=lambda i, loss: setup.progress.update(job, completed=i, info=f"loss {loss:.3f}"),
+    )
+    setup.progress.update(job, completed=iterations)
+    return pooled
+
+
+def _pooled(context: MethodContext) -> TeacherDetector:
+    pooled: TeacherBundle = context.prepared  # from _prepare_pooled
+    return TeacherDetector(pooled, config=context.config.adapt)
+
+
+register_method(
+    "scratch",
+    group="transfer",
+    build=lambda c: TeacherDetector(scratch_bundle(c.bundle, seed=c.seed), config=c.config.adapt),
+)
+register_method("pooled-finetune", group="transfer", prepare=_prepare_pooled, build=_pooled)
 
 
 __all__ = [

@@ -18,16 +18,30 @@ from metakd.errors import DataError
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path, *, directory: bool) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (``tempfile`` uses 0600/0700,
+    which teammates and CI under another user could not read)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over
     ``path``, so an interrupted run never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The name says what it is: a file left by a killed process is recognisable and safe to delete.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".metakd-tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        shareable(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -90,27 +90,29 @@ def tasks_list() -> None:
 @click.option(
     "--shots",
     type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
+    default=None,
+    show_default="meta-train's",
     help="Normal support rows per episode.",
 )
 @click.option(
     "--anomaly-shots",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
+    default=None,
+    show_default="meta-train's",
     help="Anomalous support rows per episode.",
 )
 @click.option(
     "--query-size",
     type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Query rows per episode (half of them anomalies).",
+    default=None,
+    show_default="meta-train's",
+    help="Query rows per episode (anomaly fraction and pool size are meta-train's defaults).",
 )
-def tasks_show(spec: str, shots: int, anomaly_shots: int, query_size: int) -> None:
+def tasks_show(
+    spec: str, shots: int | None, anomaly_shots: int | None, query_size: int | None
+) -> None:
     """Show the tasks of a collection: split, size, anomalies and whether each can serve
-    episodes of the given shape.
+    episodes of the given shape (by default meta-train's default episode shape).
 
     PATH_OR_NAME is a built-in (digits, synthetic), a manifest name in tasks/ or a .yaml path,
     a directory of task files, or one task file.
@@ -137,13 +139,24 @@ def _tasks_list() -> None:
     _console().print(table)
 
 
-def _tasks_show(spec: str, shots: int, anomaly_shots: int, query_size: int) -> None:
+def _tasks_show(
+    spec: str, shots: int | None, anomaly_shots: int | None, query_size: int | None
+) -> None:
+    import dataclasses
+
     from metakd.data.collection import load_collection
     from metakd.data.transforms import check_feature_counts
     from metakd.episodes import EpisodeConfig, episode_shortfall
 
     collection = load_collection(spec)
-    config = EpisodeConfig(shots=shots, anomaly_shots=anomaly_shots, query_size=query_size)
+    # EpisodeConfig's defaults are meta-train's episode shape: "usable" means usable there.
+    default = EpisodeConfig()
+    config = dataclasses.replace(
+        default,
+        shots=default.shots if shots is None else shots,
+        anomaly_shots=default.anomaly_shots if anomaly_shots is None else anomaly_shots,
+        query_size=default.query_size if query_size is None else query_size,
+    )
     any_unlabelled = any(task.n_unlabelled for task in collection.tasks)
 
     table = Table(title=f"{collection.name} ({collection.source})")
@@ -177,9 +190,11 @@ def _tasks_show(spec: str, shots: int, anomaly_shots: int, query_size: int) -> N
     console.print(table)
     counts = ", ".join(f"{key} {len(names)}" for key, names in collection.splits.items())
     console.print(
-        f"{len(collection.tasks)} tasks ({counts}); usable for episodes with shots={shots}, "
-        f"anomaly_shots={anomaly_shots}, query_size={query_size}: "
-        f"{len(collection.tasks) - len(unusable)}",
+        f"{len(collection.tasks)} tasks ({counts}); usable for episodes with "
+        f"shots={config.shots}, anomaly_shots={config.anomaly_shots}, "
+        f"query_size={config.query_size}: {len(collection.tasks) - len(unusable)} "
+        f"(query_anomaly_fraction={config.query_anomaly_fraction}, "
+        f"pool_size={config.pool_size})",
         soft_wrap=True,
     )
     for name, shortfall in unusable:
@@ -262,6 +277,12 @@ _TEACHER_OPTION = click.option(
 _PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
+_OVERWRITE_OPTION = click.option(
+    "--overwrite",
+    is_flag=True,
+    default=False,
+    help="Replace an existing --out written by metakd (never any other folder or file).",
+)
 
 
 def _default_out(kind: str) -> str:
@@ -282,6 +303,7 @@ def _default_out(kind: str) -> str:
 @click.option(
     "--out", "out_dir", default=None, help="Run directory (default: runs/meta-train-TIME)."
 )
+@_OVERWRITE_OPTION
 @_SET_OPTION
 @_PROGRESS_OPTION
 @_tracking_options
@@ -290,6 +312,7 @@ def meta_train_command(
     tasks_spec: str | None,
     config_path: str | None,
     out_dir: str | None,
+    overwrite: bool,
     overrides: tuple[str, ...],
     progress: bool,
     extra_overrides: tuple[str, ...],
@@ -302,7 +325,9 @@ def meta_train_command(
     like --set (the form W&B sweep agents pass with ${args_no_hyphens}).
     """
     every = [*overrides, *extra_overrides, *_tracking_overrides(**tracking)]
-    run_guarded(lambda: _meta_train(tasks_spec, config_path, out_dir, every, progress))
+    run_guarded(
+        lambda: _meta_train(tasks_spec, config_path, out_dir, every, progress, overwrite=overwrite)
+    )
 
 
 def _meta_train(
@@ -311,17 +336,20 @@ def _meta_train(
     out_dir: str | None,
     overrides: list[str],
     progress: bool,
+    *,
+    overwrite: bool,
 ) -> None:
-    from pathlib import Path
-
     from metakd.config import load_train_config
+    from metakd.rundir import check_output_dir, staged_run_dir
     from metakd.train import meta_train
 
     if tasks_spec is not None:
         overrides = [*overrides, f"tasks={tasks_spec}"]
-    config = load_train_config(config_path, overrides)
     out = Path(out_dir or _default_out("meta-train"))
-    result = meta_train(config, out_dir=out, progress=progress)
+    check_output_dir(out, overwrite=overwrite)
+    config = load_train_config(config_path, overrides)
+    with staged_run_dir(out, command="meta-train", overwrite=overwrite) as stage:
+        result = meta_train(config, out_dir=stage, progress=progress)
     console = _console()
     console.print(
         f"meta-trained {config.meta.algorithm} ({config.model.kind} teacher) on {config.tasks} in "
@@ -381,6 +409,7 @@ def _meta_train(
     help="Labelled rows to report AUROC, AUPRC, precision, recall and F1 on.",
 )
 @click.option("--out", "out_dir", required=True, help="Output directory.")
+@_OVERWRITE_OPTION
 @_CONFIG_OPTION
 @_SET_OPTION
 @_tracking_options
@@ -390,6 +419,7 @@ def adapt_command(
     unlabeled_path: str | None,
     eval_path: str | None,
     out_dir: str,
+    overwrite: bool,
     config_path: str | None,
     overrides: tuple[str, ...],
     **tracking: Any,
@@ -407,6 +437,7 @@ def adapt_command(
             out_dir,
             config_path,
             [*overrides, *_tracking_overrides(**tracking)],
+            overwrite=overwrite,
         )
     )
 
@@ -419,21 +450,25 @@ def _adapt(
     out_dir: str,
     config_path: str | None,
     overrides: list[str],
+    *,
+    overwrite: bool,
 ) -> None:
-    from pathlib import Path
-
     from metakd.adapt import AdaptConfig, run_adapt
     from metakd.configio import load
+    from metakd.rundir import check_output_dir, staged_run_dir
 
+    out = Path(out_dir)
+    check_output_dir(out, overwrite=overwrite)
     config = load(AdaptConfig, config_path, overrides)
-    report = run_adapt(
-        config,
-        teacher_path=Path(teacher_path),
-        support_path=Path(support_path),
-        unlabeled_path=Path(unlabeled_path) if unlabeled_path else None,
-        eval_path=Path(eval_path) if eval_path else None,
-        out_dir=Path(out_dir),
-    )
+    with staged_run_dir(out, command="adapt", overwrite=overwrite) as stage:
+        report = run_adapt(
+            config,
+            teacher_path=Path(teacher_path),
+            support_path=Path(support_path),
+            unlabeled_path=Path(unlabeled_path) if unlabeled_path else None,
+            eval_path=Path(eval_path) if eval_path else None,
+            out_dir=stage,
+        )
     console = _console()
     table = Table(title=f"adapted {teacher_path} to {support_path}")
     table.add_column("detector")
@@ -490,42 +525,96 @@ def _adapt(
     show_default=True,
     help="Column to ignore as labels in csv/parquet input.",
 )
-def score_command(model_path: str, data_path: str, out_path: str | None, label_column: str) -> None:
+@click.option(
+    "--ignore-column",
+    "ignore_columns",
+    multiple=True,
+    metavar="NAME",
+    help="Another column that is not a feature, e.g. an id (repeatable).",
+)
+@_OVERWRITE_OPTION
+def score_command(
+    model_path: str,
+    data_path: str,
+    out_path: str | None,
+    label_column: str,
+    ignore_columns: tuple[str, ...],
+    overwrite: bool,
+) -> None:
     """Score rows with an adapted detector: one output row per input row, in order, with
-    columns `score` (higher = more anomalous) and `is_anomaly`."""
-    run_guarded(lambda: _score(model_path, data_path, out_path, label_column))
+    columns `score` (higher = more anomalous) and `is_anomaly`. Rows are read and scored in
+    chunks, so memory stays bounded whatever the size of a csv or parquet input."""
+    run_guarded(
+        lambda: _score(
+            model_path,
+            data_path,
+            out_path,
+            label_column,
+            list(ignore_columns),
+            overwrite=overwrite,
+        )
+    )
 
 
-def _score(model_path: str, data_path: str, out_path: str | None, label_column: str) -> None:
-    from pathlib import Path
+#: Rows read and scored at a time by ``metakd score`` (``None``: sized by the input's width, see
+#: :data:`metakd.data.readers.CHUNK_VALUES`).
+SCORE_CHUNK_ROWS: int | None = None
 
-    from metakd.adapt import load_scorer, score_rows
-    from metakd.checkpoint import atomic_write_text
-    from metakd.data.readers import ReadOptions, read_task
+
+def _score(
+    model_path: str,
+    data_path: str,
+    out_path: str | None,
+    label_column: str,
+    ignore_columns: list[str],
+    *,
+    overwrite: bool,
+) -> None:
+    from metakd.checkpoint import atomic_write_bytes
+    from metakd.data.readers import ReadOptions, read_row_chunks
+    from metakd.detector import score_rows
+    from metakd.persist import load_scorer
 
     if out_path is not None:
-        _check_score_output(Path(out_path), inputs=[Path(model_path), Path(data_path)])
-    scorer = load_scorer(model_path)
-    task = read_task(data_path, ReadOptions(label_column=label_column))
-    scores, flags = score_rows(scorer, task.X)
-    lines = ["score,is_anomaly", *(f"{s:.9g},{int(f)}" for s, f in zip(scores, flags, strict=True))]
-    text = "\n".join(lines) + "\n"
-    if out_path is None:
-        click.echo(text, nl=False)
-    else:
-        atomic_write_text(Path(out_path), text)
-        click.echo(
-            f"scored {len(scores)} rows ({int(flags.sum())} flagged) -> {out_path}", err=True
+        _check_score_output(
+            Path(out_path), inputs=[Path(model_path), Path(data_path)], overwrite=overwrite
         )
+    scorer = load_scorer(model_path)
+    options = ReadOptions(
+        label_column=label_column, ignore_columns=ignore_columns, ignore_labels=True
+    )
+    counts = [0, 0]
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(b"score,is_anomaly\n")
+        for chunk in read_row_chunks(data_path, options, rows=SCORE_CHUNK_ROWS):
+            scores, flags = score_rows(scorer, chunk)
+            lines = "".join(f"{s:.9g},{int(f)}\n" for s, f in zip(scores, flags, strict=True))
+            handle.write(lines.encode())
+            counts[0] += len(scores)
+            counts[1] += int(flags.sum())
+
+    if out_path is None:
+        # Rows reach standard output as they are scored; an error stops the stream (exit 2).
+        write(sys.stdout.buffer)
+        sys.stdout.flush()
+    else:
+        atomic_write_bytes(Path(out_path), write)
+        click.echo(f"scored {counts[0]} rows ({counts[1]} flagged) -> {out_path}", err=True)
 
 
-def _check_score_output(out: Path, *, inputs: list[Path]) -> None:
-    """Refuse an output path that is one of the inputs or holds a model (never overwritten)."""
+def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output path that is one of the inputs or holds a model (never overwritten), or
+    any other existing file unless ``overwrite``."""
     for path in inputs:
         if out.exists() and path.exists() and out.resolve() == path.resolve():
             raise MetakdError(f"--out {out} is also an input of this command; choose another file")
     if out.is_file() and out.suffix in (".pt", ".pth", ".onnx"):
         raise MetakdError(f"--out {out} is a model file; metakd score never overwrites models")
+    if out.exists() and not out.is_file():
+        raise MetakdError(f"--out {out} exists and is not a file; choose another path")
+    if out.exists() and not overwrite:
+        raise MetakdError(f"--out {out} exists; pass --overwrite to replace it")
 
 
 @main.command("evaluate")
@@ -543,6 +632,7 @@ def _check_score_output(out: Path, *, inputs: list[Path]) -> None:
 @click.option(
     "--out", "out_dir", default=None, help="Output directory (default: runs/evaluate-TIME)."
 )
+@_OVERWRITE_OPTION
 @_CONFIG_OPTION
 @_SET_OPTION
 @_PROGRESS_OPTION
@@ -554,6 +644,7 @@ def evaluate_command(
     anomaly_shots: str | None,
     seeds: int | None,
     out_dir: str | None,
+    overwrite: bool,
     config_path: str | None,
     overrides: tuple[str, ...],
     progress: bool,
@@ -573,7 +664,9 @@ def evaluate_command(
     if seeds is not None:
         every.append(f"seeds={seeds}")
     every += _tracking_overrides(**tracking)
-    run_guarded(lambda: _evaluate(teacher_path, out_dir, config_path, every, progress))
+    run_guarded(
+        lambda: _evaluate(teacher_path, out_dir, config_path, every, progress, overwrite=overwrite)
+    )
 
 
 def _evaluate(
@@ -582,20 +675,31 @@ def _evaluate(
     config_path: str | None,
     overrides: list[str],
     progress: bool,
+    *,
+    overwrite: bool,
 ) -> None:
-    from pathlib import Path
-
+    from metakd.baselines import POOLED_CACHE
     from metakd.evaluate import load_evaluate_config, run_evaluation
+    from metakd.rundir import check_output_dir, staged_run_dir
 
-    config = load_evaluate_config(config_path, overrides)
     out = Path(out_dir or _default_out("evaluate"))
-    result = run_evaluation(config, teacher_path=Path(teacher_path), out_dir=out, progress=progress)
+    check_output_dir(out, overwrite=overwrite)
+    config = load_evaluate_config(config_path, overrides)
+    # The pooled pre-training of a previous run into the same --out is reused (it is keyed by
+    # its own settings and recomputed when they differ).
+    with staged_run_dir(
+        out, command="evaluate", overwrite=overwrite, carry=(POOLED_CACHE,)
+    ) as stage:
+        result = run_evaluation(
+            config, teacher_path=Path(teacher_path), out_dir=stage, progress=progress
+        )
+        summary = (stage / "summary.md").read_text()
     console = _console()
     for line in result.skipped:
         console.print(f"skipped: {line}", soft_wrap=True)
-    console.print((out / "summary.md").read_text(), soft_wrap=True)
+    console.print(summary, soft_wrap=True)
     console.print(
         f"{len(result.results)} runs in {result.seconds:.0f} s; wrote "
-        + ", ".join(str(p) for p in result.files.values()),
+        + ", ".join(str(out / p.name) for p in result.files.values()),
         soft_wrap=True,
     )

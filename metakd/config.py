@@ -14,19 +14,10 @@ from metakd.data.collection import SplitConfig
 from metakd.data.prior import PriorConfig
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.episodes import EpisodeConfig
+from metakd.errors import ConfigError
 from metakd.meta.learners import InnerConfig, MetaConfig
 from metakd.models.teachers import ModelConfig
 from metakd.tracking import TrackingConfig
-
-
-def _episode_defaults() -> EpisodeConfig:
-    # A quarter of the query anomalous keeps small tasks usable (digits tasks hold ~20 anomalies).
-    # An unlabelled pool in every episode: scaling is fitted on support ∪ pool, exactly as
-    # `metakd adapt` does with the domain's unlabelled rows, so the teacher meets the same
-    # statistics in meta-training as in deployment.
-    return EpisodeConfig(
-        shots=10, anomaly_shots=0, query_size=32, query_anomaly_fraction=0.25, pool_size=32
-    )
 
 
 @dataclass
@@ -49,8 +40,9 @@ class TrainConfig:
     """Episodes per held-out meta-test task for the final report."""
     device: str = "cpu"
     """Torch device for meta-training."""
-    episode: EpisodeConfig = field(default_factory=_episode_defaults)
-    """Episode shapes: shots, anomaly shots, query size and anomaly fraction, pool, meta-batch."""
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    """Episode shapes: shots, anomaly shots, query size and anomaly fraction, pool, meta-batch
+    (defaults: :class:`~metakd.episodes.EpisodeConfig`'s, the one default episode shape)."""
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     """Per-task feature scaling, fitted on each episode's support (and pool)."""
     alignment: AlignmentConfig | None = None
@@ -70,9 +62,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.val_every < 1:
-            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+            raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
         check_device(self.device)
 
 
@@ -83,11 +75,11 @@ def check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except RuntimeError:
-        raise ValueError(
+        raise ConfigError(
             f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)"
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this machine has no CUDA device (use device=cpu)")
+        raise ConfigError(f"device {device!r}: this machine has no CUDA device (use device=cpu)")
 
 
 def load_train_config(

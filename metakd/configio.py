@@ -11,13 +11,17 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from metakd.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+#: A config dataclass.
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -54,7 +58,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             choices = ", ".join(repr(c) for c in get_args(tp))
             raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -94,7 +98,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))

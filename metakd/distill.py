@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from metakd.errors import ConfigError
 from metakd.models.deploy import StudentConfig, build_student
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -84,25 +85,25 @@ class DistillConfig:
         for name in ("alpha", "augment_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.temperature <= 0 or self.steps < 1 or self.batch_size < 2:
-            raise ValueError("temperature must be > 0, steps >= 1 and batch_size >= 2")
+            raise ConfigError("temperature must be > 0, steps >= 1 and batch_size >= 2")
         if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"noise_std must be [low, high] with 0 <= low <= high, got {self.noise_std}"
             )
         if (self.noise_std[0] == 0.0) != (self.noise_std[1] == 0.0):
-            raise ValueError(
+            raise ConfigError(
                 f"noise_std is drawn log-uniformly: both ends 0 or both > 0, got {self.noise_std}"
             )
         if self.mixup_alpha < 0 or self.mixup_extrapolation < 0 or self.fidelity_copies < 0:
-            raise ValueError("mixup_alpha, mixup_extrapolation and fidelity_copies must be >= 0")
+            raise ConfigError("mixup_alpha, mixup_extrapolation and fidelity_copies must be >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def distillation_loss(

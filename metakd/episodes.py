@@ -14,6 +14,7 @@ different feature counts stack into one ``[B, ...]`` tensor ready for ``torch.fu
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,26 +36,38 @@ from metakd.errors import ConfigError, DataError
 from metakd.models.profile import NeighbourProfile, ProfileConfig
 
 
+def round_half_up(x: float) -> int:
+    """``x`` rounded to the nearest integer, halves up: the one rule for the anomalous count of
+    a stratified sample (an episode's query here, an evaluation split's pool and query in
+    :mod:`metakd.evaluate.splits`)."""
+    return int(math.floor(x + 0.5))
+
+
 @dataclass
 class EpisodeConfig:
-    """Episode shape.
+    """Episode shape. The defaults are the one default shape: meta-training's (``TrainConfig``),
+    which ``metakd tasks show`` checks tasks against.
 
     Attributes:
         shots: ``K`` normal support rows.
         anomaly_shots: ``A`` labelled anomalous support rows (may be 0).
         query_size: ``Q`` labelled query rows.
         query_anomaly_fraction: Fraction of anomalies in the query; ``round(Q * f)`` of them.
-            Balanced by default: with natural contamination (often 1-5 %) most queries would
-            hold zero or one anomaly and the outer loss would be very noisy.
+            Far above natural contamination (often 1-5 %), at which most queries would hold
+            zero or one anomaly and the outer loss would be very noisy; a quarter rather than a
+            half keeps small tasks usable (digits tasks hold ~20 anomalies).
         pool_size: ``P`` unlabelled rows (any label, hidden), disjoint from support and query.
+            A pool in every episode by default: scaling is fitted on support and pool, exactly
+            as ``metakd adapt`` does with the domain's unlabelled rows, so the teacher meets the
+            same statistics in meta-training as in deployment.
         meta_batch: ``B`` tasks per meta-batch.
     """
 
     shots: int = 10
     anomaly_shots: int = 0
-    query_size: int = 64
-    query_anomaly_fraction: float = 0.5
-    pool_size: int = 0
+    query_size: int = 32
+    query_anomaly_fraction: float = 0.25
+    pool_size: int = 32
     meta_batch: int = 16
 
     def __post_init__(self) -> None:
@@ -78,7 +91,7 @@ class EpisodeConfig:
     @property
     def query_anomalies(self) -> int:
         """Anomalies per query, ``round(Q * f)`` with halves rounded up."""
-        return int(np.floor(self.query_size * self.query_anomaly_fraction + 0.5))
+        return round_half_up(self.query_size * self.query_anomaly_fraction)
 
     @property
     def query_normals(self) -> int:
@@ -248,6 +261,7 @@ class EpisodeSampler:
         )
 
     def _prior_task(self) -> Task:
+        assert self.prior is not None  # only drawn from when the prior is on (see sample)
         c = self.config
         return prior_task(
             self.rng,

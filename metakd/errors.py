@@ -21,5 +21,6 @@ class DataError(MetakdError):
         self.problem = problem
 
 
-class ConfigError(MetakdError):
-    """Bad configuration: unknown key, wrong type or invalid value."""
+class ConfigError(MetakdError, ValueError):
+    """Bad configuration: unknown key, wrong type, invalid value or a combination of settings
+    that cannot work together. Also a ``ValueError``, as invalid arguments are in Python APIs."""

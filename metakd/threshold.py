@@ -34,9 +34,9 @@ class ThresholdConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.contamination < 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
+            raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
         if not 0.5 <= self.normal_quantile <= 1.0:
-            raise ValueError(f"normal_quantile must be in [0.5, 1], got {self.normal_quantile}")
+            raise ConfigError(f"normal_quantile must be in [0.5, 1], got {self.normal_quantile}")
 
 
 def calibrate_threshold(

@@ -20,6 +20,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from metakd.errors import ConfigError
 
 TrackingMode = Literal["auto", "online", "offline", "disabled"]
+ConcreteMode = Literal["online", "offline", "disabled"]
+_CONCRETE_MODES: dict[str, ConcreteMode] = {
+    "online": "online",
+    "offline": "offline",
+    "disabled": "disabled",
+}
 
 
 @dataclass
@@ -41,13 +47,13 @@ class TrackingConfig:
     """W&B run name; null lets W&B choose."""
 
 
-def resolve_mode(mode: TrackingMode) -> Literal["online", "offline", "disabled"]:
+def resolve_mode(mode: TrackingMode) -> ConcreteMode:
     """The concrete W&B mode for ``mode`` in the current environment."""
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("online", "offline", "disabled"):
-        return env  # type: ignore[return-value]
+    if env in _CONCRETE_MODES:
+        return _CONCRETE_MODES[env]
     if env == "dryrun":
         return "offline"
     if os.environ.get("WANDB_API_KEY"):
@@ -183,7 +189,8 @@ class Run:
             return
         import wandb
 
-        self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+        header: list[str | int] = list(columns)  # wandb's column keys are ``str | int``
+        self.wandb_run.log({key: wandb.Table(columns=header, data=rows)})
 
     def log_image(self, key: str, path: Path) -> None:
         """Log an image file (no-op when disabled)."""

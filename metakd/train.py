@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.episodes import EpisodeBatch, EpisodeConfig, EpisodeSampler
 from metakd.errors import DataError
-from metakd.meta.learners import MetaLearner, MetaStats
+from metakd.meta.learners import MetaLearner, MetaStats, learner_class
 from metakd.meta.losses import auroc
 from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import build_teacher
@@ -120,7 +119,7 @@ def build_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLear
     """A fresh teacher (initialised from ``seed``) wrapped in its meta-learner."""
     torch.manual_seed(seed)
     teacher = build_teacher(input_dim, config.model)
-    return MetaLearner(
+    return learner_class(config.meta.algorithm)(
         teacher, inner=config.inner, meta=config.meta, anomaly_shots=config.episode.anomaly_shots
     )
 
@@ -164,8 +163,6 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
     optimiser = torch.optim.Adam(
         learner.parameters(), lr=config.meta.meta_lr, weight_decay=config.meta.weight_decay
     )
-    # Compiled once for the fixed episode shapes; the first step pays the compilation.
-    meta_loss = torch.compile(learner.meta_loss) if config.meta.compile else learner.meta_loss
     resolved = configio.to_dict(config) | {"alignment": configio.to_dict(alignment)}
     atomic_write_text(out_dir / "config.yaml", configio.dump_yaml(config))
 
@@ -200,7 +197,7 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
                 tick = time.perf_counter()
                 batch = sampler.sample().to(config.device)
                 stats, stepped = _meta_step(
-                    learner, optimiser, batch, grad_clip=config.meta.grad_clip, meta_loss=meta_loss
+                    learner, optimiser, batch, grad_clip=config.meta.grad_clip
                 )
                 skipped += not stepped
                 elapsed = time.perf_counter() - tick
@@ -290,23 +287,14 @@ def _meta_step(
     batch: EpisodeBatch,
     *,
     grad_clip: float,
-    meta_loss: Callable[..., tuple[Tensor, MetaStats]],
 ) -> tuple[MetaStats, bool]:
     """One outer step. Returns the batch's stats and whether the step was taken: a step whose
     meta-gradient is not finite (an inner loop that diverged on some task) is skipped, so one bad
     batch cannot turn every meta-parameter into NaN."""
     optimiser.zero_grad(set_to_none=True)
-    if learner.meta.algorithm == "reptile":
-        grads, stats = learner.reptile_gradients(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
-        )
-        for param, grad in zip(learner.teacher.layers.parameters(), grads, strict=True):
-            param.grad = grad
-    else:
-        loss, stats = meta_loss(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
-        )
-        loss.backward()
+    stats = learner.meta_gradients(
+        batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
+    )
     norm = torch.nn.utils.clip_grad_norm_(
         learner.parameters(), grad_clip if grad_clip > 0 else float("inf")
     )

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle, load_scorer
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.meta.inner import adapt, reference_scores, task_scores
 from metakd.meta.learners import InnerConfig
 from metakd.meta.losses import inner_loss_fn
 from metakd.models.teachers import ModelConfig, build_teacher, score_logits
+from metakd.persist import TeacherBundle, load_scorer
 from metakd.threshold import ThresholdConfig
 
 D = 6

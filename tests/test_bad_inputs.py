@@ -90,6 +90,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["existing_file"].write_text("keep me\n")
     files["other_model"] = root / "other.pt"
     shutil.copy(files["student"], files["other_model"])
+    files["foreign"] = root / "foreign"
+    files["foreign"].mkdir()
+    (files["foreign"] / "notes.txt").write_text("not metakd's\n")
     files["root"] = root
     return files
 
@@ -225,6 +228,45 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("score wrong width", ["score", "--model", "{student}", "--data", "{wide_pool}"], "features"),
     ("score text value", ["score", "--model", "{student}", "--data", "{text}"], "not numeric"),
+    (
+        "score out exists",
+        ["score", "--model", "{student}", "--data", "{pool}", "--out", "{existing_file}"],
+        "pass --overwrite",
+    ),
+    (
+        "score ignored column missing",
+        ["score", "--model", "{student}", "--data", "{pool}", "--ignore-column", "id"],
+        "ignored column 'id' is not in the file",
+    ),
+    # run folders: never replaced without --overwrite, foreign folders never
+    ("meta-train out holds a run", ["meta-train", "--out", "{root}/run"], "pass --overwrite"),
+    (
+        "adapt out holds a run",
+        ["adapt", "--teacher", "{teacher}", "--support", "{normals}", "--out", "{root}/model"],
+        "pass --overwrite",
+    ),
+    (
+        "adapt out is a foreign folder",
+        ["adapt", "--teacher", "{teacher}", "--support", "{normals}", "--out", "{foreign}"]
+        + ["--overwrite"],
+        "not a metakd run folder",
+    ),
+    (
+        "evaluate out holds a run",
+        ["evaluate", "--teacher", "{teacher}", "--out", "{root}/model"],
+        "pass --overwrite",
+    ),
+    ("pool weight negative", _train("inner.pool_weight=-1"), "pool_weight must be >= 0"),
+    (
+        "distill holdout",
+        _adapt("--support", "{normals}", "--set", "distill.holdout_fraction=1"),
+        "holdout_fraction",
+    ),
+    (
+        "student width",
+        _adapt("--support", "{normals}", "--set", "distill.student.hidden=[0]"),
+        "student hidden widths must be positive",
+    ),
     # tasks and evaluate
     ("tasks show missing", ["tasks", "show", "{root}/nope"], "nope"),
     (

@@ -75,15 +75,24 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     assert configio.from_dict(Outer, configio.read_yaml_text(configio.dump_yaml(cfg))) == cfg
 
 
+@dataclass
+class Tuned:
+    inner: Inner = field(default_factory=lambda: Inner(steps=7, lr=0.5))
+
+
 def test_partial_section_keeps_the_parents_default_for_other_keys() -> None:
-    """A parent that defaults a section differently from the section class (the training episode
-    shape) keeps those defaults for every key an override does not name."""
+    """A parent that defaults a section differently from the section class keeps those
+    defaults for every key an override does not name."""
+    assert Tuned().inner != Inner()  # the case that matters
+    assert configio.load(Tuned, None, ["inner.lr=0.2"]).inner == Inner(steps=7, lr=0.2)
+
+
+def test_training_uses_the_one_default_episode_shape() -> None:
     from metakd.config import TrainConfig, load_train_config
 
-    default = TrainConfig().episode
-    assert default.query_size != EpisodeConfig().query_size  # the case that matters
+    assert TrainConfig().episode == EpisodeConfig()
     episode = load_train_config(None, ["episode.meta_batch=4"]).episode
-    assert episode == dataclasses.replace(default, meta_batch=4)
+    assert episode == dataclasses.replace(EpisodeConfig(), meta_batch=4)
 
 
 @pytest.mark.parametrize(

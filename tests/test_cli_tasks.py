@@ -55,9 +55,24 @@ def test_tasks_show_directory(npz_dir):
 def test_tasks_show_usable_depends_on_shots(npz_dir):
     usable = invoke("tasks", "show", str(npz_dir), "--query-size", "12")
     assert "usable for episodes with shots=10, anomaly_shots=0, query_size=12: 5" in usable.stdout
-    fewer = invoke("tasks", "show", str(npz_dir), "--query-size", "12", "--anomaly-shots", "2")
+    fewer = invoke("tasks", "show", str(npz_dir), "--query-size", "12", "--anomaly-shots", "5")
     assert "query_size=12: 3" in fewer.stdout
-    assert "not usable: 1_alpha: 6 anomalous rows, needs 8 (2 support + 6 query)" in fewer.stdout
+    assert "not usable: 1_alpha: 6 anomalous rows, needs 8 (5 support + 3 query)" in fewer.stdout
+
+
+def test_tasks_show_defaults_to_the_meta_train_episode_shape(npz_dir):
+    from metakd.config import TrainConfig
+
+    shape = TrainConfig().episode
+    result = invoke("tasks", "show", str(npz_dir))
+    assert (
+        f"shots={shape.shots}, anomaly_shots={shape.anomaly_shots}, query_size={shape.query_size}:"
+        in result.stdout
+    )
+    assert (
+        f"(query_anomaly_fraction={shape.query_anomaly_fraction}, pool_size={shape.pool_size})"
+        in result.stdout
+    )
 
 
 def test_tasks_show_builtin_and_feature_count_note(tmp_path):
@@ -114,7 +129,8 @@ def test_shared_data_collections(monkeypatch):
     assert classical.exit_code == 0
     rows = table_rows(classical.stdout)
     assert len(rows) == 25
-    assert rows["14_glass"][1:] == ["214", "7", "9 (4.2%)", "no"]
+    # Usable by meta-train's default episodes (8 query anomalies), not by a balanced query of 64.
+    assert rows["14_glass"][1:] == ["214", "7", "9 (4.2%)", "yes"]
     skab = invoke("tasks", "show", "skab")
     assert skab.exit_code == 0, skab.output
     rows = table_rows(skab.stdout)

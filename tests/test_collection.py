@@ -232,7 +232,7 @@ def test_check_alignment_lists_differing_feature_counts(tmp_path, write_npz):
 
 def test_collection_validates_split_partition(make_task):
     tasks = [make_task("a"), make_task("b")]
-    with pytest.raises(ValueError, match="exactly one split"):
+    with pytest.raises(DataError, match="exactly one split"):
         TaskCollection("c", tasks, {"train": ["a"], "val": [], "test": []}, AlignmentConfig(), "s")
     with pytest.raises(DataError, match="train split is empty"):
         TaskCollection(

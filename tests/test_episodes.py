@@ -182,7 +182,6 @@ def test_episode_config_validation():
         EpisodeConfig(shots=0)
     with pytest.raises(ConfigError, match="query_anomaly_fraction"):
         EpisodeConfig(query_anomaly_fraction=1.5)
-    assert (
-        EpisodeConfig(query_size=5).query_anomalies,
-        EpisodeConfig(query_size=5).query_normals,
-    ) == (3, 2)
+    # round(5 * 0.5) = 3: halves round up.
+    half = EpisodeConfig(query_size=5, query_anomaly_fraction=0.5)
+    assert (half.query_anomalies, half.query_normals) == (3, 2)

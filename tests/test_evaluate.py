@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from metakd import configio
-from metakd.adapt import TeacherBundle
 from metakd.baselines import (
     BaselineConfig,
     DevNetDetector,
@@ -32,6 +32,7 @@ from metakd.errors import ConfigError, DataError, MetakdError
 from metakd.evaluate import (
     METHODS,
     NEEDS_ANOMALIES,
+    REGISTRY,
     RESULT_COLUMNS,
     EvaluateConfig,
     EvaluationResult,
@@ -41,6 +42,8 @@ from metakd.evaluate import (
     run_evaluation,
     summarise,
 )
+from metakd.evaluate.methods import GROUPS, MethodRegistry
+from metakd.persist import TeacherBundle
 from metakd.train import meta_train
 
 MakeTask = Callable[..., Task]
@@ -116,6 +119,21 @@ def test_writes_outputs_with_every_method(evaluation: tuple[EvaluationResult, li
     assert (table["fit_seconds"] >= 0).all()
     summary = result.files["summary"].read_text()
     assert "**" in summary and "metakd-student vs the best baseline" in summary
+
+
+def test_run_summary_holds_the_mean_over_runs(
+    evaluation: tuple[EvaluationResult, list[str]],
+) -> None:
+    """auroc/<method> is also the per-run curve's key, whose last value W&B would otherwise
+    keep as the summary: the summary records the mean over every run instead."""
+    result, _ = evaluation
+    lines = (result.out_dir / "metrics.jsonl").read_text().splitlines()
+    (summary,) = [json.loads(line)["summary"] for line in lines if '"summary"' in line]
+    table = pd.read_csv(result.files["results"])
+    for method in METHODS:
+        runs = table.loc[table["method"] == method, "auroc"]
+        assert summary[f"auroc/{method}"] == pytest.approx(runs.mean(), abs=1e-5), method
+    assert "auroc/knn-support/K5-A0" in summary
 
 
 def test_splits_are_disjoint_and_match_the_results(
@@ -272,6 +290,50 @@ def test_baselines_reject_inputs_they_cannot_use(make_task: MakeTask) -> None:
 def test_config_errors_name_the_culprit(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(**overrides)
+
+
+def test_registry_lists_every_method_in_report_order() -> None:
+    assert (
+        REGISTRY.names()
+        == METHODS
+        == (
+            "metakd-student",
+            "metakd-teacher",
+            "teacher-no-adapt",
+            "scratch",
+            "pooled-finetune",
+            "knn-support",
+            "iforest-support",
+            "knn-pool",
+            "iforest-pool",
+            "logreg-support",
+            "devnet",
+        )
+    )
+    groups = [GROUPS.index(m.group) for m in REGISTRY.methods()]
+    assert groups == sorted(groups)
+    assert REGISTRY.headline().name == "metakd-student"
+    assert REGISTRY.baselines() == METHODS[3:]
+    assert NEEDS_ANOMALIES == ("logreg-support", "devnet")
+
+
+def test_registering_a_taken_name_is_refused() -> None:
+    registry = MethodRegistry(providers=())
+    registry.register(
+        "mine",
+        group="support",
+        build=lambda context: KNNDetector(k=1, source="support", scaling=ScalingConfig()),
+    )
+    with pytest.raises(ValueError, match="'mine' is registered twice"):
+        registry.register("mine", group="pool", build=registry.get("mine").build)
+    with pytest.raises(ValueError, match="unknown group"):
+        registry.register("other", group="nowhere", build=registry.get("mine").build)  # type: ignore[arg-type]
+
+
+def test_an_unknown_method_is_a_config_error_naming_it_and_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'lof'") as caught:
+        _config(methods=["lof"])
+    assert all(name in str(caught.value) for name in METHODS)
 
 
 def test_default_methods_follow_the_config() -> None:

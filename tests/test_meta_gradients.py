@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from metakd.meta.inner import adapt, task_scores
-from metakd.meta.learners import InnerConfig, MetaConfig, MetaLearner
+from metakd.meta.learners import InnerConfig, MetaConfig, MetaLearner, Reptile, build_learner
 from metakd.models.teachers import ModelConfig, Teacher, build_teacher, score_logits
 
 with warnings.catch_warnings():
@@ -106,7 +106,7 @@ def _loop_reference(learner: MetaLearner, batch, *, first_order: bool) -> list[T
             steps=STEPS,
             lr=LR,
             first_order=first_order,
-            layers=learner.adapted_layers(),
+            layers=learner.plan().layers,
             pool_x=px[b],
         )
         q, _ = task_scores(
@@ -129,7 +129,7 @@ def _assert_close(a: list[Tensor], b: list[Tensor]) -> None:
 @pytest.mark.parametrize("kind", ["knn", "mlp", "svdd", "autoencoder"])
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_second_order_matches_higher_and_loop(kind: str, algorithm: str) -> None:
-    learner = MetaLearner(
+    learner = build_learner(
         _teacher(kind),
         inner=InnerConfig(steps=STEPS, lr=LR),
         meta=MetaConfig(algorithm=algorithm),
@@ -143,7 +143,7 @@ def test_second_order_matches_higher_and_loop(kind: str, algorithm: str) -> None
 
 
 def test_one_class_support_matches_higher() -> None:
-    learner = MetaLearner(
+    learner = build_learner(
         _teacher("mlp"), inner=InnerConfig(steps=3, lr=LR), meta=MetaConfig(), anomaly_shots=0
     )
     batch = _batch(anomaly_shots=0)
@@ -157,7 +157,7 @@ def test_one_class_support_matches_higher() -> None:
 
 def test_fomaml_is_maml_without_second_order_terms() -> None:
     teacher = _teacher("mlp")
-    fomaml = MetaLearner(
+    fomaml = build_learner(
         teacher,
         inner=InnerConfig(steps=STEPS, lr=LR),
         meta=MetaConfig(algorithm="fomaml"),
@@ -183,7 +183,7 @@ def test_fomaml_is_maml_without_second_order_terms() -> None:
         grads = torch.autograd.grad(fomaml.outer_loss(q, qy[b]) / B, list(leaves.values()))
         expected = [e + g for e, g in zip(expected, grads, strict=True)]
     _assert_close(ours, expected)
-    maml = MetaLearner(
+    maml = build_learner(
         teacher,
         inner=InnerConfig(steps=STEPS, lr=LR),
         meta=MetaConfig(algorithm="maml"),
@@ -194,14 +194,16 @@ def test_fomaml_is_maml_without_second_order_terms() -> None:
 
 def test_reptile_update_equals_formula() -> None:
     teacher = _teacher("mlp")
-    learner = MetaLearner(
+    learner = build_learner(
         teacher,
         inner=InnerConfig(steps=STEPS, lr=LR),
         meta=MetaConfig(algorithm="reptile"),
         anomaly_shots=1,
     )
+    assert isinstance(learner, Reptile)
     sx, sy, qx, qy, _ = _batch()
-    grads, _ = learner.reptile_gradients(sx, sy, qx, qy)
+    learner.meta_gradients(sx, sy, qx, qy)  # what the trainer calls: fills .grad
+    grads = [p.grad for p in teacher.layers.parameters()]
     x, y = torch.cat([sx, qx], 1), torch.cat([sy, qy], 1)
     theta = {k: v.detach() for k, v in teacher.named_parameters()}
     phis = []
@@ -222,7 +224,7 @@ def test_reptile_update_equals_formula() -> None:
 
 def test_metasgd_rates_get_gradients_and_match_loop() -> None:
     teacher = _teacher("mlp")
-    learner = MetaLearner(
+    learner = build_learner(
         teacher,
         inner=InnerConfig(steps=STEPS, lr=LR),
         meta=MetaConfig(algorithm="metasgd"),
@@ -254,7 +256,7 @@ def test_metasgd_rates_get_gradients_and_match_loop() -> None:
 def test_adaptation_never_changes_meta_parameters_in_place() -> None:
     teacher = _teacher("svdd")
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-    learner = MetaLearner(
+    learner = build_learner(
         teacher, inner=InnerConfig(steps=3, lr=LR), meta=MetaConfig(), anomaly_shots=1
     )
     learner.meta_loss(*_batch())
@@ -266,7 +268,7 @@ def test_adaptation_never_changes_meta_parameters_in_place() -> None:
 @pytest.mark.parametrize("kind", ["knn", "mlp", "svdd", "autoencoder"])
 def test_inner_step_lowers_support_loss(kind: str) -> None:
     teacher = _teacher(kind)
-    learner = MetaLearner(
+    learner = build_learner(
         teacher, inner=InnerConfig(steps=1, lr=1e-3), meta=MetaConfig(), anomaly_shots=1
     )
     _, stats = learner.meta_loss(*_batch())
@@ -278,7 +280,7 @@ def test_transductive_pool_term_matches_loop_and_changes_adaptation() -> None:
 
     teacher = _teacher("svdd")
     inner = InnerConfig(steps=STEPS, lr=LR, pool_weight=0.5, pool_trim=0.25)
-    learner = MetaLearner(teacher, inner=inner, meta=MetaConfig(), anomaly_shots=1)
+    learner = build_learner(teacher, inner=inner, meta=MetaConfig(), anomaly_shots=1)
     sx, sy, qx, qy, _ = _batch()
     px = torch.randn(B, 8, D, generator=torch.Generator().manual_seed(3))
     loss, _ = learner.meta_loss(sx, sy, qx, qy, px)

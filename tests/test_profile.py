@@ -11,13 +11,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from metakd import configio
-from metakd.adapt import FewShotDetector, load_scorer
 from metakd.config import TrainConfig
 from metakd.data.builtin import synthetic_collection
 from metakd.data.prior import PriorConfig, prior_task
 from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig
+from metakd.detector import FewShotDetector
 from metakd.episodes import EpisodeConfig, EpisodeSampler
 from metakd.models.profile import N_TASK_STATS, NeighbourProfile, ProfileConfig
+from metakd.persist import load_scorer
 from metakd.train import meta_train
 
 

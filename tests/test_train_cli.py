@@ -12,11 +12,12 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from metakd.adapt import AdaptConfig, FewShotDetector, TeacherBundle, load_scorer
 from metakd.cli import main
 from metakd.config import load_train_config
 from metakd.data.builtin import synthetic_collection
+from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import MetakdError
+from metakd.persist import TeacherBundle, load_scorer
 from metakd.threshold import ThresholdConfig
 from metakd.train import meta_train
 
@@ -270,6 +271,7 @@ def _adapt(tmp_path: Path, teacher_path: Path, support: Path, *extra: str):
             str(support),
             "--out",
             str(tmp_path / "o"),
+            "--overwrite",  # each case's own error, not the folder of an earlier case
             "--set",
             "tracking.mode=disabled",
             *extra,
@@ -304,7 +306,7 @@ def test_adapt_errors(tmp_path: Path, teacher_path: Path, domain) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = CliRunner().invoke(
         main,
-        ["adapt", "--teacher", str(good), "--support", str(good), "--out", str(tmp_path / "o")],
+        ["adapt", "--teacher", str(good), "--support", str(good), "--out", str(tmp_path / "o2")],
     )
     assert result.exit_code == 2 and "good.csv" in result.output
 

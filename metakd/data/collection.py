@@ -131,17 +131,19 @@ class TaskCollection:
         if duplicates:
             raise DataError(self.source, f"duplicate task names: {', '.join(duplicates)}")
         if set(self.splits) != set(SPLITS):
-            raise ValueError(
-                f"splits must have exactly the keys {SPLITS}, got {sorted(self.splits)}"
+            raise DataError(
+                self.source,
+                f"splits must have exactly the keys {SPLITS}, got {sorted(self.splits)}",
             )
         assigned = [n for split in SPLITS for n in self.splits[split]]
         if sorted(assigned) != sorted(names):
             unknown = sorted(set(assigned) - set(names))
             missing = sorted(set(names) - set(assigned))
             twice = sorted({n for n in assigned if assigned.count(n) > 1})
-            raise ValueError(
+            raise DataError(
+                self.source,
                 f"every task must be in exactly one split (unknown: {unknown}, "
-                f"unassigned: {missing}, repeated: {twice})"
+                f"unassigned: {missing}, repeated: {twice})",
             )
         if not self.splits["train"]:
             raise DataError(self.source, "the train split is empty")

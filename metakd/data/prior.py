@@ -69,7 +69,8 @@ def prior_task(
     """
     low, high = config.features
     d = int(np.clip(np.round(np.exp(rng.uniform(np.log(low), np.log(high + 1)))), low, high))
-    contamination = rng.uniform(*config.contamination)
+    c_low, c_high = config.contamination
+    contamination = rng.uniform(c_low, c_high)
     pool_anomalies = int(np.floor(pool * contamination + 0.5))
     n_normal = normals + pool - pool_anomalies
     n_anomalous = anomalies + pool_anomalies

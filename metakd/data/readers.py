@@ -13,11 +13,12 @@ value at fault; nothing is silently dropped, coerced or truncated.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -54,6 +55,8 @@ class ReadOptions:
         nonfinite: ``"error"`` rejects NaN/inf/missing feature values naming the column and the
             first bad row; ``"drop"`` drops those rows and warns with the count.
         require_labels: Raise if the file has no label column (or ``.npz`` array ``y``).
+        ignore_labels: Rows are unlabelled whatever the label column holds: it is left out of
+            the features and not validated (``--unlabeled`` files and ``metakd score`` input).
     """
 
     label_column: str = "label"
@@ -61,6 +64,7 @@ class ReadOptions:
     label_map: dict[str, int] | None = None
     nonfinite: Literal["error", "drop"] = "error"
     require_labels: bool = False
+    ignore_labels: bool = False
 
     def __post_init__(self) -> None:
         if not self.label_column:
@@ -69,6 +73,8 @@ class ReadOptions:
             raise ConfigError(
                 f"read.ignore_columns contains the label column '{self.label_column}'"
             )
+        if self.require_labels and self.ignore_labels:
+            raise ConfigError("read.require_labels and read.ignore_labels exclude each other")
         if self.nonfinite not in ("error", "drop"):
             raise ConfigError(f"read.nonfinite must be 'error' or 'drop', got {self.nonfinite!r}")
         for key, value in (self.label_map or {}).items():
@@ -77,6 +83,19 @@ class ReadOptions:
                     f"read.label_map['{key}'] must be 0 (normal), 1 (anomaly) or -1 "
                     f"(unlabelled), got {value!r}"
                 )
+
+
+def _check_path(path: Path, where: str) -> None:
+    """A task file exists, is a file of a supported type and is not empty."""
+    if not path.is_file():
+        raise DataError(where, "file not found" if not path.exists() else "not a file")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            where,
+            f"unsupported file type '{path.suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)})",
+        )
+    if path.stat().st_size == 0:
+        raise DataError(where, "file is empty")
 
 
 def read_task(
@@ -101,15 +120,7 @@ def read_task(
     path = Path(path)
     where = str(path)
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise DataError(where, "file not found" if not path.exists() else "not a file")
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            where,
-            f"unsupported file type '{path.suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)})",
-        )
-    if path.stat().st_size == 0:
-        raise DataError(where, "file is empty")
+    _check_path(path, where)
 
     if suffix == ".npz":
         X, labels, feature_names = _read_npz(path, where)
@@ -120,7 +131,7 @@ def read_task(
         X, labels, feature_names = _split_frame(frame, where, options)
 
     label_source = "array 'y'" if suffix == ".npz" else f"label column '{options.label_column}'"
-    if labels is not None:
+    if labels is not None and not options.ignore_labels:
         y = _map_labels(labels, where, label_source, options)
     elif options.require_labels:
         raise DataError(where, f"no {label_source} (read.require_labels is set)")
@@ -189,7 +200,10 @@ def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, li
 # --------------------------------------------------------------------------- delimited text
 
 
-def _read_text(path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
+def _text_format(
+    path: Path, where: str, options: ReadOptions
+) -> tuple[str, dict[str, Any] | None, list[str]]:
+    """The delimiter, the column dtypes and the header of a delimited text file."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             head = list(islice(handle, _SNIFF_LINES + 1))
@@ -210,9 +224,15 @@ def _read_text(path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
                 "name it and list it in read.ignore_columns if it is not a feature",
             )
     _check_unique(header, where)
-
     # The label column is read as text so label_map sees labels exactly as written.
-    dtype = {options.label_column: str} if options.label_column in header else None
+    dtype: dict[str, Any] | None = (
+        {options.label_column: str} if options.label_column in header else None
+    )
+    return sep, dtype, header
+
+
+def _read_text(path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
+    sep, dtype, _ = _text_format(path, where, options)
     try:
         frame = pd.read_csv(path, sep=sep, dtype=dtype, encoding="utf-8-sig", low_memory=False)
     except pd.errors.EmptyDataError:
@@ -220,6 +240,107 @@ def _read_text(path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as err:
         raise DataError(where, f"cannot parse as delimited text ({_first_line(err)})") from None
     return frame
+
+
+def _text_chunks(
+    path: Path, where: str, options: ReadOptions, rows: int | None
+) -> Iterator[pd.DataFrame]:
+    sep, dtype, header = _text_format(path, where, options)
+    rows = rows or _chunk_rows(len(header))
+    try:
+        with pd.read_csv(
+            path, sep=sep, dtype=dtype, encoding="utf-8-sig", chunksize=rows, low_memory=False
+        ) as reader:
+            yield from reader
+    except pd.errors.EmptyDataError:
+        raise DataError(where, "file is empty") from None
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as err:
+        raise DataError(where, f"cannot parse as delimited text ({_first_line(err)})") from None
+
+
+def _parquet_chunks(path: Path, where: str, rows: int | None) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [str(c) for c in parquet.schema_arrow.names]
+        _check_unique(columns, where)
+        rows = rows or _chunk_rows(len(columns))
+        for batch in parquet.iter_batches(batch_size=rows):
+            frame = batch.to_pandas()
+            frame.columns = columns
+            yield frame
+    except DataError:
+        raise
+    except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(where, f"cannot read parquet file ({_first_line(err)})") from None
+
+
+#: Values (rows x columns) per streamed chunk: a chunk's few float64/float32 copies stay near
+#: 100 MB whatever the width (about 130,000 rows of 32 columns, 4,000 of 1,000).
+CHUNK_VALUES = 1 << 22
+
+
+def _chunk_rows(columns: int) -> int:
+    return max(1, CHUNK_VALUES // max(1, columns))
+
+
+def read_row_chunks(
+    path: str | Path, options: ReadOptions | None = None, *, rows: int | None = None
+) -> Iterator[np.ndarray]:
+    """Stream the feature rows of a task file in chunks of at most ``rows`` rows (default: as
+    many as keep a chunk at :data:`CHUNK_VALUES` values).
+
+    The same rules as :func:`read_task` apply to every chunk (and error messages give row numbers
+    in the whole file), so peak memory is one chunk, not the file: csv/tsv/txt and parquet are
+    read in batches; an ``.npz`` archive is loaded once (it is not chunked on disk). Labels are
+    never validated here (rows are scored, not learned from); ``options.nonfinite`` must be
+    ``"error"`` so that output rows stay aligned with input rows.
+
+    Yields:
+        float32 arrays ``[r, d]``, at most ``rows`` rows each, in file order; every chunk has the same columns.
+    """
+    options = ReadOptions() if options is None else options
+    if options.nonfinite != "error":
+        raise ConfigError("streamed rows keep their order: read.nonfinite must be 'error'")
+    path = Path(path)
+    where = str(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        task = read_task(path, dataclasses.replace(options, ignore_labels=True))
+        step = rows or _chunk_rows(task.n_features)
+        for start in range(0, task.n_rows, step):
+            yield task.X[start : start + step]
+        return
+    _check_path(path, where)
+    frames = (
+        _parquet_chunks(path, where, rows)
+        if suffix == ".parquet"
+        else _text_chunks(path, where, options, rows)
+    )
+    offset = 0
+    names: list[str] | None = None
+    for frame in frames:
+        if len(frame) == 0:
+            continue
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        with warnings.catch_warnings():
+            if names is not None:
+                warnings.simplefilter("ignore")  # e.g. the timestamp note: said once per file
+            X, _, features = _split_frame(frame, where, options, row_offset=offset)
+        if names is None:
+            names = features
+        elif features != names:
+            raise DataError(
+                where,
+                f"rows {offset}-{offset + len(frame) - 1} have feature columns {features}, "
+                f"unlike the rows before ({names})",
+            )
+        X32, _ = _check_finite(X, features, where, "error", row_offset=offset)
+        offset += len(frame)
+        yield X32
+    if names is None:
+        raise DataError(where, "no data rows")
 
 
 def _detect_delimiter(sample: str, truncated: bool, where: str) -> str:
@@ -258,9 +379,10 @@ def _read_parquet(path: Path, where: str) -> pd.DataFrame:
 
 
 def _split_frame(
-    frame: pd.DataFrame, where: str, options: ReadOptions
+    frame: pd.DataFrame, where: str, options: ReadOptions, *, row_offset: int = 0
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Separate a table into features ``[n, d]`` (float64), raw labels ``[n]`` and names."""
+    """Separate a table into features ``[n, d]`` (float64), raw labels ``[n]`` and names
+    (``row_offset``: the file row of the table's first row, for messages)."""
     columns = list(frame.columns)
     missing = [c for c in options.ignore_columns if c not in columns]
     if missing:
@@ -295,7 +417,7 @@ def _split_frame(
         detail = ""
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
-            detail = f" (row {row}: {series.iloc[row]!r})"
+            detail = f" (row {row_offset + row}: {series.iloc[row]!r})"
         raise DataError(
             where,
             f"column '{column}' is not numeric{detail}; list it in read.ignore_columns or set "
@@ -418,7 +540,12 @@ def _show(value: Any) -> str:
 
 
 def _check_finite(
-    X: np.ndarray, names: Sequence[str], where: str, policy: Literal["error", "drop"]
+    X: np.ndarray,
+    names: Sequence[str],
+    where: str,
+    policy: Literal["error", "drop"],
+    *,
+    row_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Cast ``X [n, d]`` to float32 and apply the non-finite policy.
 
@@ -444,7 +571,7 @@ def _check_finite(
         raise DataError(
             where,
             f"column '{names[bad_col]}' has {count} non-finite value(s): first {what} at row "
-            f"{row}; set read.nonfinite: drop to drop such rows",
+            f"{row_offset + row}; set read.nonfinite: drop to drop such rows",
         )
     keep: np.ndarray = np.asarray(finite.all(axis=1))
     dropped = int(np.count_nonzero(~keep))

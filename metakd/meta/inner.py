@@ -53,6 +53,8 @@ def _inner_objective(
     reference = _reference(teacher, support_out, support_x, y, pool_out, pool_x)
     value = loss(teacher.head(support_out, support_x, reference, leave_one_out=True), y)
     if pool is not None:
+        if pool_out is None or pool_x is None:
+            raise ValueError("the inner pool term needs the pool rows after the support rows")
         pool_scores = teacher.head(pool_out, pool_x, reference)
         keep = max(1, round((1.0 - pool.trim) * pool_scores.shape[-1]))
         # The most normal-looking share of the pool; the rest may hold anomalies.
@@ -111,9 +113,10 @@ def adapt(
     adapted = tuple(range(n_layers)) if layers is None else tuple(sorted(layers))
     weights, biases, factors = list(params.weights), list(params.biases), list(params.factors)
     use_pool = pool is not None and pool.weight > 0 and pool_x is not None
-    # A head with pool neighbours scores the support against the pool: its rows ride along.
-    with_pool = pool_x is not None and (use_pool or teacher.uses_pool)
-    rows = torch.cat([support_x, pool_x], dim=-2) if with_pool else support_x
+    rows = support_x
+    if pool_x is not None and (use_pool or teacher.uses_pool):
+        # A head with pool neighbours scores the support against the pool: its rows ride along.
+        rows = torch.cat([support_x, pool_x], dim=-2)
     initial_loss = support_x.new_zeros(())
     if steps == 0 or not adapted:
         return params, initial_loss
@@ -142,19 +145,20 @@ def adapt(
             h = prefix.inputs if prefix is not None and layer == first else inputs[layer]
             if first_order:
                 g, h = g.detach(), h.detach()
+            bias_rate: float | Tensor
             if isinstance(lr, float):
-                w_rate, b_rate = lr, lr
                 if layer == first:
-                    merged = w_rate * g if merged is None else merged + w_rate * g
+                    merged = lr * g if merged is None else merged + lr * g
                     factors[layer] = ((h, merged),)
                 else:
-                    factors[layer] = (*factors[layer], (h, w_rate * g))
+                    factors[layer] = (*factors[layer], (h, lr * g))
+                bias_rate = lr
             else:
                 w_rate, b_rate = lr[layer]
                 weights[layer] = weights[layer] - w_rate * (g.transpose(-1, -2) @ h)
+                bias_rate = b_rate if b_rate is not None else w_rate
             if biases[layer] is not None:
-                rate = b_rate if b_rate is not None else w_rate
-                biases[layer] = biases[layer] - rate * g.sum(-2)
+                biases[layer] = biases[layer] - bias_rate * g.sum(-2)
     if prefix is not None:
         factors[first] = (*params.factors[first], *factors[first])
     return StackParams(tuple(weights), tuple(biases), tuple(factors)), initial_loss

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
+from metakd.errors import ConfigError
 from metakd.models.profile import NeighbourProfile
 
 
@@ -44,9 +45,9 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
-            raise ValueError(f"student hidden widths must be positive, got {self.hidden}")
+            raise ConfigError(f"student hidden widths must be positive, got {self.hidden}")
         if self.embedding_dim < 1:
-            raise ValueError(f"student embedding_dim must be positive, got {self.embedding_dim}")
+            raise ConfigError(f"student embedding_dim must be positive, got {self.embedding_dim}")
 
     def resolved(self, *, teacher_is_logit: bool, teacher_skip: bool) -> StudentConfig:
         """This config with ``auto`` / ``null`` choices made to suit the teacher."""
@@ -118,6 +119,15 @@ class Preprocessor(nn.Module):
         projection: ``[d, D]`` alignment matrix, or ``None`` when features are used as they are.
         profile: the task's fitted :class:`NeighbourProfile`, or ``None``.
     """
+
+    if TYPE_CHECKING:
+        # The buffers registered in ``__init__``, for type checkers only: TorchScript reads class
+        # annotations and cannot resolve the strings ``from __future__ import annotations`` makes.
+        center: Tensor
+        scale: Tensor
+        inv_scale: Tensor
+        shift: Tensor
+        projection: Tensor
 
     def __init__(
         self,

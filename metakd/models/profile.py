@@ -27,9 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from metakd.errors import ConfigError
 
 #: Task statistics after the ``3k`` per-row columns.
 N_TASK_STATS = 6
@@ -43,17 +46,19 @@ class ProfileConfig:
     """k: sorted distances kept per reference set."""
     max_pool: int = 1024
     """Most pool rows kept as the density reference (a seeded subsample above it), so scoring
-    costs at most ``max_pool + K`` distances per row whatever the pool size."""
+    costs at most ``max_pool + K`` distances per row whatever the pool size. ``metakd adapt``
+    bounds the stored reference of every teacher that keeps one (``knn``, ``svdd``) the same
+    way; every pool row is still scored and distilled on."""
     clip: float = 10.0
     """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.neighbours, bool) or self.neighbours < 1:
-            raise ValueError(f"profile.neighbours must be >= 1, got {self.neighbours!r}")
+            raise ConfigError(f"profile.neighbours must be >= 1, got {self.neighbours!r}")
         if isinstance(self.max_pool, bool) or self.max_pool < 1:
-            raise ValueError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
+            raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
         if not self.clip > 0:
-            raise ValueError(f"profile.clip must be positive, got {self.clip!r}")
+            raise ConfigError(f"profile.clip must be positive, got {self.clip!r}")
 
     @property
     def width(self) -> int:
@@ -120,6 +125,17 @@ class NeighbourProfile(nn.Module):
     the support normals and pool reference in the pipeline's scaling, ``scales [3]`` the
     normalisers ``σ`` of ``s_B``, ``s_A``, ``p``, ``stats [6]`` the task statistics.
     """
+
+    if TYPE_CHECKING:
+        # The buffers registered in ``__init__``, for type checkers only: TorchScript reads class
+        # annotations and cannot resolve the strings ``from __future__ import annotations`` makes.
+        support_b: Tensor
+        b_shift: Tensor
+        b_scale: Tensor
+        support_a: Tensor
+        pool_a: Tensor
+        scales: Tensor
+        stats: Tensor
 
     def __init__(
         self,
@@ -245,11 +261,10 @@ class NeighbourProfile(nn.Module):
         (bool) marking its normals, the pool ``[m, d]`` (or ``None``, or empty), and ``scale``
         the task's fitted pipeline scaling. Meta-training and ``metakd adapt`` both call this."""
         normals = support[normal]
-        has_pool = pool is not None and pool.shape[0] > 0
         return NeighbourProfile.fit(
             normals,
             scale(normals),
-            scale(pool) if has_pool else None,
+            scale(pool) if pool is not None and pool.shape[0] > 0 else None,
             config=config,
             seed=seed,
         )

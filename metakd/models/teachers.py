@@ -10,12 +10,14 @@ Scores follow PyOD's convention: higher means more anomalous.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
+from metakd.errors import ConfigError
 from metakd.models.profile import N_TASK_STATS, ProfileConfig
 from metakd.models.stack import ACTIVATIONS, StackParams, stack_forward
 
@@ -71,15 +73,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.residual_hidden < 1:
-            raise ValueError(f"residual_hidden must be positive, got {self.residual_hidden}")
+            raise ConfigError(f"residual_hidden must be positive, got {self.residual_hidden}")
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(
+            raise ConfigError(
                 f"hidden must be a non-empty list of positive widths, got {self.hidden}"
             )
         if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
+            raise ConfigError(f"embedding_dim must be positive, got {self.embedding_dim}")
         if self.neighbours < 1:
-            raise ValueError(f"neighbours must be positive, got {self.neighbours}")
+            raise ConfigError(f"neighbours must be positive, got {self.neighbours}")
 
 
 class Teacher(nn.Module):
@@ -97,6 +99,8 @@ class Teacher(nn.Module):
     input_skip: bool = False
     profile_width: int = 0
     """Trailing columns of each input row that hold its neighbourhood profile (0: none)."""
+    memory: Tensor
+    """Buffer: the stored reference's rows (see :meth:`store_reference`)."""
 
     def __init__(self, sizes: list[int], *, activation: str, bias: bool = True) -> None:
         super().__init__()
@@ -106,18 +110,25 @@ class Teacher(nn.Module):
         )
         self.register_buffer("memory", torch.zeros(0, sizes[-1]))
 
+    def linear_layers(self) -> list[nn.Linear]:
+        """The stack's layers, in order (``self.layers`` holds only ``nn.Linear``)."""
+        # nn.ModuleList is not generic: its items are typed as plain nn.Module.
+        return [cast(nn.Linear, layer) for layer in self.layers]
+
     @property
     def input_dim(self) -> int:
-        return self.layers[0].in_features
+        return self.linear_layers()[0].in_features
 
     def stack_params(self) -> StackParams:
         """The module's own weights as un-adapted :class:`StackParams` (differentiable)."""
-        return StackParams.from_layers([(layer.weight, layer.bias) for layer in self.layers])
+        return StackParams.from_layers(
+            [(layer.weight, layer.bias) for layer in self.linear_layers()]
+        )
 
     def load_stack(self, params: StackParams) -> None:
         """Copy (materialised) per-task parameters into the module's weights, in place."""
         with torch.no_grad():
-            for layer, (w, b) in zip(self.layers, params.materialize(), strict=True):
+            for layer, (w, b) in zip(self.linear_layers(), params.materialize(), strict=True):
                 layer.weight.copy_(w)
                 if b is not None:
                     layer.bias.copy_(b)
@@ -370,13 +381,11 @@ class ProfileNet(Teacher):
         self.neighbours = config.neighbours
         self.base = nn.Parameter(torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0]))
         self.gate = nn.Parameter(torch.zeros(5, N_TASK_STATS))
-        self.residual = nn.Sequential(
-            nn.Linear(self.profile_width, config.residual_hidden),
-            nn.Tanh(),
-            nn.Linear(config.residual_hidden, 1),
-        )
-        nn.init.zeros_(self.residual[2].weight)
-        nn.init.zeros_(self.residual[2].bias)
+        residual_in = nn.Linear(self.profile_width, config.residual_hidden)
+        residual_out = nn.Linear(config.residual_hidden, 1)
+        nn.init.zeros_(residual_out.weight)
+        nn.init.zeros_(residual_out.bias)
+        self.residual = nn.Sequential(residual_in, nn.Tanh(), residual_out)
         self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
         self.register_buffer("memory_scale", torch.ones(2))
 
@@ -457,7 +466,8 @@ class AutoEncoder(Teacher):
         return (out - x).pow(2).mean(-1)
 
 
-_KINDS: dict[str, type[Teacher]] = {
+# Each kind's constructor takes (input_dim, config); Teacher's own takes the layer sizes.
+_KINDS: dict[str, Callable[[int, ModelConfig], Teacher]] = {
     "profile": ProfileNet,
     "knn": KNNNet,
     "mlp": MLPScorer,
@@ -468,7 +478,7 @@ _KINDS: dict[str, type[Teacher]] = {
 
 def build_teacher(input_dim: int, config: ModelConfig) -> Teacher:
     """Instantiate the teacher for ``input_dim`` features."""
-    return _KINDS[config.kind](input_dim, config)  # type: ignore[call-arg]
+    return _KINDS[config.kind](input_dim, config)
 
 
 class LogitScorer(nn.Module):

@@ -1,0 +1,191 @@
+"""The configuration of ``metakd evaluate``: :class:`EvaluateConfig` and its sections.
+
+The baselines' sections (:class:`BaselineConfig`, :class:`PretrainConfig`) are defined here, not
+in :mod:`metakd.baselines`, because the baselines import this package to register themselves:
+the config must load without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from metakd import configio
+from metakd.detector import AdaptConfig
+from metakd.errors import ConfigError
+from metakd.evaluate.methods import REGISTRY
+from metakd.tracking import TrackingConfig
+
+
+@dataclass
+class BaselineConfig:
+    """Hyper-parameters of the classical baselines (fixed, not tuned per task: no labels exist
+    to tune them on in the few-shot setting)."""
+
+    knn_k: int = 5
+    """Neighbours of kNN; capped by the rows it is fitted on (``min(k, K)`` on the support)."""
+    iforest_trees: int = 100
+    """Trees of Isolation Forest (scikit-learn's default)."""
+    logreg_c: float = 1.0
+    """Inverse L2 strength of the logistic regression."""
+    devnet_hidden: int = 20
+    """Hidden width of DevNet's network (the paper's default one-hidden-layer net)."""
+    devnet_steps: int = 200
+    """DevNet optimiser steps."""
+    devnet_batch_size: int = 64
+    """Rows per DevNet step, half of them labelled anomalies (DevNet's balanced batches)."""
+    devnet_lr: float = 1e-3
+    """DevNet RMSprop step size."""
+    devnet_margin: float = 5.0
+    """DevNet's deviation margin ``a``."""
+
+    def __post_init__(self) -> None:
+        for key in ("knn_k", "iforest_trees", "devnet_hidden", "devnet_steps", "devnet_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")
+        for key in ("logreg_c", "devnet_lr", "devnet_margin"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"baselines.{key} must be positive, got {getattr(self, key)!r}")
+
+
+@dataclass
+class PretrainConfig:
+    """Pooled (non-meta) multi-task pretraining behind the ``pooled-finetune`` baseline."""
+
+    iterations: int = 300
+    """Optimiser steps, each on one batch of episodes of the meta-train tasks."""
+    lr: float = 1e-3
+    """Adam step size."""
+    loss: Literal["ranking", "bce"] = "ranking"
+    """Loss on the episodes' labelled query rows: the pairwise ranking loss (the default outer
+    loss of meta-training, so only the inner loop differs) or class-balanced BCE on logit-scale
+    scores. BCE on a distance teacher's log-distances keeps inflating the anomalies' distances;
+    on MVTec its fine-tuned SVDD scores overflowed in 1 of 9 one-class runs, ranking in none."""
+    seed: int = 0
+    """Seeds the initialisation and the episode sampling."""
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.iterations, bool)
+            or not isinstance(self.iterations, int)
+            or self.iterations < 1
+        ):
+            raise ConfigError(
+                f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"pretrain.lr must be positive, got {self.lr!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything ``metakd evaluate`` needs besides the teacher."""
+
+    tasks: str | None = None
+    """Task collection to evaluate on (built-in name, manifest, directory or file); null uses the
+    teacher's own collection with its recorded split, i.e. its held-out meta-test tasks."""
+    split: Literal["test", "val", "train", "all"] = "test"
+    """Which tasks of the collection to evaluate on (``all``: every task)."""
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    """Normal support sizes ``K``."""
+    anomaly_shots: list[int] = field(default_factory=lambda: [0, 1, 5])
+    """Labelled anomalous support sizes ``A``."""
+    seeds: int = 5
+    """Repetitions (independent splits) per task and shot setting."""
+    seed: int = 0
+    """Base seed: repetition ``s`` draws its splits from ``(seed, task, s)`` and seeds every
+    stochastic method with ``seed + s`` (the student with ``adapt.seed + s``)."""
+    pool_size: int = 64
+    """Unlabelled rows per split, capped by availability (at most half the non-support rows)."""
+    query_max: int = 1000
+    """Largest query; bigger remainders are subsampled with the class ratio kept."""
+    min_query_per_class: int = 5
+    """A setting is skipped (with a warning) for a task whose query would hold fewer normal or
+    anomalous rows than this: AUROC over fewer anomalies says little."""
+    methods: list[str] | None = None
+    """Methods to run (the names of :data:`~metakd.evaluate.methods.REGISTRY`); null runs all
+    (without those needing a student when ``adapt.student`` is false, and without those needing
+    the pool when ``pool_size`` is 0)."""
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    """Adaptation and distillation, exactly as ``metakd adapt``; also used by ``scratch``,
+    ``pooled-finetune`` and ``teacher-no-adapt`` (without a student)."""
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    """Hyper-parameters of the classical baselines."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Pooled multi-task pretraining of ``pooled-finetune`` (cached as ``pooled_pretrain.pt``)."""
+    threads: int | None = 1
+    """Torch intra-op threads while evaluating (restored afterwards); null keeps torch's. The
+    per-task networks are tiny, so extra threads mostly add synchronisation: on two busy cores
+    distillation ran ten times slower with 2 threads than with 1."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Run tracking (W&B mode, project, ...); metrics.jsonl is always written."""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer or null, got {self.threads!r}")
+        for key in ("shots", "anomaly_shots"):
+            values = getattr(self, key)
+            low = 1 if key == "shots" else 0
+            if not values:
+                raise ConfigError(f"{key} must list at least one value")
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+                raise ConfigError(f"{key} must be integers >= {low}, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{key} lists a value twice: {values!r}")
+        minimum = {"seeds": 1, "pool_size": 0, "query_max": 2, "min_query_per_class": 1}
+        for key, low in minimum.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+        if self.query_max < 2 * self.min_query_per_class:
+            raise ConfigError(
+                f"query_max ({self.query_max}) must be at least twice min_query_per_class "
+                f"({self.min_query_per_class})"
+            )
+        if self.methods is not None:
+            known = REGISTRY.names()
+            unknown = [m for m in self.methods if m not in known]
+            if unknown:
+                raise ConfigError(
+                    f"methods: unknown method '{unknown[0]}' (known: {', '.join(known)})"
+                )
+            if not self.methods:
+                raise ConfigError("methods must list at least one method (or be null for all)")
+            listed = [REGISTRY.get(m) for m in self.methods]
+            students = [m.name for m in listed if m.needs_student]
+            if students and not self.adapt.student:
+                raise ConfigError(f"methods lists {students[0]} but adapt.student is false")
+            pool_methods = [m.name for m in listed if m.needs_pool]
+            if pool_methods and self.pool_size == 0:
+                raise ConfigError(f"methods lists {pool_methods[0]}, which needs pool_size > 0")
+
+    def resolved_methods(self) -> list[str]:
+        """The methods to run, in report order."""
+        if self.methods is not None:
+            return [m for m in REGISTRY.names() if m in self.methods]
+        return [
+            m.name
+            for m in REGISTRY.methods()
+            if (self.adapt.student or not m.needs_student)
+            and (self.pool_size > 0 or not m.needs_pool)
+        ]
+
+
+def load_evaluate_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> EvaluateConfig:
+    """Load an :class:`EvaluateConfig` from optional YAML plus ``key=value`` overrides.
+
+    Args:
+        path: a YAML file, or ``None`` for the defaults.
+        overrides: ``key=value`` strings applied on top (dotted keys reach into sections).
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an invalid value (the message names it).
+    """
+    return configio.load(EvaluateConfig, path, overrides)
+
+
+__all__ = ["BaselineConfig", "EvaluateConfig", "PretrainConfig", "load_evaluate_config"]

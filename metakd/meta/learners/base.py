@@ -1,0 +1,258 @@
+"""What every meta-learner shares: the settings, the adaptation plan and the base class.
+
+A meta-learner is math only: it turns one meta-batch into meta-gradients. Sampling, optimisation
+steps, validation and I/O live in :mod:`metakd.train`. The meta-parameters are never changed
+here; :func:`metakd.meta.inner.adapt` returns new per-task parameters.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from metakd.meta.inner import LayerRates, PoolTerm, adapt, task_scores
+from metakd.meta.losses import InnerLossName, OuterLossName, inner_loss_fn, outer_loss_fn
+from metakd.models.stack import StackParams
+from metakd.models.teachers import Teacher
+
+#: The registered meta-learners (:data:`metakd.meta.learners.LEARNERS`; a test keeps them equal).
+Algorithm = Literal["maml", "fomaml", "reptile", "anil", "metasgd"]
+
+
+@dataclass
+class InnerConfig:
+    """How a teacher adapts to one task; stored in checkpoints and reused by ``metakd adapt``."""
+
+    steps: int = 3
+    """SGD steps on the support loss."""
+    lr: float = 0.1
+    """Inner step size (Meta-SGD's learned rates start here)."""
+    first_order: bool = False
+    """Drop second-order terms. OC-MAML (Frikha et al. 2021) found first-order variants fail with
+    one-class supports, so second order is the default."""
+    loss: InnerLossName = "auto"
+    """Support loss: ``auto`` is ``one_class`` without anomaly shots, else ``bce`` (logit teachers)
+    or ``ranking`` (one-class plus pairwise ranking of the labelled anomalies; any teacher); also
+    ``deviation`` (DevNet, logit teachers) and ``sad`` (Deep SAD, distance teachers)."""
+    layers: Literal["all", "head"] = "all"
+    """Which layers adapt: ``head`` adapts only the last layer (ANIL)."""
+    pool_weight: float = 0.0
+    """Weight of the transductive term: the one-class loss of the task's unlabelled pool rows
+    (0 uses the pool for scaling statistics only)."""
+    pool_trim: float = 0.2
+    """Fraction of the pool, the highest-scoring rows, left out of that term as possible anomalies."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.pool_weight < 0 or not 0.0 <= self.pool_trim < 1.0:
+            raise ValueError("pool_weight must be >= 0 and pool_trim in [0, 1)")
+
+    def pool_term(self) -> PoolTerm | None:
+        """The transductive pool term, or ``None`` when it is off."""
+        return PoolTerm(self.pool_weight, self.pool_trim) if self.pool_weight > 0 else None
+
+
+@dataclass
+class MetaConfig:
+    """The outer loop."""
+
+    algorithm: Algorithm = "maml"
+    """``maml`` (second order), ``fomaml``, ``anil`` (inner loop on the head only), ``metasgd``
+    (learned per-parameter inner rates) or ``reptile``."""
+    meta_lr: float = 5e-4
+    """Adam step size of the outer optimiser. Small: with few meta-train tasks a large step
+    memorises them (held-out AUROC falls below a random initialisation's)."""
+    outer_loss: OuterLossName = "ranking"
+    """Query loss: ``ranking`` (pairwise AUROC surrogate) or ``bce`` (class-balanced)."""
+    grad_clip: float = 10.0
+    """Clip the meta-gradient's global norm (0 disables)."""
+    weight_decay: float = 0.0
+    """Adam weight decay on the meta-parameters."""
+    compile: bool = False
+    """``torch.compile`` the meta-batch loss (TorchInductor; not Reptile). Measured 1.0-1.8x per step
+    on 2 CPU cores at meta-batch 32 (benchmarks/meta_train_speed.py; least for a 1000-feature
+    teacher, most for a 64-feature one), after a one-off compilation of about a minute: worth it
+    only for runs of thousands of iterations."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
+            raise ValueError(f"meta_lr must be a positive number, got {self.meta_lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+class MetaStats(NamedTuple):
+    """Per-task diagnostics of one meta-batch (each ``[B]``)."""
+
+    outer_loss: Tensor
+    support_loss_before: Tensor
+    support_loss_after: Tensor
+    query_scores: Tensor
+
+
+@dataclass(frozen=True)
+class AdaptationPlan:
+    """The step sizes and layers of one adaptation: what :func:`~metakd.meta.inner.adapt` is given
+    by meta-training, evaluation and ``metakd adapt`` alike, so the three cannot disagree."""
+
+    lr: float | LayerRates
+    """A scalar step size, or Meta-SGD's per-element ``(weight, bias)`` rates per layer."""
+    layers: tuple[int, ...] | None
+    """Indices of the adapted layers (``None``: all)."""
+
+    @staticmethod
+    def of(teacher: Teacher, inner: InnerConfig, rates: Sequence[Tensor] = ()) -> AdaptationPlan:
+        """The plan of a teacher adapted with resolved settings ``inner``.
+
+        Args:
+            teacher: supplies the layers (count, and which have a bias).
+            inner: resolved adaptation settings (``layers: head`` adapts only the last layer).
+            rates: Meta-SGD's learned rates as stored (weight, then bias if any, per layer in
+                order); empty for the scalar ``inner.lr``.
+
+        Raises:
+            ValueError: ``rates`` do not fit the teacher's layers.
+        """
+        layers = (len(teacher.layers) - 1,) if inner.layers == "head" else None
+        if len(rates) == 0:
+            return AdaptationPlan(inner.lr, layers)
+        expected = sum(1 + (layer.bias is not None) for layer in teacher.layers)
+        if len(rates) != expected:
+            raise ValueError(f"{len(rates)} inner rates for a teacher with {expected} parameters")
+        flat = iter(rates)
+        per_layer = tuple(
+            (next(flat), next(flat) if layer.bias is not None else None) for layer in teacher.layers
+        )
+        return AdaptationPlan(per_layer, layers)
+
+
+class MetaLearner(nn.Module, abc.ABC):
+    """A teacher plus everything the outer loop optimises; one subclass per algorithm.
+
+    A subclass implements :meth:`meta_gradients` and registers itself under its algorithm's name
+    with :func:`~metakd.meta.learners.register`; :meth:`resolve` states what the algorithm
+    implies for adaptation. Build one with :func:`~metakd.meta.learners.build_learner`.
+
+    Args:
+        teacher: the network whose initialisation is meta-learned.
+        inner: adaptation settings; the algorithm may override some (see :meth:`resolve`).
+        meta: outer-loop settings; ``meta.algorithm`` must name this class.
+        anomaly_shots: whether supports carry labelled anomalies (chooses the ``auto`` loss).
+    """
+
+    algorithm: ClassVar[str] = ""
+    """The registered name (set by :func:`~metakd.meta.learners.register`)."""
+
+    def __init__(
+        self, teacher: Teacher, *, inner: InnerConfig, meta: MetaConfig, anomaly_shots: int
+    ) -> None:
+        super().__init__()
+        if meta.algorithm != self.algorithm:
+            # A mismatch would save a checkpoint naming one algorithm trained by another.
+            raise ValueError(
+                f"{type(self).__name__} implements {self.algorithm!r}, not meta.algorithm="
+                f"{meta.algorithm!r}; build_learner() picks the class for an algorithm"
+            )
+        self.teacher = teacher
+        self.inner = self.resolve(inner)
+        self.meta = meta
+        self.inner_loss = inner_loss_fn(
+            self.inner.loss, has_anomalies=anomaly_shots > 0, score_is_logit=teacher.score_is_logit
+        )
+        self.outer_loss = outer_loss_fn(meta.outer_loss)
+        # Learned inner rates (Meta-SGD fills them). Every learner has the list, empty when the
+        # rate is the scalar inner.lr, so checkpoints and metrics read it the same way.
+        self.rates = nn.ParameterList()
+
+    @classmethod
+    def resolve(cls, inner: InnerConfig) -> InnerConfig:
+        """The adaptation settings this algorithm implies (a copy; here unchanged)."""
+        return dataclasses.replace(inner)
+
+    def plan(self) -> AdaptationPlan:
+        """Step sizes and adapted layers of the inner loop, under the current meta-parameters."""
+        return AdaptationPlan.of(self.teacher, self.inner, list(self.rates))
+
+    @abc.abstractmethod
+    def meta_gradients(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        pool_x: Tensor | None = None,
+    ) -> MetaStats:
+        """Accumulate one meta-batch's meta-gradient into the meta-parameters' ``.grad``.
+
+        Like ``Tensor.backward``, the gradient is added to any already there; meta-parameters
+        the algorithm gives no gradient keep theirs (``None`` after ``zero_grad``).
+
+        Args:
+            support_x: ``[B, n, d]``; support_y: ``[B, n]``; query_x: ``[B, q, d]``;
+            query_y: ``[B, q]`` (labels as floats); pool_x: ``[B, m, d]`` unlabelled rows or
+            ``None`` (the transductive pool term, and heads with pool neighbours).
+
+        Returns:
+            Per-task stats of the batch.
+        """
+
+    def _adapt_and_score(
+        self,
+        params: StackParams,
+        sx: Tensor,
+        sy: Tensor,
+        qx: Tensor,
+        px: Tensor | None,
+        *,
+        plan: AdaptationPlan,
+        first_order: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One task: adapt on its support, then ``(query scores, support loss before, after)``."""
+        adapted, before = adapt(
+            params,
+            sx,
+            sy,
+            teacher=self.teacher,
+            loss=self.inner_loss,
+            steps=self.inner.steps,
+            lr=plan.lr,
+            first_order=first_order,
+            layers=plan.layers,
+            pool_x=px,
+            pool=self.inner.pool_term(),
+        )
+        q_scores, s_scores = task_scores(
+            adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy, pool_x=px
+        )
+        return q_scores, before, self.inner_loss(s_scores, sy)
+
+    @torch.no_grad()
+    def adapted_scores(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, pool_x: Tensor | None = None
+    ) -> Tensor:
+        """Query scores ``[B, q]`` after adapting to each task's support (no meta-graph kept).
+
+        Every algorithm is evaluated this way, as ``metakd adapt`` deploys it: the support loss
+        and the plan's steps, first order since no meta-gradient is needed.
+        """
+        plan = self.plan()
+
+        def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, px) -> Tensor:
+            return self._adapt_and_score(params, sx, sy, qx, px, plan=plan, first_order=True)[0]
+
+        return vmap(task, in_dims=(None, 0, 0, 0, None if pool_x is None else 0))(
+            self.teacher.stack_params(), support_x, support_y, query_x, pool_x
+        )
