@@ -144,9 +144,6 @@ class DistillResult:
     steps: int
     history: list[dict[str, float]]
     """``{"step", "loss", "fidelity"}`` at every fidelity check."""
-    offset: float
-    scale: float
-    """Student score = ``(teacher logit - offset) / scale`` approximately."""
 
 
 def _normaliser(values: Tensor) -> tuple[float, float]:
@@ -233,7 +230,7 @@ def distill(
     )
     n_aug = int(round(config.augment_fraction * config.batch_size))
     n_real = config.batch_size - n_aug
-    best_state, best_fidelity, _best_step, stale = copy.deepcopy(student.state_dict()), -2.0, 0, 0
+    best_state, best_fidelity, stale = copy.deepcopy(student.state_dict()), -2.0, 0
     history: list[dict[str, float]] = []
     step = 0
     for step in range(1, config.steps + 1):
@@ -265,12 +262,7 @@ def distill(
             fidelity = _fidelity(student, fidelity_x, z_fidelity)
             history.append({"step": step, "loss": loss.item(), "fidelity": fidelity})
             if fidelity > best_fidelity + config.min_delta:
-                best_state, best_fidelity, _best_step, stale = (
-                    copy.deepcopy(student.state_dict()),
-                    fidelity,
-                    step,
-                    0,
-                )
+                best_state, best_fidelity, stale = copy.deepcopy(student.state_dict()), fidelity, 0
             else:
                 stale += 1
                 if stale >= config.patience:
@@ -282,8 +274,6 @@ def distill(
         fidelity=best_fidelity,
         steps=step,
         history=history,
-        offset=offset,
-        scale=scale,
     )
 
 

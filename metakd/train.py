@@ -234,19 +234,23 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
         if test_batch is not None:
             test_batch = test_batch.to(config.device)
             baseline = build_learner(config, input_dim, seed=config.seed + 10_000).to(config.device)
+            batch = test_batch
+
+            def mean(per_task: dict[str, float]) -> float:
+                return float(np.mean(list(per_task.values())))
+
+            def reference(*, pool: bool) -> float:
+                # The simple detector with the teacher's own k, on the same episodes.
+                k = config.model.neighbours
+                return mean(knn_auroc(batch, k=k, width=sampler.n_features, pool=pool))
+
             test_auroc = {
-                "metakd": float(np.mean(list(few_shot_auroc(learner, test_batch).values()))),
-                "random_init": float(np.mean(list(few_shot_auroc(baseline, test_batch).values()))),
-                "knn_support": float(
-                    np.mean(list(knn_auroc(test_batch, width=sampler.n_features).values()))
-                ),
+                "metakd": mean(few_shot_auroc(learner, batch)),
+                "random_init": mean(few_shot_auroc(baseline, batch)),
+                "knn_support": reference(pool=False),
             }
-            if test_batch.pool_x is not None:
-                test_auroc["knn_pool"] = float(
-                    np.mean(
-                        list(knn_auroc(test_batch, width=sampler.n_features, pool=True).values())
-                    )
-                )
+            if batch.pool_x is not None:
+                test_auroc["knn_pool"] = reference(pool=True)
         seconds = time.perf_counter() - start
         if skipped:
             warnings.warn(

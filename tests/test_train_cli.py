@@ -110,7 +110,10 @@ def test_meta_train_same_seed_same_teacher(tmp_path: Path) -> None:
         (["--set", "model.hidnen=[8]"], "unknown config key 'model.hidnen'"),
         (["--set", "iterations=many"], "config key 'iterations': expected an integer"),
         (["--tasks", "no/such/dir"], "no/such/dir"),
-        (["--set", "meta.algorithm=maml2"], "config key 'meta.algorithm'"),
+        (
+            ["--set", "meta.algorithm=maml2"],
+            "config 'meta': unknown meta-learning algorithm 'maml2'",
+        ),
     ],
 )
 def test_meta_train_cli_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -182,7 +185,8 @@ def test_adapt_and_score_cli_round_trip(tmp_path: Path, teacher_path: Path, doma
     assert report["student_parameters"] < report["teacher_parameters"]
     for net in ("teacher", "student"):
         assert set(report["eval"][net]) == {"auroc", "auprc", "precision", "recall", "f1"}
-    assert -1.0 <= report["fidelity_spearman"] <= 1.0
+    # A student that learned the teacher: rank agreement well above chance (Spearman in [-1, 1]).
+    assert 0.5 < report["fidelity_spearman"] <= 1.0
     # score: one row per input row, in order; the student's TorchScript twin gives equal scores.
     scores_csv = tmp_path / "scores.csv"
     result = CliRunner().invoke(

@@ -3,8 +3,7 @@
 Every algorithm subclasses :class:`MetaLearner` and implements
 :meth:`~MetaLearner.meta_gradients`; :mod:`metakd.train` calls only that. A new meta-learner is
 one module here holding a subclass decorated ``@register("name")`` (this package imports every
-module in it), with ``"name"`` added to :data:`Algorithm`, which configs are checked against (a
-test keeps the two equal).
+module in it); ``meta.algorithm`` is checked against the registry, so nothing else changes.
 
 - ``maml``, ``fomaml``: :mod:`.maml` (Finn et al. 2017)
 - ``anil``: :mod:`.anil` (Raghu et al. 2020)

@@ -18,13 +18,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from metakd.errors import ConfigError
 from metakd.meta.inner import LayerRates, PoolTerm, adapt, task_scores
 from metakd.meta.losses import InnerLossName, OuterLossName, inner_loss_fn, outer_loss_fn
 from metakd.models.stack import StackParams
 from metakd.models.teachers import Teacher
 
-#: The registered meta-learners (:data:`metakd.meta.learners.LEARNERS`; a test keeps them equal).
-Algorithm = Literal["maml", "fomaml", "reptile", "anil", "metasgd"]
+#: A meta-learner's name: any name registered with :func:`~metakd.meta.learners.register`
+#: (``MetaConfig`` checks it against the registry, so a new learner needs no edit here).
+Algorithm = str
 
 
 @dataclass
@@ -52,11 +54,11 @@ class InnerConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if self.pool_weight < 0 or not 0.0 <= self.pool_trim < 1.0:
-            raise ValueError("pool_weight must be >= 0 and pool_trim in [0, 1)")
+            raise ConfigError("pool_weight must be >= 0 and pool_trim in [0, 1)")
 
     def pool_term(self) -> PoolTerm | None:
         """The transductive pool term, or ``None`` when it is off."""
@@ -68,8 +70,8 @@ class MetaConfig:
     """The outer loop."""
 
     algorithm: Algorithm = "maml"
-    """``maml`` (second order), ``fomaml``, ``anil`` (inner loop on the head only), ``metasgd``
-    (learned per-parameter inner rates) or ``reptile``."""
+    """A registered meta-learner: ``maml`` (second order), ``fomaml``, ``anil`` (inner loop on the
+    head only), ``metasgd`` (learned per-parameter inner rates) or ``reptile``."""
     meta_lr: float = 5e-4
     """Adam step size of the outer optimiser. Small: with few meta-train tasks a large step
     memorises them (held-out AUROC falls below a random initialisation's)."""
@@ -86,12 +88,16 @@ class MetaConfig:
     only for runs of thousands of iterations."""
 
     def __post_init__(self) -> None:
+        # Imported here: the registry module imports this one.
+        from metakd.meta.learners.registry import learner_class
+
+        learner_class(self.algorithm)  # a ConfigError naming the known ones
         if not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
-            raise ValueError(f"meta_lr must be a positive number, got {self.meta_lr}")
+            raise ConfigError(f"meta_lr must be a positive number, got {self.meta_lr}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+            raise ConfigError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 class MetaStats(NamedTuple):
@@ -131,7 +137,7 @@ class AdaptationPlan:
             return AdaptationPlan(inner.lr, layers)
         expected = sum(1 + (layer.bias is not None) for layer in teacher.layers)
         if len(rates) != expected:
-            raise ValueError(f"{len(rates)} inner rates for a teacher with {expected} parameters")
+            raise ConfigError(f"{len(rates)} inner rates for a teacher with {expected} parameters")
         flat = iter(rates)
         per_layer = tuple(
             (next(flat), next(flat) if layer.bias is not None else None) for layer in teacher.layers
@@ -162,7 +168,7 @@ class MetaLearner(nn.Module, abc.ABC):
         super().__init__()
         if meta.algorithm != self.algorithm:
             # A mismatch would save a checkpoint naming one algorithm trained by another.
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} implements {self.algorithm!r}, not meta.algorithm="
                 f"{meta.algorithm!r}; build_learner() picks the class for an algorithm"
             )
