@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.table import Table
 
 from metakd import __version__
 from metakd.errors import MetakdError
+
+if TYPE_CHECKING:
+    from metakd.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -120,6 +123,25 @@ def tasks_show(
     run_guarded(lambda: _tasks_show(spec, shots, anomaly_shots, query_size))
 
 
+def _as_train_config(spec: str) -> TrainConfig | None:
+    """The meta-train config ``spec`` names, if it is one (a YAML file with a ``tasks`` key and
+    none of a manifest's ``files``), else ``None``."""
+    import yaml
+
+    from metakd.config import load_train_config
+
+    path = Path(spec)
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None  # the manifest reader reports it
+    if not isinstance(data, dict) or "tasks" not in data or "files" in data:
+        return None
+    return load_train_config(path)
+
+
 def _console() -> Console:
     # Never truncate or squeeze columns when stdout is not a terminal (pipes, tests).
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
@@ -148,9 +170,17 @@ def _tasks_show(
     from metakd.data.transforms import check_feature_counts
     from metakd.episodes import EpisodeConfig, episode_shortfall
 
-    collection = load_collection(spec)
-    # EpisodeConfig's defaults are meta-train's episode shape: "usable" means usable there.
-    default = EpisodeConfig()
+    # EpisodeConfig's defaults are meta-train's episode shape: "usable" means usable there. A
+    # meta-train config (a YAML with `tasks:`) shows its own collection, split and episodes.
+    train_config = _as_train_config(spec)
+    if train_config is not None:
+        collection = load_collection(
+            train_config.tasks, split=train_config.split, alignment=train_config.alignment
+        )
+        default = train_config.episode
+    else:
+        collection = load_collection(spec)
+        default = EpisodeConfig()
     config = dataclasses.replace(
         default,
         shots=default.shots if shots is None else shots,
@@ -380,6 +410,15 @@ def _meta_train(
         for key, value in result.test_auroc.items():
             table.add_row(labels.get(key, key), f"{value:.3f}")
         console.print(table)
+        ours = result.test_auroc["metakd"]
+        below = [labels[k] for k, v in result.test_auroc.items() if k != "metakd" and v > ours]
+        if below:
+            warnings.warn(
+                f"the meta-learned teacher ({ours:.3f}) is below {'; '.join(below)} on the "
+                "held-out tasks: meta-training did not help here (fewer iterations, a smaller "
+                "meta.meta_lr or more meta-train tasks may)",
+                stacklevel=1,
+            )
     else:
         console.print("no usable meta-test tasks: no held-out AUROC to report")
     console.print(f"teacher: {out / 'teacher.pt'}", soft_wrap=True)
@@ -485,6 +524,15 @@ def _adapt(
         row += [f"{evaluation[net][m]:.3f}" for m in metric_names] if evaluation else []
         table.add_row(*row)
     console.print(table)
+    method = report["threshold_method"]
+    rule = {
+        "contamination": f"the top {config.threshold.contamination:.0%} of the unlabelled rows "
+        "are anomalous (threshold.contamination)",
+        "normal_quantile": f"the {config.threshold.normal_quantile:.0%} quantile of the support "
+        "normals' scores (threshold.normal_quantile)",
+        "f1": "best F1 on the labelled support",
+    }.get(method, method)
+    console.print(f"threshold rule: {method}: {rule}", soft_wrap=True)
     timings = report["timings"]
     console.print(
         "adapt {:.2f} s, distil {:.2f} s; fidelity (Spearman) {}; wrote {}".format(
@@ -693,11 +741,27 @@ def _evaluate(
         result = run_evaluation(
             config, teacher_path=Path(teacher_path), out_dir=stage, progress=progress
         )
-        summary = (stage / "summary.md").read_text()
+    from metakd.evaluate import headline_gaps
+
     console = _console()
     for line in result.skipped:
         console.print(f"skipped: {line}", soft_wrap=True)
-    console.print(summary, soft_wrap=True)
+    # The key table only; every method's numbers with intervals are in summary.md.
+    table = Table(title="metakd's student against the best baseline (mean AUROC)")
+    for column in ("A", "K", "student", "best baseline", "its AUROC", "gap"):
+        table.add_column(column, justify="left" if column == "best baseline" else "right")
+    for row in headline_gaps(result.summary).itertuples():
+        failed = f" ({row.student_failed} failed)" if row.student_failed else ""
+        table.add_row(
+            str(row.anomaly_shots),
+            str(row.shots),
+            f"{row.student:.3f}{failed}",
+            str(row.best_baseline),
+            f"{row.best_auroc:.3f}",
+            f"{row.gap:+.3f}",
+        )
+    console.print(table)
+    console.print(f"all methods, with 95 % intervals: {out / 'summary.md'}", soft_wrap=True)
     console.print(
         f"{len(result.results)} runs in {result.seconds:.0f} s; wrote "
         + ", ".join(str(out / p.name) for p in result.files.values()),

@@ -136,3 +136,23 @@ def test_shared_data_collections(monkeypatch):
     rows = table_rows(skab.stdout)
     assert len(rows) == 30 and {"valve1/15", "other/14"} <= set(rows)
     assert all(row[2] == "40" for row in rows.values())  # 8 sensors x 5 window statistics
+
+
+def test_tasks_show_reads_a_meta_train_config(tmp_path):
+    """A meta-train config shows its collection with its own split and episode shape."""
+    rng = np.random.default_rng(0)
+    for i, anomalies in enumerate([10, 3, 10, 10]):
+        y = np.r_[np.zeros(60), np.ones(anomalies)].astype(int)
+        np.savez(tmp_path / f"t{i}.npz", X=rng.normal(size=(len(y), 4)), y=y)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"tasks: {tmp_path}\nsplit: {{train_tasks: [t1, t3], val_tasks: [t0], test_tasks: [t2]}}\n"
+        "episode: {shots: 5, query_size: 16, query_anomaly_fraction: 0.25, pool_size: 0}\n"
+    )
+    result = invoke("tasks", "show", str(config))
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    assert rows["t0"][0] == "val" and rows["t2"][0] == "test" and rows["t3"][0] == "train"
+    # 16 x 0.25 = 4 query anomalies: t1 (3 anomalies) cannot serve the config's episodes.
+    assert rows["t1"][-1] == "no" and rows["t3"][-1] == "yes"
+    assert "shots=5" in result.output and "query_size=16" in result.output
