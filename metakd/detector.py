@@ -5,7 +5,10 @@ and the unlabelled pool: scale them (and build the neighbourhood profile), adapt
 with the same inner loop as meta-training (:func:`metakd.meta.inner.adapt`) and calibrate its
 threshold, then distil it into a small student and calibrate the student's.
 ``decision_function`` returns scores (higher = more anomalous), ``predict`` 0/1 labels.
-Files are read and written elsewhere (:mod:`metakd.persist`, :mod:`metakd.adapt`).
+The detector is a scikit-learn estimator (``get_params``, ``set_params``, ``clone``) with PyOD's
+fitted attributes (``decision_scores_``, ``labels_``, ``threshold_``) and methods
+(``fit_predict``, ``predict_proba``). Files are read and written by :mod:`metakd.persist`
+(:meth:`FewShotDetector.save`, :meth:`FewShotDetector.load`) and :mod:`metakd.adapt`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor
 
 from metakd import configio
+from metakd.checkpoint import load_checkpoint
 from metakd.data.readers import ReadOptions
 from metakd.data.transforms import Scaler, align_features
 from metakd.distill import DistillConfig, distill
@@ -33,7 +38,7 @@ from metakd.models.deploy import DeployedScorer, Preprocessor, ScoreHead
 from metakd.models.profile import NeighbourProfile, bounded_reference
 from metakd.models.stack import StackParams
 from metakd.models.teachers import LogitScorer, Teacher, count_parameters, score_logits
-from metakd.persist import TeacherBundle, export_torchscript, save_scorer
+from metakd.persist import TeacherBundle, export_torchscript, load_scorer, save_scorer
 from metakd.threshold import MIN_THRESHOLD_ROWS, ThresholdConfig, calibrate_threshold
 from metakd.tracking import TrackingConfig
 
@@ -83,25 +88,52 @@ def _as_labels(y: np.ndarray | Tensor) -> Tensor:
     return torch.tensor(values)  # a copy, as in _as_rows
 
 
-class FewShotDetector:
+class FewShotDetector(BaseEstimator):
     """Adapt a meta-trained teacher to one domain, with PyOD's detector contract.
+
+    A scikit-learn estimator: ``__init__`` only stores its arguments, so ``get_params``,
+    ``set_params`` and ``sklearn.base.clone`` work (``clone`` deep-copies a
+    :class:`TeacherBundle`; a path is copied as it is). It is not an ``OutlierMixin``: like
+    PyOD's detectors, ``predict`` returns 1 for anomalies and 0 for normal rows, not
+    scikit-learn's -1 / +1.
 
     Args:
         teacher: a :class:`TeacherBundle` or the path of a meta-trained ``teacher.pt``.
-        config: adaptation, distillation and threshold settings.
+        config: adaptation, distillation and threshold settings (``None``: the defaults).
+        contamination: PyOD's parameter: when given, it replaces ``config.threshold``'s
+            ``contamination`` (the expected anomaly fraction of the unlabelled rows). The
+            threshold method stays ``config.threshold.method``: with ``auto`` it is used when
+            unlabelled rows are given and the support has no anomaly labels. ``None``: as in
+            ``config``.
 
     Attributes (after ``fit``):
         threshold_: decision threshold of the scorer in use.
+        decision_scores_: ``[n]`` scores of the training rows ``X``, the ones the threshold was
+            fitted on (see :meth:`fit`).
+        labels_: ``[n]`` ``decision_scores_ > threshold_`` as 0/1.
         scorer_: the :class:`DeployedScorer` used by ``decision_function`` (student if distilled).
         teacher_scorer_, student_scorer_: both detectors (``student_scorer_`` may be ``None``).
         report_: sizes, parameter counts, timings, fidelity and thresholds.
     """
 
     def __init__(
-        self, teacher: TeacherBundle | str | Path, *, config: AdaptConfig | None = None
+        self,
+        teacher: TeacherBundle | str | Path,
+        *,
+        config: AdaptConfig | None = None,
+        contamination: float | None = None,
     ) -> None:
         self.teacher = teacher
-        self.config = config if config is not None else AdaptConfig()
+        self.config = config
+        self.contamination = contamination
+
+    def _resolved_config(self) -> AdaptConfig:
+        """``config`` (or the defaults) with ``contamination`` applied."""
+        cfg = self.config if self.config is not None else AdaptConfig()
+        if self.contamination is None:
+            return cfg
+        threshold = dataclasses.replace(cfg.threshold, contamination=float(self.contamination))
+        return dataclasses.replace(cfg, threshold=threshold)
 
     def fit(
         self,
@@ -109,15 +141,28 @@ class FewShotDetector:
         y: np.ndarray | Tensor | None = None,
         unlabeled: np.ndarray | Tensor | None = None,
     ) -> FewShotDetector:
-        """Adapt to labelled support rows ``X [n, d]`` (``y``: 0 normal, 1 anomaly; default all
-        normal) and optional unlabelled rows ``unlabeled [m, d]`` of the same domain."""
+        """Adapt to the rows ``X [n, d]`` of one domain and optional unlabelled rows
+        ``unlabeled [m, d]`` of the same domain.
+
+        ``y`` labels the rows of ``X``: 0 normal, 1 anomaly, and -1 or NaN unlabelled (default:
+        all normal). Rows labelled -1 / NaN join the unlabelled pool, ahead of ``unlabeled``:
+        ``fit(X, y)`` with such rows is ``fit(X[lab], y[lab], unlabeled=X[~lab])``, so a PyOD
+        user can pass labelled and unlabelled rows together. The rows labelled 0 / 1 are the
+        support (at least one normal).
+
+        ``decision_scores_`` holds, for every row of ``X`` in order, the score the threshold
+        was calibrated on: with a student (the deployed scorer) the student's scores of the
+        rows, equal to ``decision_function(X)``; without one, the adapted teacher's
+        leave-one-out scores (a row in the teacher's reference is not compared with itself),
+        which can differ from ``decision_function(X)`` for teachers with a reference.
+        """
         bundle = (
             self.teacher
             if isinstance(self.teacher, TeacherBundle)
             else TeacherBundle.load(self.teacher)
         )
-        cfg = self.config
-        support, labels, pool = _check_inputs(X, y, unlabeled)
+        cfg = self._resolved_config()
+        support, labels, pool, in_support = _check_inputs(X, y, unlabeled)
         timings: dict[str, float] = {}
         tick = time.perf_counter()
         # A bounded, seeded subsample of a large pool is the teacher's reference (its profile's
@@ -137,6 +182,8 @@ class FewShotDetector:
         timings["adapt_seconds"] = time.perf_counter() - tick
 
         teacher_net = LogitScorer(adapted.teacher)
+        fitted_support = adapted.support_scores.numpy()
+        fitted_pool = None if adapted.pool_scores is None else adapted.pool_scores.numpy()
         t_threshold, method = calibrate_threshold(
             adapted.support_scores.numpy(),
             labels.numpy(),
@@ -179,6 +226,7 @@ class FewShotDetector:
                 s_support = student_net(xs).numpy()
                 s_pool = student_net(xp).numpy() if xp is not None else None
             s_threshold, _ = calibrate_threshold(s_support, labels.numpy(), s_pool, cfg.threshold)
+            fitted_support, fitted_pool = s_support, s_pool
             self.student_scorer_ = DeployedScorer(preprocess, student_net, s_threshold).eval()
             self._student_config = student_config
             self._student = result.student
@@ -195,7 +243,26 @@ class FewShotDetector:
         self.scorer_ = self.student_scorer_ or self.teacher_scorer_
         self.threshold_ = self.scorer_.threshold
         self.report_ = report
+        # The scores the threshold was fitted on, in the order of X: rows of X labelled -1 are
+        # the first rows of the pool.
+        train_scores = np.empty(len(in_support), dtype=fitted_support.dtype)
+        train_scores[in_support] = fitted_support
+        if not in_support.all():
+            assert fitted_pool is not None
+            train_scores[~in_support] = fitted_pool[: int((~in_support).sum())]
+        self.decision_scores_ = train_scores
+        self.labels_ = (train_scores > self.threshold_).astype(np.int64)
         return self
+
+    def fit_predict(
+        self,
+        X: np.ndarray | Tensor,
+        y: np.ndarray | Tensor | None = None,
+        unlabeled: np.ndarray | Tensor | None = None,
+    ) -> np.ndarray:
+        """``fit(X, y, unlabeled)`` then ``labels_``, the 0/1 labels of the training rows."""
+        labels: np.ndarray = self.fit(X, y, unlabeled).labels_
+        return labels
 
     @staticmethod
     def _fit_preprocess(
@@ -234,10 +301,41 @@ class FewShotDetector:
         """``[N]`` labels: 1 where the score exceeds ``threshold_``."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
+    def predict_proba(
+        self, X: np.ndarray | Tensor, method: Literal["linear", "unify"] = "linear"
+    ) -> np.ndarray:
+        """``[N, 2]`` probabilities of normal (column 0) and anomaly (column 1), as PyOD:
+        ``linear`` min-max scales the scores by ``decision_scores_``'s range, ``unify``
+        applies the Gaussian CDF of their standardised values (Kriegel et al. 2011); both
+        clipped to ``[0, 1]``. Needs ``decision_scores_`` (not restored by :meth:`load`)."""
+        train = getattr(self, "decision_scores_", None)
+        if train is None:
+            raise MetakdError(
+                "predict_proba needs the training scores (decision_scores_), which are set by "
+                "fit and not restored by FewShotDetector.load"
+            )
+        scores = self.decision_function(X).astype(np.float64)
+        train = np.asarray(train, dtype=np.float64)
+        if method == "linear":
+            low, span = float(train.min()), float(train.max() - train.min())
+            anomaly = (scores - low) / (span if span > 0 else 1.0)  # as MinMaxScaler
+        elif method == "unify":
+            std = float(train.std())
+            z = (scores - float(train.mean())) / ((std if std > 0 else 1.0) * np.sqrt(2.0))
+            anomaly = torch.erf(torch.from_numpy(z)).numpy()
+        else:
+            raise MetakdError(f"predict_proba: method must be 'linear' or 'unify', got {method!r}")
+        anomaly = anomaly.clip(0.0, 1.0)
+        return np.stack([1.0 - anomaly, anomaly], axis=1)
+
     # -- persistence -------------------------------------------------------------------------
 
-    def save(self, out_dir: Path) -> dict[str, Path]:
-        """Write ``teacher.pt``, and with a student ``student.pt`` and ``student.torchscript.pt``."""
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``teacher.pt``, and with a student ``student.pt`` and ``student.torchscript.pt``
+        (a fitted detector only: one from :meth:`load` has no weights to write)."""
+        if not hasattr(self, "_teacher"):
+            raise MetakdError("save needs a detector fitted with fit (not one from load)")
+        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {"teacher": out_dir / "teacher.pt"}
         teacher = self._teacher
@@ -267,17 +365,65 @@ class FewShotDetector:
             export_torchscript(self.student_scorer_, paths["torchscript"])
         return paths
 
+    @classmethod
+    def load(cls, path: str | Path) -> FewShotDetector:
+        """A fitted detector from a folder written by :meth:`save` (or ``metakd adapt``), or
+        from one of its ``teacher.pt`` / ``student.pt``: it scores with ``student.pt`` when
+        present, else ``teacher.pt``; ``decision_function``, ``predict`` and ``threshold_``
+        work as before saving.
+
+        Not restored: ``report_``, ``decision_scores_`` and ``labels_`` (so ``predict_proba``
+        needs a refit), and the adapted networks' specs (so ``save`` does not work). Its
+        ``teacher`` parameter is the path of the meta-trained teacher the detector was adapted
+        from, as stored (empty when it was adapted from an in-memory bundle), so ``clone`` and
+        refitting work when that file exists."""
+        path = Path(path)
+        if path.is_dir():
+            folder = path
+            main = path / "student.pt" if (path / "student.pt").is_file() else path / "teacher.pt"
+        else:
+            folder, main = path.parent, path
+        scorer = load_scorer(main)
+        data = load_checkpoint(main, "detector")
+        detector = cls(str(data.get("info", {}).get("teacher_checkpoint", "")))
+        detector.student_scorer_ = None
+        if data.get("net") == "student":
+            detector.student_scorer_ = scorer
+            if (folder / "teacher.pt").is_file():
+                detector.teacher_scorer_ = load_scorer(folder / "teacher.pt")
+        else:
+            detector.teacher_scorer_ = scorer
+        detector.scorer_ = scorer
+        detector.threshold_ = scorer.threshold
+        return detector
+
 
 def _check_inputs(
     X: np.ndarray | Tensor, y: np.ndarray | Tensor | None, unlabeled: np.ndarray | Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(support [n, d], labels [n], pool [m, d] or None)`` as float32 copies, checked."""
-    support = _as_rows("support", X)
-    labels = torch.zeros(support.shape[0]) if y is None else _as_labels(y)
-    if labels.shape != (support.shape[0],):
+) -> tuple[Tensor, Tensor, Tensor | None, np.ndarray]:
+    """``(support [n, d], labels [n], pool [m, d] or None, in_support)`` as float32 copies,
+    checked; rows of ``X`` labelled -1 or NaN are the first rows of the pool, ``in_support``
+    (``[len(X)]`` bool) marks the others."""
+    rows = _as_rows("support", X)
+    labels = torch.zeros(rows.shape[0]) if y is None else _as_labels(y)
+    if labels.shape != (rows.shape[0],):
         raise MetakdError(
-            f"support labels: expected {support.shape[0]} labels, got shape {tuple(labels.shape)}"
+            f"support labels: expected {rows.shape[0]} labels, got shape {tuple(labels.shape)}"
         )
+    unlabelled = torch.isnan(labels) | (labels == -1)
+    in_support = (~unlabelled).numpy()
+    support, labels = rows[~unlabelled], labels[~unlabelled]
+    if bool(unlabelled.any()):
+        extra = rows[unlabelled]
+        if unlabeled is not None:
+            given = _as_rows("unlabeled", unlabeled)
+            if given.shape[1] != extra.shape[1]:
+                raise MetakdError(
+                    f"unlabeled rows have {given.shape[1]} features but the support has "
+                    f"{extra.shape[1]}"
+                )
+            extra = torch.cat([extra, given])
+        unlabeled = extra
     bad = sorted(set(labels.unique().tolist()) - {0.0, 1.0})
     if bad:
         raise MetakdError(f"support labels must be 0 (normal) or 1 (anomaly); found {bad[0]:g}")
@@ -294,7 +440,7 @@ def _check_inputs(
         raise MetakdError(
             f"unlabeled rows have {pool.shape[1]} features but the support has {support.shape[1]}"
         )
-    return support, labels, pool
+    return support, labels, pool, in_support
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 W&B is imported only when tracking is on, never prompts and never needs the network: the default
 mode is ``offline`` unless the user configured W&B (``WANDB_MODE`` or an API key). Offline runs
-sync later with ``wandb sync``.
+sync later with ``wandb sync``. W&B's own ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_DIR``
+apply unless the config sets the project or entity.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import netrc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -35,10 +39,10 @@ class TrackingConfig:
     mode: TrackingMode = "auto"
     """``auto``: ``WANDB_MODE`` if set, else ``online`` when an API key is configured, else
     ``offline``. ``disabled`` writes no W&B files."""
-    project: str = "metakd"
-    """W&B project."""
+    project: str | None = None
+    """W&B project; null uses ``WANDB_PROJECT`` if set, else ``metakd``."""
     entity: str | None = None
-    """W&B entity (user or team); null uses the account default."""
+    """W&B entity (user or team); null uses ``WANDB_ENTITY`` if set, else the account default."""
     group: str | None = None
     """W&B run group (e.g. one sweep or experiment)."""
     tags: list[str] = field(default_factory=list)
@@ -56,12 +60,47 @@ def resolve_mode(mode: TrackingMode) -> ConcreteMode:
         return _CONCRETE_MODES[env]
     if env == "dryrun":
         return "offline"
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
+    return "online" if has_credentials() else "offline"
+
+
+#: The project of runs when neither the config nor ``WANDB_PROJECT`` names one.
+DEFAULT_PROJECT = "metakd"
+
+
+def has_credentials() -> bool:
+    """Whether W&B has credentials here, found as wandb finds them but without the network:
+    ``WANDB_API_KEY`` (or ``WANDB_IDENTITY_TOKEN_FILE``), a netrc entry for the W&B host
+    (``wandb login`` writes one), or an ``api_key`` in W&B's global settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    env_netrc = os.environ.get("NETRC")
+    candidates = (
+        [Path(env_netrc)] if env_netrc else [Path.home() / ".netrc", Path.home() / "_netrc"]
+    )
+    for path in candidates:
+        if path.is_file():
+            try:
+                if netrc.netrc(str(path)).authenticators(host):
+                    return True
+            except (netrc.NetrcParseError, OSError):
+                pass
+            break  # wandb reads only the first netrc file that exists
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or str(Path.home() / ".config" / "wandb")
+    settings = Path(config_dir) / "settings"
+    if settings.is_file():
+        text = settings.read_text(errors="ignore")
+        if any(line.strip().startswith("api_key") for line in text.splitlines()):
+            return True
+    return False
+
+
+def _check_credentials() -> None:
+    if not has_credentials():
+        raise ConfigError(
+            "W&B tracking is online but no W&B login was found: run `wandb login`, set "
+            "WANDB_API_KEY, or use --tracking offline (sync later with `wandb sync`)"
+        )
 
 
 # What wandb itself accepts in WANDB_MODE; it refuses anything else with a traceback.
@@ -98,7 +137,8 @@ class Run:
     """One tracked job (meta-train, adapt or evaluate) writing into ``out_dir``.
 
     Args:
-        out_dir: the run directory; ``metrics.jsonl`` (and W&B's ``wandb/`` folder) go here.
+        out_dir: the run directory; ``metrics.jsonl`` (and W&B's ``wandb/`` folder, unless
+            ``WANDB_DIR`` names another place) go here.
         config: the resolved config as plain data.
         tracking: tracking settings.
         job_type: W&B job type, e.g. ``meta-train``.
@@ -111,6 +151,8 @@ class Run:
         self.mode = resolve_mode(tracking.mode)
         if self.mode != "disabled":
             _check_wandb_env()
+        if self.mode == "online":
+            _check_credentials()
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
         self._metrics = self.metrics_path.open("w")
@@ -118,14 +160,19 @@ class Run:
         if self.mode != "disabled":
             import wandb  # lazy: W&B costs start-up time and is only needed when tracking is on
 
+            wandb_dir = Path(os.environ.get("WANDB_DIR") or out_dir)
+            wandb_dir.mkdir(parents=True, exist_ok=True)
+            # W&B's own variables apply where the config sets nothing. They are read here, at
+            # each run, rather than left to wandb, whose process-wide settings keep the values
+            # it first saw.
             self.wandb_run = wandb.init(
-                project=tracking.project,
-                entity=tracking.entity,
+                project=tracking.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                entity=tracking.entity or os.environ.get("WANDB_ENTITY") or None,
                 group=tracking.group,
                 tags=list(tracking.tags),
                 name=tracking.name,
                 config=config,
-                dir=str(out_dir),
+                dir=str(wandb_dir),
                 mode=self.mode,
                 job_type=job_type,
                 settings=wandb.Settings(silent=True, console="off"),
@@ -200,18 +247,39 @@ class Run:
 
         self.wandb_run.log({key: wandb.Image(str(path))})
 
-    def finish(self) -> None:
-        """Close ``metrics.jsonl`` and the W&B run."""
+    def finish(self, *, error: BaseException | None = None) -> None:
+        """Close ``metrics.jsonl`` and the W&B run.
+
+        With ``error`` (the exception ending the run), ``metrics.jsonl`` ends with a
+        ``{"status": "failed", "error": TYPE}`` line (``interrupted`` for ``KeyboardInterrupt``)
+        and the W&B run is finished with a non-zero exit code, so it is not marked finished.
+        """
+        exit_code = 0
+        if error is not None:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            status = "interrupted" if interrupted else "failed"
+            exit_code = 130 if interrupted else 1
+            if not self._metrics.closed:
+                self._metrics.write(
+                    json.dumps({"status": status, "error": type(error).__name__}) + "\n"
+                )
         self._metrics.close()
         if self.wandb_run is not None:
-            self.wandb_run.finish()
-            self.wandb_run = None
+            run, self.wandb_run = self.wandb_run, None
+            run.finish(exit_code=exit_code)
 
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            exc = None  # a clean exit is a success
+        self.finish(error=exc)
 
 
 def progress_bar(*, enabled: bool) -> Progress:

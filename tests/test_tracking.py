@@ -16,7 +16,8 @@ from wandb.proto import wandb_internal_pb2
 
 from metakd.cli import main
 from metakd.data.builtin import synthetic_collection
-from metakd.tracking import resolve_mode
+from metakd.errors import ConfigError
+from metakd.tracking import Run, TrackingConfig, has_credentials, resolve_mode
 
 TINY = [
     "iterations=12",
@@ -57,11 +58,20 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
 def offline_run(run_dir: Path) -> dict:
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
+    return read_run(files[0])
+
+
+def read_run(path: Path) -> dict:
+    """What one offline run's `.wandb` file holds."""
     out: dict = {"history": set(), "summary": {}, "artifacts": [], "config": {}, "job_type": None}
-    for record in read_records(files[0]):
+    for record in read_records(path):
         kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            out["exit_code"] = record.exit.exit_code
         if kind == "run":
             out["job_type"] = record.run.job_type
+            out["project"] = record.run.project
+            out["entity"] = record.run.entity
             out["config"] |= {i.key: json.loads(i.value_json) for i in record.run.config.update}
         elif kind == "config":
             out["config"] |= {i.key: json.loads(i.value_json) for i in record.config.update}
@@ -265,6 +275,83 @@ def test_a_bad_wandb_mode_in_the_environment_is_a_clear_error(
     assert "WANDB_MODE=''" in result.output and "Traceback" not in result.output
     # With tracking off, W&B (and its environment) is never touched.
     assert CliRunner().invoke(main, [*args, "--tracking", "disabled"]).exit_code == 0
+
+
+def _no_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An environment with no W&B credentials anywhere (and no W&B settings from outside)."""
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_BASE_URL",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_DIR",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+def test_online_without_a_login_is_a_clear_error_before_wandb_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_login(monkeypatch, tmp_path)
+    assert not has_credentials()
+    with pytest.raises(ConfigError, match="wandb login.*WANDB_API_KEY.*--tracking offline"):
+        Run(tmp_path / "run", config={}, tracking=TrackingConfig(mode="online"), job_type="t")
+    assert not (tmp_path / "run").exists(), "nothing is written, W&B is never started"
+    args = ["meta-train", "--out", str(tmp_path / "cli"), "--no-progress", "--tracking", "online"]
+    result = CliRunner().invoke(main, [*args, *TINY])
+    assert result.exit_code == 2, result.output
+    assert "wandb login" in result.output and "Traceback" not in result.output
+    # A login (netrc entry for the W&B host, as `wandb login` writes) is found without W&B.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert has_credentials() and resolve_mode("auto") == "online"
+
+
+def test_wandb_environment_variables_apply(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_login(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_ENTITY", "team-from-env")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    out = tmp_path / "run"
+    with Run(out, config={}, tracking=TrackingConfig(mode="offline"), job_type="t") as run:
+        run.log({"loss": 1.0}, step=0)
+    (file,) = (tmp_path / "wandb-dir").glob("wandb/offline-run-*/run-*.wandb")
+    logged = read_run(file)
+    assert logged["project"] == "from-env" and logged["entity"] == "team-from-env"
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"], "W&B's files are in WANDB_DIR"
+    # Without WANDB_PROJECT (and none in the config) the project stays metakd.
+    monkeypatch.delenv("WANDB_PROJECT")
+    assert TrackingConfig().project is None
+    with Run(out, config={}, tracking=TrackingConfig(mode="offline"), job_type="t") as run:
+        assert run.wandb_run.project == "metakd"
+
+
+def test_a_failed_or_interrupted_run_is_not_recorded_as_finished(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_login(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with Run(out, config={}, tracking=TrackingConfig(mode="offline"), job_type="t") as run:
+            run.log({"loss": 1.0}, step=0)
+            raise RuntimeError("boom")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 0, "loss": 1.0}, {"status": "failed", "error": "RuntimeError"}]
+    (file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    assert read_run(file)["exit_code"] != 0, "W&B marks the run failed, not finished"
+    with pytest.raises(KeyboardInterrupt):
+        with Run(out, config={}, tracking=TrackingConfig(mode="disabled"), job_type="t"):
+            raise KeyboardInterrupt
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last == {"status": "interrupted", "error": "KeyboardInterrupt"}
+    with Run(out, config={}, tracking=TrackingConfig(mode="disabled"), job_type="t") as run:
+        run.summary({"auroc": 0.5})
+    assert "status" not in (out / "metrics.jsonl").read_text(), "success keeps summary last"
 
 
 def test_sweep_config_keys_are_real_config_keys() -> None:

@@ -194,6 +194,9 @@ class DeployedScorer(nn.Module):
         self.threshold = float(threshold)
 
     def forward(self, x: Tensor) -> Tensor:
+        # Rows of any real dtype (float64 from NumPy, say) are cast to the fitted buffers' dtype:
+        # the networks' weights would reject them. A no-op for float32 rows.
+        x = x.to(self.preprocess.center.dtype)
         return self.net(self.preprocess(x))
 
     @torch.jit.export

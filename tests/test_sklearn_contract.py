@@ -1,0 +1,173 @@
+"""FewShotDetector as a scikit-learn estimator and a PyOD-style detector."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.detector import AdaptConfig, FewShotDetector
+from metakd.distill import DistillConfig
+from metakd.errors import MetakdError
+from metakd.meta.learners import InnerConfig
+from metakd.models.teachers import ModelConfig, build_teacher
+from metakd.persist import TeacherBundle
+
+
+def _bundle(kind: str = "knn") -> TeacherBundle:
+    torch.manual_seed(0)
+    model = ModelConfig(kind=kind, hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
+    return TeacherBundle(
+        teacher=build_teacher(4, model).eval(),
+        model=model,
+        inner=InnerConfig(steps=1, lr=0.05),
+        algorithm="maml",
+        rates=[],
+        scaling=ScalingConfig(),
+        alignment=AlignmentConfig(),
+        info={},
+    )
+
+
+def _rows(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=(n, 4)) + shift).astype(np.float32)
+
+
+NO_STUDENT = AdaptConfig(student=False)
+
+
+def test_params_round_trip_and_clone_is_unfitted() -> None:
+    det = FewShotDetector("teacher.pt", config=NO_STUDENT, contamination=0.05)
+    params = det.get_params()
+    assert params == {"teacher": "teacher.pt", "config": NO_STUDENT, "contamination": 0.05}
+    assert FewShotDetector(**params).get_params() == params
+    det.set_params(contamination=0.2)
+    assert det.contamination == 0.2
+    copy = clone(det)
+    assert copy is not det and copy.get_params() == det.get_params()
+    assert not hasattr(copy, "threshold_")
+    # The default config is stored as given (None), so clone's identity check holds.
+    assert FewShotDetector("teacher.pt").get_params()["config"] is None
+    clone(FewShotDetector("teacher.pt"))
+
+
+def test_clone_of_a_fitted_detector_with_a_bundle_refits_the_same() -> None:
+    det = FewShotDetector(_bundle(), config=NO_STUDENT).fit(_rows(10, 1))
+    copy = clone(det)
+    assert isinstance(copy.teacher, TeacherBundle) and not hasattr(copy, "decision_scores_")
+    X = _rows(7, 2)
+    np.testing.assert_array_equal(
+        copy.fit(_rows(10, 1)).decision_function(X), det.decision_function(X)
+    )
+
+
+def test_pyod_attributes_fit_predict_and_proba() -> None:
+    X = _rows(12, 1)
+    det = FewShotDetector(_bundle(), config=NO_STUDENT)
+    labels = det.fit_predict(X)
+    assert det.decision_scores_.shape == (12,)
+    np.testing.assert_array_equal(labels, det.labels_)
+    np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    # Without a student the training scores are the leave-one-out ones the threshold was fitted on.
+    assert det.report_["threshold_method"] == "normal_quantile"
+    assert np.sum(det.decision_scores_ <= det.threshold_) >= 0.95 * 12 - 1
+    Xe = np.concatenate([_rows(5, 3), _rows(5, 4, shift=6.0)])
+    for method in ("linear", "unify"):
+        proba = det.predict_proba(Xe, method=method)
+        assert proba.shape == (10, 2)
+        assert (proba >= 0).all() and (proba <= 1).all()
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    proba = det.predict_proba(Xe)
+    train = det.decision_scores_.astype(np.float64)
+    expected = (det.decision_function(Xe) - train.min()) / (train.max() - train.min())
+    np.testing.assert_allclose(proba[:, 1], expected.clip(0, 1), rtol=1e-6)
+    with pytest.raises(MetakdError, match="method"):
+        det.predict_proba(Xe, method="bogus")  # type: ignore[arg-type]
+
+
+def test_contamination_sets_the_threshold_quantile() -> None:
+    X, pool = _rows(8, 1), _rows(40, 5)
+    default = FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, unlabeled=pool)
+    same = FewShotDetector(_bundle(), config=NO_STUDENT, contamination=0.1).fit(X, unlabeled=pool)
+    assert default.threshold_ == same.threshold_  # 0.1 is the default
+    assert default.report_["threshold_method"] == "contamination"
+    low = FewShotDetector(_bundle(), config=NO_STUDENT, contamination=0.3).fit(X, unlabeled=pool)
+    assert low.threshold_ < default.threshold_
+
+
+def test_unlabelled_rows_in_y_join_the_pool() -> None:
+    X, pool = _rows(8, 1), _rows(20, 5)
+    anomalies = _rows(2, 6, shift=5.0)
+    rows = np.concatenate([X[:3], pool[:10], anomalies, X[3:], pool[10:]])
+    y = np.concatenate([np.zeros(3), -np.ones(10), np.ones(2), np.zeros(5), np.full(10, np.nan)])
+    Xe = _rows(9, 7)
+    direct = FewShotDetector(_bundle(), config=NO_STUDENT).fit(
+        np.concatenate([X[:3], anomalies, X[3:]]), np.r_[np.zeros(3), np.ones(2), np.zeros(5)], pool
+    )
+    mixed = FewShotDetector(_bundle(), config=NO_STUDENT).fit(rows, y)
+    np.testing.assert_array_equal(mixed.decision_function(Xe), direct.decision_function(Xe))
+    assert mixed.threshold_ == direct.threshold_
+    assert mixed.report_["unlabeled_rows"] == 20 and mixed.report_["support_rows"] == 10
+    # Training scores follow the order of X; the support rows' are the direct fit's.
+    support = (y == 0) | (y == 1)
+    np.testing.assert_array_equal(mixed.decision_scores_[support], direct.decision_scores_)
+    assert np.isfinite(mixed.decision_scores_).all() and mixed.labels_.shape == (30,)
+    # Passing unlabelled rows both ways: those of y come first in the pool.
+    both = FewShotDetector(_bundle(), config=NO_STUDENT).fit(
+        np.concatenate([X, pool[:10]]), np.r_[np.zeros(8), -np.ones(10)], unlabeled=pool[10:]
+    )
+    plain = FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, unlabeled=pool)
+    np.testing.assert_array_equal(both.decision_function(Xe), plain.decision_function(Xe))
+    with pytest.raises(MetakdError, match="at least one normal"):
+        FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, -np.ones(8), unlabeled=pool)
+
+
+def test_save_to_str_and_load_score_the_same(tmp_path: Path) -> None:
+    det = FewShotDetector(_bundle(), config=NO_STUDENT).fit(_rows(10, 1))
+    paths = det.save(str(tmp_path / "model"))
+    assert set(paths) == {"teacher"}
+    loaded = FewShotDetector.load(str(tmp_path / "model"))
+    Xe = np.concatenate([_rows(5, 3), _rows(5, 4, shift=6.0)])
+    np.testing.assert_array_equal(loaded.decision_function(Xe), det.decision_function(Xe))
+    np.testing.assert_array_equal(loaded.predict(Xe), det.predict(Xe))
+    assert loaded.threshold_ == det.threshold_ and loaded.student_scorer_ is None
+    with pytest.raises(MetakdError, match="decision_scores_"):
+        loaded.predict_proba(Xe)
+    with pytest.raises(MetakdError, match="fitted with fit"):
+        loaded.save(tmp_path / "again")
+
+
+def test_student_save_load_and_float64_torchscript(tmp_path: Path) -> None:
+    config = AdaptConfig(distill=DistillConfig(steps=50))
+    det = FewShotDetector(_bundle("svdd"), config=config).fit(_rows(10, 1), unlabeled=_rows(30, 5))
+    # With a student the training scores are the student's own: decision_function of the rows.
+    X = _rows(10, 1)
+    np.testing.assert_array_equal(det.decision_scores_, det.decision_function(X))
+    paths = det.save(str(tmp_path / "model"))
+    loaded = FewShotDetector.load(tmp_path / "model")
+    assert loaded.student_scorer_ is not None and loaded.teacher_scorer_ is not None
+    Xe = np.concatenate([_rows(5, 3), _rows(5, 4, shift=6.0)])
+    np.testing.assert_array_equal(loaded.decision_function(Xe), det.decision_function(Xe))
+    np.testing.assert_array_equal(
+        FewShotDetector.load(paths["teacher"]).decision_function(Xe),
+        det.teacher_scorer_(torch.from_numpy(Xe)).detach().numpy(),
+    )
+    np.testing.assert_array_equal(
+        det.decision_function(Xe.astype(np.float64)), det.decision_function(Xe)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(paths["torchscript"]))
+    with torch.no_grad():
+        s32 = scripted(torch.from_numpy(Xe))
+        s64 = scripted(torch.from_numpy(Xe.astype(np.float64)))
+        p64 = scripted.predict(torch.from_numpy(Xe.astype(np.float64)))
+    assert s64.dtype == torch.float32
+    torch.testing.assert_close(s64, s32, rtol=0, atol=0)
+    np.testing.assert_array_equal(s32.numpy(), det.decision_function(Xe))
+    np.testing.assert_array_equal(p64.numpy(), det.predict(Xe))
