@@ -12,6 +12,8 @@ traceback; warnings print as ``warning: <message>``. Add a command with::
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 import warnings
 from collections.abc import Callable
@@ -580,6 +582,12 @@ def _adapt(
     metavar="NAME",
     help="Another column that is not a feature, e.g. an id (repeatable).",
 )
+@click.option(
+    "--id-column",
+    default=None,
+    metavar="NAME",
+    help="A column copied to the output as its first column (not a feature), e.g. a row id.",
+)
 @_OVERWRITE_OPTION
 def score_command(
     model_path: str,
@@ -587,6 +595,7 @@ def score_command(
     out_path: str | None,
     label_column: str,
     ignore_columns: tuple[str, ...],
+    id_column: str | None,
     overwrite: bool,
 ) -> None:
     """Score rows with an adapted detector: one output row per input row, in order, with
@@ -599,6 +608,7 @@ def score_command(
             out_path,
             label_column,
             list(ignore_columns),
+            id_column=id_column,
             overwrite=overwrite,
         )
     )
@@ -616,6 +626,7 @@ def _score(
     label_column: str,
     ignore_columns: list[str],
     *,
+    id_column: str | None,
     overwrite: bool,
 ) -> None:
     from metakd.checkpoint import atomic_write_bytes
@@ -634,13 +645,20 @@ def _score(
     counts = [0, 0]
 
     def write(handle: BinaryIO) -> None:
-        handle.write(b"score,is_anomaly\n")
-        for chunk in read_row_chunks(data_path, options, rows=SCORE_CHUNK_ROWS):
-            scores, flags = score_rows(scorer, chunk)
-            lines = "".join(f"{s:.9g},{int(f)}\n" for s, f in zip(scores, flags, strict=True))
-            handle.write(lines.encode())
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
+        rows = csv.writer(text, lineterminator="\n")
+        rows.writerow(([id_column] if id_column else []) + ["score", "is_anomaly"])
+        chunks = read_row_chunks(data_path, options, rows=SCORE_CHUNK_ROWS, id_column=id_column)
+        for chunk in chunks:
+            scores, flags = score_rows(scorer, chunk.X)
+            cells = [[f"{s:.9g}", str(int(f))] for s, f in zip(scores, flags, strict=True)]
+            if chunk.ids is not None:
+                cells = [[i, *c] for i, c in zip(chunk.ids, cells, strict=True)]
+            rows.writerows(cells)
             counts[0] += len(scores)
             counts[1] += int(flags.sum())
+        # Detach, not close: the caller owns ``handle`` (a temp file or standard output).
+        text.detach()
 
     if out_path is None:
         # Rows reach standard output as they are scored; an error stops the stream (exit 2).

@@ -39,9 +39,9 @@ def test_chunks_concatenate_to_the_whole_file(tmp_path: Path, suffix: str) -> No
         frame.to_csv(path, sep="\t" if suffix == ".tsv" else ",", index=False)
     options = ReadOptions(ignore_columns=[] if suffix == ".npz" else ["id"], ignore_labels=True)
     chunks = list(read_row_chunks(path, options, rows=7))
-    assert [len(c) for c in chunks] == [7] * 7 + [1]
+    assert [len(c.X) for c in chunks] == [7] * 7 + [1]
     whole = read_task(path, options)
-    np.testing.assert_array_equal(np.concatenate(chunks), whole.X)
+    np.testing.assert_array_equal(np.concatenate([c.X for c in chunks]), whole.X)
     assert (whole.y == -1).all()  # labels ignored, never validated
 
 
@@ -86,11 +86,32 @@ def test_streamed_score_equals_whole_score(tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(
         cli.main,
         ["score", "--model", str(tmp_path / "model" / "teacher.pt"), "--data", str(data)]
-        + ["--ignore-column", "id", "--out", str(out)],
+        + ["--id-column", "id", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     scored = pd.read_csv(out)
     expected = detector.decision_function(frame[["a", "b", "c", "d"]].to_numpy(np.float32))
-    assert len(scored) == 40
+    assert len(scored) == 40 and list(scored.columns) == ["id", "score", "is_anomaly"]
+    assert (scored["id"] == frame["id"]).all()
     np.testing.assert_allclose(scored["score"], expected, rtol=1e-6, atol=1e-7)
     assert (scored["is_anomaly"] == (expected > detector.threshold_)).all()
+
+
+def test_id_column_rules(tmp_path: Path) -> None:
+    path = tmp_path / "rows.npz"
+    np.savez(path, X=np.zeros((3, 2)))
+    with pytest.raises(DataError, match="no column 'id'"):
+        list(read_row_chunks(path, id_column="id"))
+    frame = _frame(rows=9)
+    frame.loc[4, "id"] = 'a,"quoted" id'  # survives the csv round trip below
+    csv_path = tmp_path / "rows.csv"
+    frame.to_csv(csv_path, index=False)
+    ids = np.concatenate(
+        [
+            c.ids
+            for c in read_row_chunks(
+                csv_path, ReadOptions(ignore_labels=True), rows=4, id_column="id"
+            )
+        ]
+    )
+    assert list(ids) == list(frame["id"])

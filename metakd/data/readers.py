@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -285,9 +285,20 @@ def _chunk_rows(columns: int) -> int:
     return max(1, CHUNK_VALUES // max(1, columns))
 
 
+class RowChunk(NamedTuple):
+    """Consecutive rows of a file: features ``X [r, d]`` and, when asked for, ``ids [r]`` (text)."""
+
+    X: np.ndarray
+    ids: np.ndarray | None
+
+
 def read_row_chunks(
-    path: str | Path, options: ReadOptions | None = None, *, rows: int | None = None
-) -> Iterator[np.ndarray]:
+    path: str | Path,
+    options: ReadOptions | None = None,
+    *,
+    rows: int | None = None,
+    id_column: str | None = None,
+) -> Iterator[RowChunk]:
     """Stream the feature rows of a task file in chunks of at most ``rows`` rows (default: as
     many as keep a chunk at :data:`CHUNK_VALUES` values).
 
@@ -297,8 +308,12 @@ def read_row_chunks(
     never validated here (rows are scored, not learned from); ``options.nonfinite`` must be
     ``"error"`` so that output rows stay aligned with input rows.
 
+    ``id_column`` names a column that is carried through as text (not a feature), e.g. to label
+    the output rows; ``.npz`` archives have no named columns.
+
     Yields:
-        float32 arrays ``[r, d]``, at most ``rows`` rows each, in file order; every chunk has the same columns.
+        Chunks of at most ``rows`` rows, in file order (float32 features, the same columns in
+        every chunk).
     """
     options = ReadOptions() if options is None else options
     if options.nonfinite != "error":
@@ -306,11 +321,17 @@ def read_row_chunks(
     path = Path(path)
     where = str(path)
     suffix = path.suffix.lower()
+    if id_column is not None:
+        if suffix == ".npz":
+            raise DataError(where, f"an .npz archive has no column '{id_column}' to carry through")
+        if id_column == options.label_column:
+            raise ConfigError(f"the id column '{id_column}' is also the label column")
+        options = dataclasses.replace(options, ignore_columns=[*options.ignore_columns, id_column])
     if suffix == ".npz":
         task = read_task(path, dataclasses.replace(options, ignore_labels=True))
         step = rows or _chunk_rows(task.n_features)
         for start in range(0, task.n_rows, step):
-            yield task.X[start : start + step]
+            yield RowChunk(task.X[start : start + step], None)
         return
     _check_path(path, where)
     frames = (
@@ -337,8 +358,9 @@ def read_row_chunks(
                 f"unlike the rows before ({names})",
             )
         X32, _ = _check_finite(X, features, where, "error", row_offset=offset)
+        ids = None if id_column is None else frame[id_column].astype(str).to_numpy()
         offset += len(frame)
-        yield X32
+        yield RowChunk(X32, ids)
     if names is None:
         raise DataError(where, "no data rows")
 
