@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -662,8 +663,14 @@ def _score(
 
     if out_path is None:
         # Rows reach standard output as they are scored; an error stops the stream (exit 2).
-        write(sys.stdout.buffer)
-        sys.stdout.flush()
+        try:
+            write(sys.stdout.buffer)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped (`| head`): not an error of ours. Python's documented recipe:
+            # point stdout at devnull so the interpreter's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
     else:
         atomic_write_bytes(Path(out_path), write)
         click.echo(f"scored {counts[0]} rows ({counts[1]} flagged) -> {out_path}", err=True)
