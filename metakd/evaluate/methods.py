@@ -5,8 +5,8 @@ A method is a name, a report group and a factory that builds a
 unlabelled pool, a distilled student) and an optional one-off preparation run once per
 evaluation before any split (e.g. pretraining). The run loop and the report know methods only
 through :data:`REGISTRY`, so adding a baseline is one detector class and one
-:func:`register_method` line beside it; a baseline in a new module also lists that module in
-:data:`PROVIDERS`.
+:func:`register_method` line beside it, in :mod:`metakd.baselines` or in a new module of this
+package (every module of ``metakd.evaluate`` is imported before the registry is first read).
 
 Report order (tables, plot legend, ``results.csv`` rows of a run): by group (:data:`GROUPS`),
 then in registration order within a group.
@@ -15,6 +15,7 @@ then in registration order within a group.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,10 @@ class MethodRegistry:
         self._loaded = True
         for module in self._providers:
             importlib.import_module(module)
+        import metakd.evaluate as package  # a new baseline module here registers itself
+
+        for found in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{found.name}")
 
     def methods(self) -> tuple[Method, ...]:
         """Every method, in report order."""
