@@ -331,8 +331,12 @@ class FewShotDetector(BaseEstimator):
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``teacher.pt``, and with a student ``student.pt`` and ``student.torchscript.pt``
-        (a fitted detector only: one from :meth:`load` has no weights to write)."""
+        """Write ``teacher.pt``, and with a student ``student.pt``, ``student.torchscript.pt``
+        and ``student.onnx`` (a fitted detector only: one from :meth:`load` has no weights to
+        write). ``student.onnx`` needs ``pip install metakd[onnx]``: without it the rest is
+        written and a warning says so."""
+        from metakd.persist import export_onnx, onnx_available, warn_onnx_unavailable
+
         if not hasattr(self, "_teacher"):
             raise MetakdError("save needs a detector fitted with fit (not one from load)")
         out_dir = Path(out_dir)
@@ -363,6 +367,17 @@ class FewShotDetector(BaseEstimator):
             )
             paths["torchscript"] = out_dir / "student.torchscript.pt"
             export_torchscript(self.student_scorer_, paths["torchscript"])
+            onnx_path = out_dir / "student.onnx"
+            if onnx_available():
+                paths["onnx"] = onnx_path
+                try:
+                    export_onnx(self.student_scorer_, onnx_path)
+                except MetakdError:
+                    onnx_path.unlink(missing_ok=True)  # never an earlier student's beside this one
+                    raise
+            else:
+                onnx_path.unlink(missing_ok=True)  # an earlier student's, not this one's
+                warn_onnx_unavailable()
         return paths
 
     @classmethod

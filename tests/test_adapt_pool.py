@@ -122,3 +122,15 @@ def test_checkpoints_from_before_the_new_options_load_as_they_were(tmp_path: Pat
     )
     bundle = TeacherBundle.load(tmp_path / "teacher.pt")
     assert not bundle.model.input_skip and not bundle.teacher.uses_pool
+
+
+def test_knn_teacher_distils_without_a_pool() -> None:
+    """No unlabelled rows: the student learns from the support alone (an empty pool is scored
+    as zero rows, not an error)."""
+    from metakd.distill import DistillConfig
+
+    support, _, new = _rows(3)
+    config = AdaptConfig(distill=DistillConfig(steps=20))
+    det = FewShotDetector(_bundle("knn"), config=config).fit(support)
+    assert det.student_scorer_ is not None
+    assert np.isfinite(det.decision_function(new)).all()

@@ -316,6 +316,8 @@ class KNNNet(_DistanceTeacher):
             eye = torch.eye(sq.shape[-2], sq.shape[-1], dtype=sq.dtype, device=sq.device)
             valid = valid * (1.0 - eye)
         distance = (sq + 1e-12).sqrt() * factor.unsqueeze(-2)
+        if distance.numel() == 0:  # no rows to score (an empty pool)
+            return distance.sum(-1)
         # Invalid neighbours sort last; only valid ones among the k nearest are averaged.
         big = distance.detach().max() + 1.0
         masked = distance + (1.0 - valid) * big
