@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, NamedTuple
 
@@ -215,6 +215,34 @@ class MetaLearner(nn.Module, abc.ABC):
             Per-task stats of the batch.
         """
 
+    def _adapt(
+        self,
+        params: StackParams,
+        x: Tensor,
+        y: Tensor,
+        px: Tensor | None,
+        *,
+        plan: AdaptationPlan,
+        loss: Callable[[Tensor, Tensor], Tensor],
+        first_order: bool,
+        pool: PoolTerm | None,
+    ) -> tuple[StackParams, Tensor]:
+        """The one inner loop (:func:`metakd.meta.inner.adapt`) on rows ``x``, labels ``y``, with
+        this learner's teacher and step count: ``(adapted params, loss before)``."""
+        return adapt(
+            params,
+            x,
+            y,
+            teacher=self.teacher,
+            loss=loss,
+            steps=self.inner.steps,
+            lr=plan.lr,
+            first_order=first_order,
+            layers=plan.layers,
+            pool_x=px,
+            pool=pool,
+        )
+
     def _adapt_and_score(
         self,
         params: StackParams,
@@ -227,17 +255,14 @@ class MetaLearner(nn.Module, abc.ABC):
         first_order: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One task: adapt on its support, then ``(query scores, support loss before, after)``."""
-        adapted, before = adapt(
+        adapted, before = self._adapt(
             params,
             sx,
             sy,
-            teacher=self.teacher,
+            px,
+            plan=plan,
             loss=self.inner_loss,
-            steps=self.inner.steps,
-            lr=plan.lr,
             first_order=first_order,
-            layers=plan.layers,
-            pool_x=px,
             pool=self.inner.pool_term(),
         )
         q_scores, s_scores = task_scores(

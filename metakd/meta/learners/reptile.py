@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metakd.meta.inner import adapt, task_scores
+from metakd.meta.inner import task_scores
 from metakd.meta.learners.base import InnerConfig, MetaConfig, MetaLearner, MetaStats
 from metakd.meta.learners.registry import register
 from metakd.meta.losses import inner_loss_fn
@@ -75,17 +75,8 @@ class Reptile(MetaLearner):
         pool_dim = None if pool_x is None else 0
 
         def task(p: StackParams, xb: Tensor, yb: Tensor, px: Tensor | None):
-            return adapt(
-                p,
-                xb,
-                yb,
-                teacher=self.teacher,
-                loss=self.supervised_loss,
-                steps=self.inner.steps,
-                lr=plan.lr,
-                first_order=True,
-                layers=plan.layers,
-                pool_x=px,
+            return self._adapt(
+                p, xb, yb, px, plan=plan, loss=self.supervised_loss, first_order=True, pool=None
             )
 
         adapted, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(params, x, y, pool_x)
