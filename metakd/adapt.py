@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from metakd import configio
 from metakd.checkpoint import atomic_write_text
 from metakd.data.readers import read_task
+from metakd.data.windows import window_task
 from metakd.detector import (
     MIN_NORMALS_WITHOUT_POOL,
     AdaptConfig,
@@ -25,7 +27,7 @@ from metakd.detector import (
     score_rows,
 )
 from metakd.errors import DataError
-from metakd.persist import TeacherBundle, export_torchscript, load_scorer
+from metakd.persist import TeacherBundle, export_torchscript, load_scorer, windowing
 from metakd.tracking import Run
 
 __all__ = [
@@ -101,6 +103,20 @@ def run_adapt(
                 task.source,
                 f"has {task.n_features} features but the support has {support.n_features}",
             )
+    # A teacher meta-trained on windows of time series (a manifest's `window:`) sees the new
+    # domain's raw rows through the same windows.
+    window = windowing(bundle.window, support.n_features)
+    if window is not None:
+        raw_rows = support.n_rows
+        support = window_task(support, window)
+        pool = None if pool is None else window_task(pool, window)
+        evaluation = None if evaluation is None else window_task(evaluation, window)
+        warnings.warn(
+            f"the teacher was meta-trained on windows ({window.size} rows, stride "
+            f"{window.stride}, {window.features} features): the {raw_rows} support rows became "
+            f"{support.n_rows} windows, and the unlabelled and eval rows are windowed the same way",
+            stacklevel=2,
+        )
 
     with Run(
         out_dir, config=configio.to_dict(config), tracking=config.tracking, job_type="adapt"
@@ -113,6 +129,8 @@ def run_adapt(
         # Relative to the run folder, which is moved into place when the command finishes.
         report["files"] = {k: v.name for k, v in paths.items()}
         report["teacher_checkpoint"] = str(teacher_path)
+        if window is not None:
+            report["window"] = configio.to_dict(window)
         if evaluation is not None:
             report["eval"] = {}
             for net, scorer in (

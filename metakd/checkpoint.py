@@ -99,6 +99,7 @@ def save_teacher(
     alignment: dict[str, Any],
     episode: dict[str, Any],
     info: dict[str, Any],
+    window: dict[str, Any] | None = None,
 ) -> None:
     """Save a (meta-trained or adapted) teacher with everything needed to adapt and score.
 
@@ -111,6 +112,8 @@ def save_teacher(
         scaling: per-task scaling settings; alignment: feature alignment settings.
         episode: the episode shapes it was meta-trained with.
         info: provenance and metrics (plain data).
+        window: the sliding windows of its meta-train tasks and the raw widths they were made
+            from (``{"config": ..., "raw_widths": [...]}``), or ``None``.
     """
     from metakd import __version__
 
@@ -128,6 +131,7 @@ def save_teacher(
             "scaling": scaling,
             "alignment": alignment,
             "episode": episode,
+            "window": window,
             "info": info,
         },
     )

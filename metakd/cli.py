@@ -29,7 +29,13 @@ from metakd import __version__
 from metakd.errors import MetakdError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+
     from metakd.config import TrainConfig
+    from metakd.data.readers import ReadOptions
+    from metakd.data.windows import WindowConfig
 
 T = TypeVar("T")
 
@@ -630,8 +636,10 @@ def _score(
     id_column: str | None,
     overwrite: bool,
 ) -> None:
+
     from metakd.checkpoint import atomic_write_bytes
-    from metakd.data.readers import ReadOptions, read_row_chunks
+    from metakd.data.readers import ReadOptions, read_row_chunks, read_task
+    from metakd.data.windows import window_starts, window_task
     from metakd.detector import score_rows
     from metakd.persist import load_scorer
 
@@ -644,17 +652,40 @@ def _score(
         label_column=label_column, ignore_columns=ignore_columns, ignore_labels=True
     )
     counts = [0, 0]
+    header = ([id_column] if id_column else []) + ["score", "is_anomaly"]
+    # Each block: model input rows and the leading output cells of each (ids, window rows).
+    blocks: Iterator[tuple[np.ndarray, list[list[str]] | None]]
+    window = _score_window(model_path, data_path, options)
+    if window is not None:
+        # A model of windowed time series scores windows: the whole series is read at once.
+        if id_column is not None:
+            raise MetakdError(
+                "--id-column: this model scores windows of rows (it was meta-trained on "
+                "windows), so output rows are windows, named by first_row and last_row"
+            )
+        series = read_task(data_path, options)
+        starts = window_starts(series.n_rows, window)
+        header = ["first_row", "last_row", "score", "is_anomaly"]
+        spans = [[str(a), str(a + window.size - 1)] for a in starts.tolist()]
+        blocks = iter([(window_task(series, window).X, spans)])
+        click.echo(
+            f"windowed {series.n_rows} rows into {len(starts)} windows of {window.size} "
+            f"(stride {window.stride}), as the teacher was meta-trained",
+            err=True,
+        )
+    else:
+        chunks = read_row_chunks(data_path, options, rows=SCORE_CHUNK_ROWS, id_column=id_column)
+        blocks = ((c.X, None if c.ids is None else [[i] for i in c.ids]) for c in chunks)
 
     def write(handle: BinaryIO) -> None:
         text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
         rows = csv.writer(text, lineterminator="\n")
-        rows.writerow(([id_column] if id_column else []) + ["score", "is_anomaly"])
-        chunks = read_row_chunks(data_path, options, rows=SCORE_CHUNK_ROWS, id_column=id_column)
-        for chunk in chunks:
-            scores, flags = score_rows(scorer, chunk.X)
+        rows.writerow(header)
+        for X, lead in blocks:
+            scores, flags = score_rows(scorer, X)
             cells = [[f"{s:.9g}", str(int(f))] for s, f in zip(scores, flags, strict=True)]
-            if chunk.ids is not None:
-                cells = [[i, *c] for i, c in zip(chunk.ids, cells, strict=True)]
+            if lead is not None:
+                cells = [[*a, *c] for a, c in zip(lead, cells, strict=True)]
             rows.writerows(cells)
             counts[0] += len(scores)
             counts[1] += int(flags.sum())
@@ -673,7 +704,20 @@ def _score(
             sys.exit(1)
     else:
         atomic_write_bytes(Path(out_path), write)
-        click.echo(f"scored {counts[0]} rows ({counts[1]} flagged) -> {out_path}", err=True)
+        what = "windows" if window is not None else "rows"
+        click.echo(f"scored {counts[0]} {what} ({counts[1]} flagged) -> {out_path}", err=True)
+
+
+def _score_window(model_path: str, data_path: str, options: ReadOptions) -> WindowConfig | None:
+    """The windows ``score`` applies: the model's, when the data has its raw width."""
+    from metakd.data.readers import read_row_chunks
+    from metakd.persist import load_detector_window, windowing
+
+    record = load_detector_window(model_path)
+    if record is None:
+        return None
+    first = next(iter(read_row_chunks(data_path, options, rows=1)))  # the width, one row read
+    return windowing(record, first.X.shape[1])
 
 
 def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:

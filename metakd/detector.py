@@ -349,7 +349,7 @@ class FewShotDetector(BaseEstimator):
             net="teacher",
             spec={"model": configio.to_dict(self._bundle.model), "input_dim": teacher.input_dim},
             state=teacher.state_dict(),
-            info={"teacher_checkpoint": self._bundle.path},
+            info={"teacher_checkpoint": self._bundle.path, "window": self._bundle.window},
         )
         if self.student_scorer_ is not None:
             student = self._student
@@ -363,7 +363,7 @@ class FewShotDetector(BaseEstimator):
                     "input_dim": teacher.input_dim,
                 },
                 state=student.state_dict(),
-                info={"teacher_checkpoint": self._bundle.path},
+                info={"teacher_checkpoint": self._bundle.path, "window": self._bundle.window},
             )
             paths["torchscript"] = out_dir / "student.torchscript.pt"
             export_torchscript(self.student_scorer_, paths["torchscript"])

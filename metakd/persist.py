@@ -23,6 +23,7 @@ from torch import Tensor
 from metakd import configio
 from metakd.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.data.windows import WindowConfig
 from metakd.errors import DataError, MetakdError
 from metakd.meta.learners import Algorithm, InnerConfig
 from metakd.models.deploy import (
@@ -49,6 +50,9 @@ class TeacherBundle:
     alignment: AlignmentConfig
     info: dict[str, Any]
     path: str = ""
+    window: dict[str, Any] | None = None
+    """How raw rows became the meta-train tasks' rows (``{"config": WindowConfig as a dict,
+    "raw_widths": [...]}``), or ``None``; see :func:`windowing`."""
 
     @staticmethod
     def load(path: str | Path) -> TeacherBundle:
@@ -68,11 +72,26 @@ class TeacherBundle:
                 alignment=configio.from_dict(AlignmentConfig, data["alignment"]),
                 info=dict(data["info"]),
                 path=str(path),
+                window=data.get("window"),  # teachers saved before windows were kept: none
             )
         except (KeyError, RuntimeError, MetakdError) as err:
             raise DataError(
                 str(path), f"teacher checkpoint is incomplete or inconsistent ({err})"
             ) from None
+
+
+def windowing(window: dict[str, Any] | None, n_features: int) -> WindowConfig | None:
+    """The windows to apply to raw rows of ``n_features`` columns before a model sees them:
+    those of its meta-train tasks when the rows have a raw width of those tasks, else ``None``
+    (the rows are already windowed, or the model was trained on plain rows)."""
+    if window is None or n_features not in window.get("raw_widths", []):
+        return None
+    return configio.from_dict(WindowConfig, window["config"], prefix="window.")
+
+
+def load_detector_window(path: str | Path) -> dict[str, Any] | None:
+    """The window record stored with a detector written by ``metakd adapt`` (or ``None``)."""
+    return load_checkpoint(path, "detector")["info"].get("window")
 
 
 # Checkpoints written before an option existed behaved as with the option off: a key missing from

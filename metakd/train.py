@@ -355,6 +355,14 @@ def _save(
         scaling=configio.to_dict(config.scaling),
         alignment=configio.to_dict(alignment),
         episode=configio.to_dict(config.episode),
+        window=(
+            None
+            if collection.window is None
+            else {
+                "config": configio.to_dict(collection.window),
+                "raw_widths": list(collection.raw_widths),
+            }
+        ),
         info={
             "tasks": collection.source,
             "splits": collection.splits,

@@ -117,6 +117,9 @@ class TaskCollection:
             split and train is not empty.
         alignment: Feature alignment to use when meta-training across these tasks.
         source: The manifest, directory or file, or ``"builtin:<name>"``.
+        window: The sliding windows the tasks were made with (manifests with ``window:``), and
+            ``raw_widths`` the feature counts of their rows before windowing: a teacher keeps
+            both, so ``metakd adapt`` and ``score`` window a new domain's raw rows the same way.
     """
 
     name: str
@@ -124,6 +127,8 @@ class TaskCollection:
     splits: dict[str, list[str]]
     alignment: AlignmentConfig
     source: str
+    window: WindowConfig | None = None
+    raw_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         names = [task.name for task in self.tasks]
@@ -359,8 +364,10 @@ def _from_files(
 ) -> TaskCollection:
     names = task_names(files)
     tasks = []
+    raw_widths: set[int] = set()
     for path, task_name in sorted(zip(files, names, strict=True), key=lambda p: natural_key(p[1])):
         task = read_task(path, read, name=task_name)
+        raw_widths.add(task.n_features)
         tasks.append(window_task(task, window) if window is not None else task)
     return TaskCollection(
         name=name,
@@ -368,6 +375,8 @@ def _from_files(
         splits=split_tasks([t.name for t in tasks], split, where=source),
         alignment=alignment,
         source=source,
+        window=window,
+        raw_widths=tuple(sorted(raw_widths)) if window is not None else (),
     )
 
 
