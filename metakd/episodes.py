@@ -213,14 +213,11 @@ class EpisodeSampler:
         self.alignment = alignment
         self.profile = profile
         self.prior = prior if prior is not None and prior.weight > 0 else None
-        if self.prior is not None and alignment.kind != "project":
-            raise ConfigError(
-                f"the synthetic prior's tasks differ in width: set alignment.kind: project (is "
-                f"{alignment.kind}) or prior.weight: 0"
-            )
         self.n_features = check_feature_counts(
             {task.name: task.n_features for task in tasks}, alignment, where="episodes"
         )
+        # Projected tasks may have any width; otherwise prior tasks take the collection's own.
+        self.prior_width = None if alignment.kind == "project" else self.n_features
         self.left_out: dict[str, str] = {}
         self.tasks: list[Task] = []
         for task in tasks:
@@ -269,6 +266,7 @@ class EpisodeSampler:
             normals=c.shots + c.query_normals,
             anomalies=c.anomaly_shots + c.query_anomalies,
             pool=c.pool_size,
+            width=self.prior_width,
         )
 
     def episode(self, task: Task, rng: np.random.Generator) -> EpisodeBatch:

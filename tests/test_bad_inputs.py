@@ -140,7 +140,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prior weight", _train("prior.weight=2"), "prior.weight must be in [0, 1]"),
     ("prior features", _train("prior.features=[5, 2]"), "prior.features"),
     ("prior contamination", _train("prior.contamination=[0.1, 0.7]"), "prior.contamination"),
-    ("prior without projection", _train("alignment.kind=none"), "alignment.kind: project"),
+    ("prior features zero", _train("prior.features=[0, 4]"), "prior.features"),
     ("profile neighbours", _train("model.profile.neighbours=0"), "neighbours must be >= 1"),
     ("hidden empty", _train("model.hidden=[]"), "hidden"),
     ("unknown key", _train("model.hidnen=[8]"), "unknown config key 'model.hidnen'"),

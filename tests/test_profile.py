@@ -108,6 +108,23 @@ def test_sampler_mixes_the_prior_reproducibly() -> None:
     assert a.support_x.shape[-1] == 16 + ProfileConfig().width
 
 
+def test_prior_tasks_take_the_width_of_unprojected_collections() -> None:
+    """Without projection (tasks/skab.yaml: one shared width) prior tasks have that width."""
+    tasks = synthetic_collection(n_tasks=3, n_features=7, n_rows=200)
+    episode = EpisodeConfig(shots=5, query_size=16, query_anomaly_fraction=0.25, pool_size=20)
+    sampler = EpisodeSampler(
+        tasks,
+        episode,
+        scaling=ScalingConfig(),
+        alignment=AlignmentConfig(kind="none"),
+        seed=0,
+        prior=PriorConfig(weight=1.0),
+    )
+    batch = sampler.sample(6)
+    assert all(n.startswith("prior-") for n in batch.task_names)
+    assert batch.support_x.shape[-1] == 7 and torch.isfinite(batch.query_x).all()
+
+
 @pytest.fixture(scope="module")
 def universal_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ``profile`` teacher meta-trained on the built-in collection and the prior."""

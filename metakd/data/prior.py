@@ -56,6 +56,7 @@ def prior_task(
     anomalies: int,
     pool: int,
     name: str = "prior",
+    width: int | None = None,
 ) -> Task:
     """One fresh task with exactly enough rows for an episode.
 
@@ -66,9 +67,14 @@ def prior_task(
         anomalies: anomalous rows needed outside the pool.
         pool: pool rows; ``round(pool · c)`` of them anomalous for the task's contamination ``c``.
         name: the task's name.
+        width: the task's feature count; ``None`` draws it log-uniformly from
+            ``config.features`` (tasks that are projected to a common width afterwards).
     """
     low, high = config.features
-    d = int(np.clip(np.round(np.exp(rng.uniform(np.log(low), np.log(high + 1)))), low, high))
+    if width is None:
+        d = int(np.clip(np.round(np.exp(rng.uniform(np.log(low), np.log(high + 1)))), low, high))
+    else:
+        d = width
     c_low, c_high = config.contamination
     contamination = rng.uniform(c_low, c_high)
     pool_anomalies = int(np.floor(pool * contamination + 0.5))
