@@ -379,13 +379,12 @@ def _meta_train(
     overwrite: bool,
 ) -> None:
     from metakd.config import load_train_config
-    from metakd.rundir import check_output_dir, staged_run_dir
+    from metakd.rundir import staged_run_dir
     from metakd.train import meta_train
 
     if tasks_spec is not None:
         overrides = [*overrides, f"tasks={tasks_spec}"]
     out = Path(out_dir or _default_out("meta-train"))
-    check_output_dir(out, overwrite=overwrite)
     config = load_train_config(config_path, overrides)
     with staged_run_dir(out, command="meta-train", overwrite=overwrite) as stage:
         result = meta_train(config, out_dir=stage, progress=progress)
@@ -503,10 +502,9 @@ def _adapt(
 ) -> None:
     from metakd.adapt import AdaptConfig, run_adapt
     from metakd.configio import load
-    from metakd.rundir import check_output_dir, staged_run_dir
+    from metakd.rundir import staged_run_dir
 
     out = Path(out_dir)
-    check_output_dir(out, overwrite=overwrite)
     config = load(AdaptConfig, config_path, overrides)
     with staged_run_dir(out, command="adapt", overwrite=overwrite) as stage:
         report = run_adapt(
@@ -797,10 +795,9 @@ def _evaluate(
 ) -> None:
     from metakd.baselines import POOLED_CACHE
     from metakd.evaluate import load_evaluate_config, run_evaluation
-    from metakd.rundir import check_output_dir, staged_run_dir
+    from metakd.rundir import staged_run_dir
 
     out = Path(out_dir or _default_out("evaluate"))
-    check_output_dir(out, overwrite=overwrite)
     config = load_evaluate_config(config_path, overrides)
     # The pooled pre-training of a previous run into the same --out is reused (it is keyed by
     # its own settings and recomputed when they differ).
