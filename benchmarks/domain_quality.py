@@ -12,7 +12,7 @@ held-out domain and seed, the support is ``K`` normals (+ ``A`` labelled anomali
 Beside metakd's student and teacher, on exactly the same rows: kNN to the support normals
 (features standardised on the support), kNN density in the pool (5-NN, standardised on the pool),
 LOF in the pool, Isolation Forest on the support and on the pool, ECOD and COPOD on the pool (from
-PyOD, when installed), and with anomaly shots logistic regression on the support. Reports mean
+PyOD, a dependency of metakd), and with anomaly shots logistic regression on the support. Reports mean
 AUROC and AUPRC with 95 % intervals (t over runs) per collection, AUROC per domain, and the
 meta-training time, as Markdown (stdout and ``--out``) and JSON.
 
@@ -37,6 +37,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from pyod.models.copod import COPOD
+from pyod.models.ecod import ECOD
 from scipy import stats
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression
@@ -80,15 +82,9 @@ def baselines(
         out["lof-pool"] = -lof.score_samples(qpz)
     out["iforest-support"] = -IsolationForest(random_state=seed).fit(s).score_samples(q)
     out["iforest-pool"] = -IsolationForest(random_state=seed).fit(p).score_samples(q)
-    try:
-        from pyod.models.copod import COPOD
-        from pyod.models.ecod import ECOD
-    except ImportError:
-        pass
-    else:
-        for name, cls in (("ecod-pool", ECOD), ("copod-pool", COPOD)):
-            det = cls().fit(p)
-            out[name] = det.decision_scores_ if same else det.decision_function(q)
+    for name, cls in (("ecod-pool", ECOD), ("copod-pool", COPOD)):
+        det = cls().fit(p)
+        out[name] = det.decision_scores_ if same else det.decision_function(q)
     if len(a):
         x, qa = _standardise(p, np.concatenate([s, a]), q)
         y = np.r_[np.zeros(len(s)), np.ones(len(a))]

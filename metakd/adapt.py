@@ -9,35 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from metakd import configio
 from metakd.checkpoint import atomic_write_text
-from metakd.data.readers import read_task
-from metakd.data.windows import window_task
+from metakd.data.readers import SUPPORTED_SUFFIXES, read_task
+from metakd.data.task import Task
+from metakd.data.windows import WindowConfig, window_task
 from metakd.detector import (
     MIN_NORMALS_WITHOUT_POOL,
     AdaptConfig,
     FewShotDetector,
     decision_scores,
+    fit_many,
     score_rows,
 )
-from metakd.errors import DataError
+from metakd.errors import DataError, MetakdError
 from metakd.persist import TeacherBundle, export_torchscript, load_scorer, windowing
-from metakd.tracking import Run
+from metakd.tracking import Run, progress_bar
 
 __all__ = [
     "MIN_NORMALS_WITHOUT_POOL",
+    "SUMMARY_COLUMNS",
     "AdaptConfig",
+    "Domain",
     "FewShotDetector",
     "TeacherBundle",
     "export_torchscript",
     "load_scorer",
+    "read_domain",
     "run_adapt",
+    "run_adapt_dir",
+    "save_domain",
     "score_rows",
 ]
 
@@ -62,20 +72,42 @@ def _metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, f
     }
 
 
-def run_adapt(
+@dataclass
+class Domain:
+    """One new domain's files, read as ``metakd adapt`` reads them (windowed like the teacher's
+    meta-train series when it was meta-trained on windows)."""
+
+    support_path: Path
+    unlabeled_path: Path | None
+    eval_path: Path | None
+    support: Task
+    pool: Task | None
+    evaluation: Task | None
+    window: WindowConfig | None
+    raw_columns: list[str] | None
+    """The named columns of the raw files (before windowing), or ``None``."""
+
+    def fit_args(self) -> tuple[Any, np.ndarray, np.ndarray | None]:
+        """``(X, y, unlabeled)`` for :meth:`FewShotDetector.fit`. Named columns as a DataFrame:
+        the detector keeps them (``feature_names_in_``) and saves them, so `metakd score`
+        matches a file's columns by name."""
+        rows: Any = self.support.X
+        if self.support.named and self.window is None:
+            rows = pd.DataFrame(
+                self.support.X, columns=list(self.support.feature_names), copy=False
+            )
+        return rows, self.support.y, None if self.pool is None else self.pool.X
+
+
+def read_domain(
     config: AdaptConfig,
+    bundle: TeacherBundle,
     *,
-    teacher_path: Path,
     support_path: Path,
     unlabeled_path: Path | None,
     eval_path: Path | None,
-    out_dir: Path,
-) -> dict[str, Any]:
-    """``metakd adapt``: read the files, fit a :class:`FewShotDetector`, save it and its report.
-
-    Returns the report written to ``out_dir/report.json``.
-    """
-    bundle = TeacherBundle.load(teacher_path)
+) -> Domain:
+    """Read and check a domain's support, unlabelled and eval files."""
     support = read_task(support_path, config.read)
     if (support.y == -1).any():
         first = int(np.flatnonzero(support.y == -1)[0])
@@ -84,20 +116,23 @@ def run_adapt(
             f"{int((support.y == -1).sum())} unlabelled rows (first: row {first}); every support "
             f"row needs a label (0 normal, 1 anomaly) in column '{config.read.label_column}'",
         )
+    # The other files' named columns are matched to the support's by name (as `score` does).
+    read = config.read
+    if support.named and read.columns is None:
+        read = dataclasses.replace(read, columns=list(support.feature_names))
     pool = None
     if unlabeled_path is not None:
         pool = read_task(
-            unlabeled_path,
-            dataclasses.replace(config.read, require_labels=False, ignore_labels=True),
+            unlabeled_path, dataclasses.replace(read, require_labels=False, ignore_labels=True)
         )
     evaluation = None
     if eval_path is not None:
-        evaluation = read_task(eval_path, dataclasses.replace(config.read, require_labels=True))
+        evaluation = read_task(eval_path, dataclasses.replace(read, require_labels=True))
         if (evaluation.y == -1).any() or len(np.unique(evaluation.y)) < 2:
             raise DataError(
                 str(eval_path), "evaluation rows need both labels (0 and 1) and no unlabelled rows"
             )
-    for _name, task in (("unlabeled", pool), ("eval", evaluation)):
+    for task in (pool, evaluation):
         if task is not None and task.n_features != support.n_features:
             raise DataError(
                 task.source,
@@ -106,42 +141,101 @@ def run_adapt(
     # A teacher meta-trained on windows of time series (a manifest's `window:`) sees the new
     # domain's raw rows through the same windows.
     window = windowing(bundle.window, support.n_features)
+    raw_columns = list(support.feature_names) if support.named else None
     if window is not None:
         raw_rows = support.n_rows
         support = window_task(support, window)
         pool = None if pool is None else window_task(pool, window)
         evaluation = None if evaluation is None else window_task(evaluation, window)
         warnings.warn(
-            f"the teacher was meta-trained on windows ({window.size} rows, stride "
-            f"{window.stride}, {window.features} features): the {raw_rows} support rows became "
-            f"{support.n_rows} windows, and the unlabelled and eval rows are windowed the same way",
+            f"{support_path}: the teacher was meta-trained on windows ({window.size} rows, "
+            f"stride {window.stride}, {window.features} features): the {raw_rows} support rows "
+            f"became {support.n_rows} windows, and the unlabelled and eval rows are windowed the "
+            "same way",
             stacklevel=2,
         )
+    return Domain(
+        support_path, unlabeled_path, eval_path, support, pool, evaluation, window, raw_columns
+    )
 
+
+def save_domain(
+    detector: FewShotDetector,
+    domain: Domain,
+    config: AdaptConfig,
+    *,
+    teacher_path: Path,
+    out_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write a fitted detector and its ``report.json`` into ``out_dir``; returns the report and
+    the files written."""
+    if domain.window is not None and domain.raw_columns is not None:
+        detector.input_columns_ = domain.raw_columns  # score reads the raw series, then windows
+    paths = detector.save(out_dir)
+    report = dict(detector.report_)
+    # Relative to the run folder, which is moved into place when the command finishes.
+    report["files"] = {k: v.name for k, v in paths.items()}
+    report["teacher_checkpoint"] = str(teacher_path)
+    report["inputs"] = {
+        "support": str(domain.support_path),
+        "unlabeled": None if domain.unlabeled_path is None else str(domain.unlabeled_path),
+        "eval": None if domain.eval_path is None else str(domain.eval_path),
+        "columns": detector.input_columns_,
+    }
+    # The rule the threshold was calibrated by, with the settings it read.
+    used = report["threshold_method"]
+    report["threshold"] = {"method": used, "configured": config.threshold.method}
+    if used == "contamination":
+        report["threshold"]["contamination"] = config.threshold.contamination
+    elif used == "normal_quantile":
+        report["threshold"]["normal_quantile"] = config.threshold.normal_quantile
+    if domain.window is not None:
+        report["window"] = configio.to_dict(domain.window)
+    evaluation = domain.evaluation
+    if evaluation is not None:
+        report["eval"] = {}
+        for net, scorer in (
+            ("teacher", detector.teacher_scorer_),
+            ("student", detector.student_scorer_),
+        ):
+            if scorer is not None:
+                report["eval"][net] = _metrics(
+                    decision_scores(scorer, evaluation.X), evaluation.y, scorer.threshold
+                )
+        report["eval_rows"] = evaluation.n_rows
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return report, paths
+
+
+def run_adapt(
+    config: AdaptConfig,
+    *,
+    teacher_path: Path,
+    support_path: Path,
+    unlabeled_path: Path | None,
+    eval_path: Path | None,
+    out_dir: Path,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``metakd adapt``: read the files, fit a :class:`FewShotDetector`, save it and its report.
+
+    Returns the report written to ``out_dir/report.json``.
+    """
+    bundle = TeacherBundle.load(teacher_path)
+    domain = read_domain(
+        config,
+        bundle,
+        support_path=support_path,
+        unlabeled_path=unlabeled_path,
+        eval_path=eval_path,
+    )
     with Run(
         out_dir, config=configio.to_dict(config), tracking=config.tracking, job_type="adapt"
     ) as run:
-        detector = FewShotDetector(bundle, config=config).fit(
-            support.X, support.y, unlabeled=None if pool is None else pool.X
+        detector = FewShotDetector(bundle, config=config, verbose=progress).fit(*domain.fit_args())
+        report, paths = save_domain(
+            detector, domain, config, teacher_path=teacher_path, out_dir=out_dir
         )
-        paths = detector.save(out_dir)
-        report = dict(detector.report_)
-        # Relative to the run folder, which is moved into place when the command finishes.
-        report["files"] = {k: v.name for k, v in paths.items()}
-        report["teacher_checkpoint"] = str(teacher_path)
-        if window is not None:
-            report["window"] = configio.to_dict(window)
-        if evaluation is not None:
-            report["eval"] = {}
-            for net, scorer in (
-                ("teacher", detector.teacher_scorer_),
-                ("student", detector.student_scorer_),
-            ):
-                if scorer is not None:
-                    report["eval"][net] = _metrics(
-                        decision_scores(scorer, evaluation.X), evaluation.y, scorer.threshold
-                    )
-            report["eval_rows"] = evaluation.n_rows
         for point in report.get("distill_history", []):
             run.log(
                 {"distill/loss": point["loss"], "distill/fidelity": point["fidelity"]},
@@ -156,7 +250,6 @@ def run_adapt(
         for net, values in report.get("eval", {}).items():
             flat |= {f"eval/{net}/{k}": v for k, v in values.items()}
         run.summary(flat)
-        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
         if "student" in paths:
             run.log_artifact(
                 paths["student"],
@@ -177,3 +270,148 @@ def run_adapt(
             metadata={"teacher_checkpoint": str(teacher_path)},
         )
     return report
+
+
+#: The columns of ``summary.csv`` written by :func:`run_adapt_dir`.
+SUMMARY_COLUMNS = [
+    "domain",
+    "status",
+    "support_rows",
+    "unlabeled_rows",
+    "threshold",
+    "fidelity",
+    "seconds",
+    "error",
+]
+
+
+def domain_files(
+    support_dir: Path, unlabeled_dir: Path | None, eval_dir: Path | None
+) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """``(domain, support, unlabeled, eval)`` per task file of ``support_dir`` (sorted by name),
+    matched by file name without suffix to the files of the other folders."""
+
+    def files(folder: Path, what: str) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise DataError(str(folder), f"{what}: not a directory")
+        found: dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+                if path.stem in found:
+                    raise DataError(
+                        str(folder),
+                        f"{what}: two files for domain '{path.stem}' ({found[path.stem].name}, "
+                        f"{path.name})",
+                    )
+                found[path.stem] = path
+        return found
+
+    supports = files(support_dir, "--support-dir")
+    if not supports:
+        raise DataError(
+            str(support_dir), "--support-dir: no task files (npz, csv, tsv, txt, parquet)"
+        )
+    unlabeled = files(unlabeled_dir, "--unlabeled-dir") if unlabeled_dir is not None else {}
+    evals = files(eval_dir, "--eval-dir") if eval_dir is not None else {}
+    for what, extra in (("--unlabeled-dir", unlabeled), ("--eval-dir", evals)):
+        orphans = sorted(set(extra) - set(supports))
+        if orphans:
+            raise DataError(
+                f"{what}", f"files without a support file of the same name: {', '.join(orphans)}"
+            )
+    return [(name, path, unlabeled.get(name), evals.get(name)) for name, path in supports.items()]
+
+
+def run_adapt_dir(
+    config: AdaptConfig,
+    *,
+    teacher_path: Path,
+    support_dir: Path,
+    unlabeled_dir: Path | None,
+    eval_dir: Path | None,
+    out_dir: Path,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """``metakd adapt --support-dir``: adapt and distil every domain of a folder, one model folder
+    each (``out_dir/DOMAIN``, as ``metakd adapt`` writes), and ``summary.csv``.
+
+    The teacher is adapted on domains of the same shapes in one batched inner loop
+    (:func:`~metakd.detector.fit_many`). A domain that fails (unreadable file, too few normals)
+    is reported in the summary and skipped; the others finish.
+
+    Returns:
+        The summary rows (:data:`SUMMARY_COLUMNS`), one per domain, in name order.
+    """
+    bundle = TeacherBundle.load(teacher_path)
+    rows: list[dict[str, Any]] = []
+    domains: list[tuple[str, Domain]] = []
+    for name, support_path, unlabeled_path, eval_path in domain_files(
+        support_dir, unlabeled_dir, eval_dir
+    ):
+        try:
+            domain = read_domain(
+                config,
+                bundle,
+                support_path=support_path,
+                unlabeled_path=unlabeled_path,
+                eval_path=eval_path,
+            )
+        except MetakdError as err:
+            rows.append(_summary_row(name, None, None, error=err))
+            continue
+        domains.append((name, domain))
+    with Run(
+        out_dir, config=configio.to_dict(config), tracking=config.tracking, job_type="adapt"
+    ) as run:
+        tick = time.perf_counter()
+        detectors = [FewShotDetector(bundle, config=config) for _ in domains]
+        with progress_bar(enabled=progress) as bar:
+            job = bar.add_task("adapt domains", total=len(domains), info="")
+            fitted = fit_many(
+                detectors,
+                [d.fit_args() for _, d in domains],
+                on_fitted=lambda i: bar.update(job, completed=i + 1, info=domains[i][0]),
+            )
+        per_domain = (time.perf_counter() - tick) / max(1, len(domains))
+        for (name, domain), result in zip(domains, fitted, strict=True):
+            if isinstance(result, MetakdError):
+                rows.append(_summary_row(name, domain, None, error=result))
+                continue
+            try:
+                report, _ = save_domain(
+                    result, domain, config, teacher_path=teacher_path, out_dir=out_dir / name
+                )
+            except MetakdError as err:
+                rows.append(_summary_row(name, domain, None, error=err))
+                continue
+            rows.append(_summary_row(name, domain, report, seconds=per_domain))
+        rows.sort(key=lambda row: str(row["domain"]))
+        frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        atomic_write_text(out_dir / "summary.csv", frame.to_csv(index=False))
+        ok = int((frame["status"] == "ok").sum())
+        run.summary({"domains": len(frame), "domains_ok": ok, "domains_failed": len(frame) - ok})
+    return rows
+
+
+def _summary_row(
+    name: str,
+    domain: Domain | None,
+    report: dict[str, Any] | None,
+    *,
+    seconds: float | None = None,
+    error: BaseException | None = None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "domain": name,
+        "status": "ok" if error is None else "failed",
+        "support_rows": None if domain is None else domain.support.n_rows,
+        "unlabeled_rows": None if domain is None or domain.pool is None else domain.pool.n_rows,
+        "threshold": None,
+        "fidelity": None,
+        "seconds": None if seconds is None else round(seconds, 3),
+        "error": "" if error is None else str(error),
+    }
+    if report is not None:
+        row["threshold"] = report.get("student_threshold", report["teacher_threshold"])
+        row["fidelity"] = report.get("fidelity_spearman")
+    return row

@@ -6,10 +6,11 @@ rows ``X [n, d]`` (``y``: 0 normal, 1 anomaly) and optional unlabelled pool ``[m
 :class:`~metakd.detector.FewShotDetector` sees and never the rows they are evaluated on; all
 scaling is fitted on the support and pool (or on the pool alone for the unsupervised ones).
 
-* :class:`KNNDetector` and :class:`IForestDetector` fitted on the support normals (what a user
-  with only the few labelled normals would run) or on the unlabelled pool (a user with no
-  labels at all).
-* :class:`LogRegDetector` and :class:`DevNetDetector` need labelled anomalies in the support.
+* :class:`PyODDetector`: PyOD's kNN, Isolation Forest, LOF, ECOD and COPOD, each fitted on the
+  support normals (``<name>-support``: what a user with only the few labelled normals would
+  run) or on the unlabelled pool (``<name>-pool``: a user with no labels at all).
+* :class:`LogRegDetector` and :class:`DevNetDetector` need labelled anomalies in the support
+  (PyOD's DevNet is not used: see :class:`DevNetDetector`).
 * :class:`TeacherDetector` adapts a teacher network with metakd's inner loop; it is the engine of
   the ``scratch`` (random initialisation, :func:`scratch_bundle`) and ``pooled-finetune``
   (non-meta multi-task pretraining, :func:`pretrain_pooled`) ablations.
@@ -22,19 +23,18 @@ that the config loads without this module; they are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
-from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from metakd import configio
@@ -120,101 +120,161 @@ def _scaling_rows(X: np.ndarray, unlabeled: np.ndarray | None, source: Source) -
     return X if unlabeled is None else np.concatenate([X, unlabeled])
 
 
-class KNNDetector(Detector):
-    """Mean Euclidean distance to the ``k`` nearest reference rows, on scaled features.
+PyODName = Literal["knn", "iforest", "lof", "ecod", "copod"]
+"""PyOD's detectors behind the ``<name>-support`` and ``<name>-pool`` baselines."""
+
+#: Neighbour-based detectors. They measure distances, so they get the scaled rows; and PyOD
+#: scores their training rows leave-one-out when fitting, which needs two rows and at most
+#: ``rows - 1`` neighbours. Isolation Forest's axis-parallel splits and ECOD's and COPOD's
+#: per-feature empirical CDFs are invariant to per-feature increasing affine maps: they get the
+#: raw rows, as a PyOD user would give them (the scaling's clip would only add ties).
+_NEIGHBOUR_BASED: frozenset[PyODName] = frozenset({"knn", "lof"})
+#: Detectors whose PyOD ``decision_function`` refits its empirical CDFs on the training rows plus
+#: every row scored in the same call: they score one row at a time, so that a query row's score
+#: never depends on the other query rows (the run loop's contract), only on the fitted rows.
+_BATCH_DEPENDENT: frozenset[PyODName] = frozenset({"ecod", "copod"})
+
+
+@contextlib.contextmanager
+def _quiet_skewness() -> Iterator[None]:
+    """Silence scipy's warning on the skewness of (nearly) identical values.
+
+    ECOD and COPOD take a skewness per feature of the fitted rows plus the scored row: with a
+    support of one or two normals, or a constant feature, scipy warns on every row scored, and
+    PyOD already maps the NaN it then returns to 0.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="Precision loss occurred in moment calculation",
+            category=RuntimeWarning,
+        )
+        yield
+
+
+def _neighbours(wanted: int, rows: int) -> int:
+    """``n_neighbors`` for ``rows`` fitted rows: at most ``rows - 1`` (PyOD's leave-one-out)."""
+    return max(1, min(wanted, rows - 1))
+
+
+def _pyod_model(kind: PyODName, *, rows: int, config: BaselineConfig, seed: int) -> Any:
+    """The unfitted PyOD detector for ``rows`` fitted rows (PyOD's defaults, see PyODDetector)."""
+    # Imported here, not at module level: PyOD's import (numba, sklearn.datasets) takes seconds,
+    # which the CLI would otherwise pay whenever it loads the method registry.
+    if kind == "knn":
+        from pyod.models.knn import KNN
+
+        return KNN(n_neighbors=_neighbours(config.knn_k, rows))
+    if kind == "lof":
+        from pyod.models.lof import LOF
+
+        return LOF(n_neighbors=_neighbours(config.lof_k, rows))
+    if kind == "iforest":
+        from pyod.models.iforest import IForest
+
+        return IForest(n_estimators=config.iforest_trees, random_state=seed)
+    if kind == "ecod":
+        from pyod.models.ecod import ECOD
+
+        return ECOD()
+    if kind == "copod":
+        from pyod.models.copod import COPOD
+
+        return COPOD()
+    raise MetakdError(f"unknown PyOD detector {kind!r} (known: {', '.join(get_args(PyODName))})")
+
+
+class PyODDetector(Detector):
+    """A PyOD detector fitted on the support normals or on the unlabelled pool.
+
+    PyOD's hyper-parameters are its defaults except where a few-shot fit forces a change:
+
+    * ``knn`` (``KNN``: distance to the ``n_neighbors``-th nearest fitted row) and ``lof``
+      (``LOF``): ``n_neighbors = min(knn_k, n - 1)`` and ``min(lof_k, n - 1)`` for ``n``
+      fitted rows (defaults ``knn_k = 5`` and ``lof_k = 20``, PyOD's), since PyOD scores its
+      training rows leave-one-out when fitting: 5 support normals get 4 neighbours. A single
+      fitted row (``K = 1``) is given twice with one neighbour, so that PyOD can fit; a row's
+      score then only depends on its distance to that row. Both run on the scaled rows.
+    * ``iforest`` (``IForest``): ``n_estimators = iforest_trees`` (default 100, PyOD's) and
+      ``random_state = seed``; raw rows.
+    * ``ecod`` (``ECOD``) and ``copod`` (``COPOD``): raw rows, scored one row at a time (PyOD
+      would refit its empirical CDFs on the whole batch scored, i.e. on the query). A single
+      fitted row (``K = 1``) leaves them nothing to rank by (an empirical CDF of two rows).
 
     Args:
-        k: neighbours; capped by the number of reference rows.
-        source: reference rows: the support normals (scaling fitted on support + pool) or the
+        kind: the PyOD detector.
+        source: fitted on the support normals (scaling fitted on support + pool) or on the
             unlabelled pool (scaling fitted on the pool alone, as a user without labels would).
-        scaling: the per-feature scaling (usually the teacher's, so every method sees the same
-            preprocessing).
+        config: ``knn_k``, ``lof_k`` and ``iforest_trees``.
+        scaling: the per-feature scaling of ``knn`` and ``lof`` (usually the teacher's, so every
+            method sees the same preprocessing).
+        seed: ``random_state`` of ``iforest`` (the others are deterministic).
     """
 
-    def __init__(self, *, k: int, source: Source, scaling: ScalingConfig) -> None:
-        self.k = k
+    def __init__(
+        self,
+        kind: PyODName,
+        *,
+        source: Source,
+        config: BaselineConfig,
+        scaling: ScalingConfig,
+        seed: int,
+    ) -> None:
+        self.kind = kind
         self.source = source
+        self.config = config
         self.scaling = scaling
-
-    def fit(self, X: np.ndarray, y: np.ndarray, unlabeled: np.ndarray | None = None) -> KNNDetector:
-        X = _rows("support", X)
-        y = _labels(y, X.shape[0])
-        pool = None if unlabeled is None else _rows("unlabeled", unlabeled)
-        reference = _fit_rows(f"knn-{self.source}", self.source, X, y, pool)
-        self.scale_ = _FittedScaling(_scaling_rows(X, pool, self.source), self.scaling)
-        self.k_ = min(self.k, reference.shape[0])
-        self.index_ = NearestNeighbors(n_neighbors=self.k_).fit(self.scale_(reference))
-        return self
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        distances, _ = self.index_.kneighbors(self.scale_(_rows("data", X)))
-        return distances.mean(axis=1)
-
-
-register_method(
-    "knn-support",
-    group="support",
-    build=lambda c: KNNDetector(
-        k=c.config.baselines.knn_k, source="support", scaling=c.bundle.scaling
-    ),
-)
-register_method(
-    "knn-pool",
-    group="pool",
-    needs_pool=True,
-    build=lambda c: KNNDetector(
-        k=c.config.baselines.knn_k, source="pool", scaling=c.bundle.scaling
-    ),
-)
-
-
-class IForestDetector(Detector):
-    """Isolation Forest (Liu et al. 2008) on raw features: its axis-parallel random splits are
-    invariant to per-feature affine scaling, so none is applied.
-
-    Args:
-        n_estimators: trees.
-        source: fit on the support normals or on the unlabelled pool.
-        seed: ``random_state`` of the forest.
-    """
-
-    def __init__(self, *, n_estimators: int, source: Source, seed: int) -> None:
-        self.n_estimators = n_estimators
-        self.source = source
         self.seed = seed
+
+    @property
+    def name(self) -> str:
+        """The method's name, e.g. ``knn-support``."""
+        return f"{self.kind}-{self.source}"
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, unlabeled: np.ndarray | None = None
-    ) -> IForestDetector:
+    ) -> PyODDetector:
         X = _rows("support", X)
         y = _labels(y, X.shape[0])
         pool = None if unlabeled is None else _rows("unlabeled", unlabeled)
-        rows = _fit_rows(f"iforest-{self.source}", self.source, X, y, pool)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(
-            rows
-        )
+        rows = _fit_rows(self.name, self.source, X, y, pool)
+        self.scale_: _FittedScaling | None = None
+        if self.kind in _NEIGHBOUR_BASED:
+            self.scale_ = _FittedScaling(_scaling_rows(X, pool, self.source), self.scaling)
+            rows = self.scale_(rows)
+            if rows.shape[0] == 1:
+                rows = np.repeat(rows, 2, axis=0)
+        model = _pyod_model(self.kind, rows=rows.shape[0], config=self.config, seed=self.seed)
+        with _quiet_skewness():
+            self.model_ = model.fit(rows)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        # score_samples is higher for normal rows; negate for PyOD's convention.
-        return -self.forest_.score_samples(_rows("data", X))
+        x = _rows("data", X)
+        if self.scale_ is not None:
+            x = self.scale_(x)
+        if self.kind in _BATCH_DEPENDENT:
+            with _quiet_skewness():
+                return np.concatenate([self.model_.decision_function(row[None]) for row in x])
+        return np.asarray(self.model_.decision_function(x))
 
 
-register_method(
-    "iforest-support",
-    group="support",
-    build=lambda c: IForestDetector(
-        n_estimators=c.config.baselines.iforest_trees, source="support", seed=c.seed
-    ),
-)
-register_method(
-    "iforest-pool",
-    group="pool",
-    needs_pool=True,
-    build=lambda c: IForestDetector(
-        n_estimators=c.config.baselines.iforest_trees, source="pool", seed=c.seed
-    ),
-)
+def _pyod_method(kind: PyODName, source: Source) -> None:
+    register_method(
+        f"{kind}-{source}",
+        group=source,
+        needs_pool=source == "pool",
+        build=lambda c: PyODDetector(
+            kind, source=source, config=c.config.baselines, scaling=c.bundle.scaling, seed=c.seed
+        ),
+    )
+
+
+# Unconditional: PyOD is a core dependency, so the default method list never depends on extras.
+# Report order within a group: the two baselines of earlier reports first.
+for _kind in get_args(PyODName):
+    for _source in get_args(Source):
+        _pyod_method(_kind, _source)
 
 
 class LogRegDetector(Detector):
@@ -265,6 +325,12 @@ class DevNetDetector(Detector):
     A one-hidden-layer MLP trained with the deviation loss against an N(0, 1) reference score
     prior; as in DevNet, unlabelled rows (the pool) are treated as normal next to the labelled
     normals, and every batch is half labelled anomalies. Needs labelled anomalies.
+
+    Not PyOD's ``DevNet`` (PyOD 3.6): its deviation loss multiplies labels ``[B]`` with scores
+    ``[B, 1]``, which broadcasts to ``[B, B]``, so loss and gradients depend only on the share of
+    anomalies in a batch, not on which rows they are (same loss and gradients with the labels
+    permuted; AUROC 0.0 where ours gets 1.0 on 4 features with shifted anomalies); its ``random_seed`` is unused (two fits
+    with the same seed differ), its batches are not balanced, and it prints every epoch.
 
     Args:
         config: DevNet hyper-parameters (``devnet_*`` fields).
@@ -532,10 +598,10 @@ __all__ = [
     "BaselineConfig",
     "Detector",
     "DevNetDetector",
-    "IForestDetector",
-    "KNNDetector",
     "LogRegDetector",
     "PretrainConfig",
+    "PyODDetector",
+    "PyODName",
     "TeacherDetector",
     "load_or_pretrain_pooled",
     "pretrain_pooled",

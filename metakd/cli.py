@@ -306,6 +306,13 @@ def _tracking_overrides(
     return [f"tracking.{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
 
 
+def _device_override(key: str, device: str | None) -> list[str]:
+    """``--device`` as a config override of ``key`` (none when the flag is not given)."""
+    import json
+
+    return [] if device is None else [f"{key}={json.dumps(device)}"]
+
+
 _TEACHER_OPTION = click.option(
     "--teacher",
     "teacher_path",
@@ -315,6 +322,13 @@ _TEACHER_OPTION = click.option(
 )
 _PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
+)
+_DEVICE_OPTION = click.option(
+    "--device",
+    default=None,
+    metavar="cpu|cuda|auto",
+    help="Torch device: cpu, cuda (or cuda:N) or auto (CUDA when this machine has it); "
+    "overrides the config's device.",
 )
 _OVERWRITE_OPTION = click.option(
     "--overwrite",
@@ -342,8 +356,25 @@ def _default_out(kind: str) -> str:
 @click.option(
     "--out", "out_dir", default=None, help="Run directory (default: runs/meta-train-TIME)."
 )
+@click.option(
+    "--resume",
+    "resume_dir",
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue the interrupted run whose --out was RUN_DIR (stopped by Ctrl-C, SIGTERM or a "
+    "kill) from its newest checkpoint, and finish it into RUN_DIR. Its config applies; --config "
+    "and --set may change only iterations, checkpoint_every and tracking.*.",
+)
+@click.option(
+    "--dist-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Under torchrun: seconds a rank waits for the others before it stops with an error.",
+)
 @_OVERWRITE_OPTION
 @_SET_OPTION
+@_DEVICE_OPTION
 @_PROGRESS_OPTION
 @_tracking_options
 @click.argument("extra_overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -351,8 +382,11 @@ def meta_train_command(
     tasks_spec: str | None,
     config_path: str | None,
     out_dir: str | None,
+    resume_dir: str | None,
+    dist_timeout: float,
     overwrite: bool,
     overrides: tuple[str, ...],
+    device: str | None,
     progress: bool,
     extra_overrides: tuple[str, ...],
     **tracking: Any,
@@ -362,10 +396,25 @@ def meta_train_command(
     Writes OUT/teacher.pt (best on meta-val), OUT/config.yaml and OUT/metrics.jsonl, then prints
     held-out few-shot AUROC on the meta-test tasks. KEY=VALUE arguments are config overrides,
     like --set (the form W&B sweep agents pass with ${args_no_hyphens}).
+
+    Ctrl-C or SIGTERM stops it after the current iteration with a checkpoint (exit 130 or 143);
+    it also checkpoints every `checkpoint_every` iterations. Continue with --resume OUT: the
+    result is the same as an uninterrupted run's. Under `torchrun --nproc_per_node N -m metakd
+    meta-train ...` the N ranks share every meta-batch (episode.meta_batch divisible by N).
     """
-    every = [*overrides, *extra_overrides, *_tracking_overrides(**tracking)]
+    every = [*overrides, *extra_overrides, *_device_override("device", device)]
+    every += _tracking_overrides(**tracking)
     run_guarded(
-        lambda: _meta_train(tasks_spec, config_path, out_dir, every, progress, overwrite=overwrite)
+        lambda: _meta_train(
+            tasks_spec,
+            config_path,
+            out_dir,
+            every,
+            progress,
+            overwrite=overwrite,
+            resume_dir=resume_dir,
+            dist_timeout=dist_timeout,
+        )
     )
 
 
@@ -377,17 +426,34 @@ def _meta_train(
     progress: bool,
     *,
     overwrite: bool,
+    resume_dir: str | None = None,
+    dist_timeout: float = 600.0,
 ) -> None:
-    from metakd.config import load_train_config
-    from metakd.rundir import staged_run_dir
-    from metakd.train import meta_train
+    from metakd.errors import ConfigError
+    from metakd.launch import launch_meta_train
+    from metakd.train import TrainingInterrupted
 
+    if resume_dir is not None and out_dir is not None:
+        raise ConfigError("give --resume RUN_DIR or --out, not both: a resumed run ends in RUN_DIR")
     if tasks_spec is not None:
         overrides = [*overrides, f"tasks={tasks_spec}"]
-    out = Path(out_dir or _default_out("meta-train"))
-    config = load_train_config(config_path, overrides)
-    with staged_run_dir(out, command="meta-train", overwrite=overwrite) as stage:
-        result = meta_train(config, out_dir=stage, progress=progress)
+    out = Path(resume_dir or out_dir or _default_out("meta-train"))
+    try:
+        launched = launch_meta_train(
+            config_path,
+            overrides,
+            out,
+            progress=progress,
+            overwrite=overwrite,
+            resume=resume_dir is not None,
+            dist_timeout=dist_timeout,
+        )
+    except TrainingInterrupted as stop:
+        click.echo(f"error: {stop}; resume with: metakd meta-train --resume {out}", err=True)
+        sys.exit(stop.exit_code)
+    if launched is None:
+        return  # a rank other than 0 of a torchrun job: rank 0 reports
+    config, result = launched
     console = _console()
     console.print(
         f"meta-trained {config.meta.algorithm} ({config.model.kind} teacher) on {config.tasks} in "
@@ -437,7 +503,7 @@ def _meta_train(
 @click.option(
     "--support",
     "support_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="Labelled rows of the new domain (0 normal, 1 anomaly; at least one normal).",
 )
@@ -455,26 +521,69 @@ def _meta_train(
     type=click.Path(dir_okay=False),
     help="Labelled rows to report AUROC, AUPRC, precision, recall and F1 on.",
 )
+@click.option(
+    "--support-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Instead of --support: a folder with one support file per domain (OUT/DOMAIN each).",
+)
+@click.option(
+    "--unlabeled-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --support-dir: unlabelled rows per domain, matched by file name.",
+)
+@click.option(
+    "--eval-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --support-dir: labelled evaluation rows per domain, matched by file name.",
+)
 @click.option("--out", "out_dir", required=True, help="Output directory.")
 @_OVERWRITE_OPTION
 @_CONFIG_OPTION
 @_SET_OPTION
+@_DEVICE_OPTION
+@_PROGRESS_OPTION
 @_tracking_options
 def adapt_command(
     teacher_path: str,
-    support_path: str,
+    support_path: str | None,
     unlabeled_path: str | None,
     eval_path: str | None,
+    support_dir: str | None,
+    unlabeled_dir: str | None,
+    eval_dir: str | None,
     out_dir: str,
     overwrite: bool,
     config_path: str | None,
     overrides: tuple[str, ...],
+    device: str | None,
+    progress: bool,
     **tracking: Any,
 ) -> None:
     """Adapt a teacher to a new domain, distil a student and calibrate a threshold.
 
     Writes OUT/teacher.pt, OUT/student.pt, OUT/student.torchscript.pt and OUT/report.json.
+    With --support-dir, every domain of the folder: OUT/DOMAIN/ each and OUT/summary.csv.
     """
+    every = [*overrides, *_device_override("device", device), *_tracking_overrides(**tracking)]
+    if support_dir is not None or support_path is None:
+        run_guarded(
+            lambda: _adapt_dir(
+                teacher_path,
+                (support_dir, unlabeled_dir, eval_dir),
+                (support_path, unlabeled_path, eval_path),
+                out_dir,
+                config_path,
+                every,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        )
+        return
+    if unlabeled_dir is not None or eval_dir is not None:
+        run_guarded(lambda: _refuse("--unlabeled-dir and --eval-dir go with --support-dir"))
     run_guarded(
         lambda: _adapt(
             teacher_path,
@@ -483,10 +592,87 @@ def adapt_command(
             eval_path,
             out_dir,
             config_path,
-            [*overrides, *_tracking_overrides(**tracking)],
+            every,
             overwrite=overwrite,
+            progress=progress,
         )
     )
+
+
+def _refuse(message: str) -> None:
+    raise MetakdError(message)
+
+
+def _adapt_dir(
+    teacher_path: str,
+    dirs: tuple[str | None, str | None, str | None],
+    files: tuple[str | None, str | None, str | None],
+    out_dir: str,
+    config_path: str | None,
+    overrides: list[str],
+    *,
+    overwrite: bool,
+    progress: bool,
+) -> None:
+    from metakd.adapt import AdaptConfig, run_adapt_dir
+    from metakd.configio import load
+    from metakd.rundir import staged_run_dir
+
+    support_dir, unlabeled_dir, eval_dir = dirs
+    if support_dir is None:
+        raise MetakdError("adapt needs --support FILE or --support-dir DIR")
+    if files[0] is not None:
+        raise MetakdError("--support and --support-dir exclude each other")
+    for flag, value in zip(("--unlabeled", "--eval"), files[1:], strict=True):
+        if value is not None:
+            raise MetakdError(f"{flag} FILE goes with --support; with --support-dir use {flag}-dir")
+    config = load(AdaptConfig, config_path, overrides)
+    out = Path(out_dir)
+    with staged_run_dir(out, command="adapt", overwrite=overwrite) as stage:
+        rows = run_adapt_dir(
+            config,
+            teacher_path=Path(teacher_path),
+            support_dir=Path(support_dir),
+            unlabeled_dir=None if unlabeled_dir is None else Path(unlabeled_dir),
+            eval_dir=None if eval_dir is None else Path(eval_dir),
+            out_dir=stage,
+            progress=progress,
+        )
+    table = Table(title=f"adapted {teacher_path} to the domains of {support_dir}")
+    for name, justify in (
+        ("domain", "left"),
+        ("status", "left"),
+        ("support", "right"),
+        ("unlabeled", "right"),
+        ("threshold", "right"),
+        ("fidelity", "right"),
+        ("seconds", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+    def cell(value: Any, spec: str = "") -> str:
+        return "" if value is None else format(value, spec)
+
+    for row in rows:
+        table.add_row(
+            row["domain"],
+            "ok" if row["status"] == "ok" else f"failed: {row['error']}",
+            cell(row["support_rows"]),
+            cell(row["unlabeled_rows"]),
+            cell(row["threshold"], ".4g"),
+            cell(row["fidelity"], ".3f"),
+            cell(row["seconds"], ".2f"),
+        )
+    console = _console()
+    console.print(table)
+    failed = [row["domain"] for row in rows if row["status"] != "ok"]
+    console.print(f"wrote {out_dir}/DOMAIN/ and {out_dir}/summary.csv", soft_wrap=True)
+    if failed:
+        # The finished domains are in place; the exit status says that some are missing.
+        raise MetakdError(
+            f"{len(failed)} of {len(rows)} domains failed ({', '.join(failed)}); see "
+            f"{out_dir}/summary.csv"
+        )
 
 
 def _adapt(
@@ -499,6 +685,7 @@ def _adapt(
     overrides: list[str],
     *,
     overwrite: bool,
+    progress: bool,
 ) -> None:
     from metakd.adapt import AdaptConfig, run_adapt
     from metakd.configio import load
@@ -514,6 +701,7 @@ def _adapt(
             unlabeled_path=Path(unlabeled_path) if unlabeled_path else None,
             eval_path=Path(eval_path) if eval_path else None,
             out_dir=stage,
+            progress=progress,
         )
     console = _console()
     table = Table(title=f"adapted {teacher_path} to {support_path}")
@@ -576,9 +764,8 @@ def _adapt(
 )
 @click.option(
     "--label-column",
-    default="label",
-    show_default=True,
-    help="Column to ignore as labels in csv/parquet input.",
+    default=None,
+    help="Column to ignore as labels in csv/parquet input (default: the model's, 'label').",
 )
 @click.option(
     "--ignore-column",
@@ -594,29 +781,37 @@ def _adapt(
     help="A column copied to the output as its first column (not a feature), e.g. a row id.",
 )
 @_OVERWRITE_OPTION
+@_CONFIG_OPTION
+@_SET_OPTION
+@_DEVICE_OPTION
 def score_command(
     model_path: str,
     data_path: str,
     out_path: str | None,
-    label_column: str,
+    label_column: str | None,
     ignore_columns: tuple[str, ...],
     id_column: str | None,
     overwrite: bool,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    device: str | None,
 ) -> None:
     """Score rows with an adapted detector: one output row per input row, in order, with
     columns `score` (higher = more anomalous) and `is_anomaly`. Rows are read and scored in
-    chunks, so memory stays bounded whatever the size of a csv or parquet input."""
-    run_guarded(
-        lambda: _score(
-            model_path,
-            data_path,
-            out_path,
-            label_column,
-            list(ignore_columns),
-            id_column=id_column,
-            overwrite=overwrite,
-        )
-    )
+    chunks, so memory stays bounded whatever the size of a csv or parquet input.
+
+    A file with a header is matched to the model's columns by name (reordered as needed); a
+    missing or renamed column is an error naming it. The columns the model was adapted with as
+    ignored (ids, timestamps) are ignored here too."""
+    import json
+
+    flags = [*overrides, *_device_override("device", device)]
+    for key, value in (("label_column", label_column), ("id_column", id_column)):
+        if value is not None:
+            flags.append(f"{key}={json.dumps(value)}")
+    if ignore_columns:
+        flags.append(f"ignore_columns={json.dumps(list(ignore_columns))}")
+    run_guarded(lambda: _score(model_path, data_path, out_path, config_path, flags, overwrite))
 
 
 #: Rows read and scored at a time by ``metakd score`` (``None``: sized by the input's width, see
@@ -628,32 +823,33 @@ def _score(
     model_path: str,
     data_path: str,
     out_path: str | None,
-    label_column: str,
-    ignore_columns: list[str],
-    *,
-    id_column: str | None,
+    config_path: str | None,
+    overrides: list[str],
     overwrite: bool,
 ) -> None:
-
     from metakd.checkpoint import atomic_write_bytes
-    from metakd.data.readers import ReadOptions, read_row_chunks, read_task
+    from metakd.config import resolve_device
+    from metakd.configio import load
+    from metakd.data.readers import read_row_chunks, read_task
     from metakd.data.windows import window_starts, window_task
-    from metakd.detector import score_rows
-    from metakd.persist import load_scorer
+    from metakd.detector import ScoreConfig, score_rows
+    from metakd.persist import load_input_schema, load_scorer
 
+    config = load(ScoreConfig, config_path, overrides)
+    id_column = config.id_column
     if out_path is not None:
         _check_score_output(
             Path(out_path), inputs=[Path(model_path), Path(data_path)], overwrite=overwrite
         )
-    scorer = load_scorer(model_path)
-    options = ReadOptions(
-        label_column=label_column, ignore_columns=ignore_columns, ignore_labels=True
+    scorer = load_scorer(model_path).to(resolve_device(config.device))
+    options = load_input_schema(model_path).read_options(
+        label_column=config.label_column, ignore_columns=config.ignore_columns
     )
     counts = [0, 0]
     header = ([id_column] if id_column else []) + ["score", "is_anomaly"]
     # Each block: model input rows and the leading output cells of each (ids, window rows).
     blocks: Iterator[tuple[np.ndarray, list[list[str]] | None]]
-    window = _score_window(model_path, data_path, options)
+    window, options = _score_window(model_path, data_path, options)
     if window is not None:
         # A model of windowed time series scores windows: the whole series is read at once.
         if id_column is not None:
@@ -706,16 +902,24 @@ def _score(
         click.echo(f"scored {counts[0]} {what} ({counts[1]} flagged) -> {out_path}", err=True)
 
 
-def _score_window(model_path: str, data_path: str, options: ReadOptions) -> WindowConfig | None:
-    """The windows ``score`` applies: the model's, when the data has its raw width."""
+def _score_window(
+    model_path: str, data_path: str, options: ReadOptions
+) -> tuple[WindowConfig | None, ReadOptions]:
+    """The windows ``score`` applies (the model's, when the data has its raw series' width) and
+    the options to read the data with: rows already windowed are taken as they are, in order
+    (the stored columns are the raw series')."""
+    import dataclasses
+
     from metakd.data.readers import read_row_chunks
     from metakd.persist import load_detector_window, windowing
 
     record = load_detector_window(model_path)
     if record is None:
-        return None
-    first = next(iter(read_row_chunks(data_path, options, rows=1)))  # the width, one row read
-    return windowing(record, first.X.shape[1])
+        return None, options
+    loose = dataclasses.replace(options, columns=None)
+    first = next(iter(read_row_chunks(data_path, loose, rows=1)))  # the width, one row read
+    window = windowing(record, first.X.shape[1])
+    return window, (options if window is not None else loose)
 
 
 def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:
@@ -750,6 +954,7 @@ def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> No
 @_OVERWRITE_OPTION
 @_CONFIG_OPTION
 @_SET_OPTION
+@_DEVICE_OPTION
 @_PROGRESS_OPTION
 @_tracking_options
 def evaluate_command(
@@ -762,6 +967,7 @@ def evaluate_command(
     overwrite: bool,
     config_path: str | None,
     overrides: tuple[str, ...],
+    device: str | None,
     progress: bool,
     **tracking: Any,
 ) -> None:
@@ -778,7 +984,7 @@ def evaluate_command(
             every.append(f"{key}=[{value}]")
     if seeds is not None:
         every.append(f"seeds={seeds}")
-    every += _tracking_overrides(**tracking)
+    every += _device_override("adapt.device", device) + _tracking_overrides(**tracking)
     run_guarded(
         lambda: _evaluate(teacher_path, out_dir, config_path, every, progress, overwrite=overwrite)
     )

@@ -38,8 +38,20 @@ class TrainConfig:
     """Fixed episodes per meta-val task (the same ones at every validation)."""
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
+    checkpoint_every: int = 50
+    """Write the resume checkpoint (``resume.pt`` in the run's staging folder) every this many
+    iterations, so a run killed outright loses at most that many; 0 writes none periodically.
+    SIGINT/SIGTERM always write one before the run stops. Resume with ``metakd meta-train
+    --resume OUT``."""
+    episode_streams: int | None = None
+    """Independent episode streams each meta-batch is drawn from, ``episode.meta_batch /
+    episode_streams`` episodes each. Null: one per rank (under torch.distributed each rank draws
+    only its own streams), so a single process draws the one sequential stream of earlier
+    versions. Runs with the same number of streams draw the same episodes at any world size that
+    divides it (one process with ``episode_streams: 2`` == two ranks)."""
     device: str = "cpu"
-    """Torch device for meta-training."""
+    """Torch device for meta-training: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA when the
+    machine has it; stored resolved). Results equal the CPU's to float tolerance."""
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     """Episode shapes: shots, anomaly shots, query size and anomaly fraction, pool, meta-batch
     (defaults: :class:`~metakd.episodes.EpisodeConfig`'s, the one default episode shape)."""
@@ -65,7 +77,30 @@ class TrainConfig:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
-        check_device(self.device)
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"checkpoint_every must be >= 0 (0: no periodic checkpoints), got "
+                f"{self.checkpoint_every}"
+            )
+        if self.episode_streams is not None and (
+            self.episode_streams < 1 or self.episode.meta_batch % self.episode_streams
+        ):
+            raise ConfigError(
+                f"episode_streams={self.episode_streams} must be >= 1 and divide "
+                f"episode.meta_batch={self.episode.meta_batch}"
+            )
+        self.device = resolve_device(self.device)
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked, with ``auto`` resolved to ``cuda`` when this machine has CUDA, else
+    ``cpu``; raises :class:`ConfigError` naming it when torch cannot use it here."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    return device
 
 
 def check_device(device: str) -> None:
@@ -76,7 +111,7 @@ def check_device(device: str) -> None:
         kind = torch.device(device).type
     except RuntimeError:
         raise ConfigError(
-            f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...)"
+            f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ..., or auto)"
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r}: this machine has no CUDA device (use device=cpu)")

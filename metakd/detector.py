@@ -15,32 +15,46 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils import ClassifierTags, Tags
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from metakd import configio
 from metakd.checkpoint import load_checkpoint
-from metakd.data.readers import ReadOptions
+from metakd.config import resolve_device
+from metakd.data.readers import ReadOptions, match_columns
 from metakd.data.transforms import Scaler, align_features
 from metakd.distill import DistillConfig, distill
-from metakd.errors import MetakdError
-from metakd.meta.inner import adapt, reference_scores
+from metakd.errors import InputError, MetakdError
+from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
-from metakd.meta.losses import inner_loss_fn
+from metakd.meta.losses import LossFn, inner_loss_fn
 from metakd.models.deploy import DeployedScorer, Preprocessor, ScoreHead
 from metakd.models.profile import NeighbourProfile, bounded_reference
 from metakd.models.stack import StackParams
 from metakd.models.teachers import LogitScorer, Teacher, count_parameters, score_logits
-from metakd.persist import TeacherBundle, export_torchscript, load_scorer, save_scorer
+from metakd.persist import (
+    InputSchema,
+    TeacherBundle,
+    export_torchscript,
+    load_detector_window,
+    load_input_schema,
+    load_scorer,
+    save_scorer,
+)
 from metakd.threshold import MIN_THRESHOLD_ROWS, ThresholdConfig, calibrate_threshold
-from metakd.tracking import TrackingConfig
+from metakd.tracking import TrackingConfig, progress_bar
 
 #: Without an unlabelled pool a support needs this many normals: each is scored leave-one-out
 #: against the others, and one normal alone has no other to be compared with.
@@ -63,20 +77,65 @@ class AdaptConfig:
     """Threshold calibration."""
     seed: int = 0
     """Seeds the student's initialisation and distillation batches."""
+    device: str = "cpu"
+    """Torch device adapting and distilling: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA
+    when the machine has it). The fitted detector is returned and saved on the CPU."""
     read: ReadOptions = field(default_factory=ReadOptions)
     """How the support, unlabelled and eval files are read (label column, ignored columns, ...)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Run tracking."""
 
+    def __post_init__(self) -> None:
+        resolve_device(self.device)  # a machine without CUDA refuses `cuda` here, in one line
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of ``metakd score`` (its flags override them)."""
+
+    label_column: str | None = None
+    """Column ignored as labels (``None``: the one the model was adapted with)."""
+    ignore_columns: list[str] = field(default_factory=list)
+    """Columns that are not features, besides those the model was adapted with (ids, ...)."""
+    id_column: str | None = None
+    """A column copied to the output as its first column (not a feature), e.g. a row id."""
+    device: str = "cpu"
+    """Torch device scoring: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``."""
+
+    def __post_init__(self) -> None:
+        resolve_device(self.device)
+
 
 def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
-    t = torch.tensor(np.asarray(x, dtype=np.float32))  # a copy: callers' arrays may be read-only
-    if t.ndim != 2 or t.shape[0] == 0:
-        raise MetakdError(
-            f"{name}: expected a non-empty 2-d array of rows, got shape {tuple(t.shape)}"
+    if scipy.sparse.issparse(x):
+        raise InputError(f"{name}: sparse input is not supported; pass a dense array")
+    raw = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if raw.dtype.kind == "c":
+        raise InputError(f"{name}: Complex data not supported (complex values)")
+    try:
+        values = raw.astype(np.float32)  # a copy: callers' arrays may be read-only
+    except TypeError as err:  # an object that is no number at all (a dict, say)
+        raise TypeError(f"{name}: rows must be numeric ({err})") from None
+    except ValueError as err:  # text that is no number
+        raise InputError(f"{name}: rows must be numeric ({err})") from None
+    if values.ndim == 2 and values.shape[1] == 0:
+        # scikit-learn's wording, which its estimator checks look for.
+        raise InputError(
+            f"{name}: 0 feature(s) (shape={values.shape}) while a minimum of 1 is required."
         )
+    if values.ndim == 1:
+        raise InputError(
+            f"{name}: expected a 2-d array of rows [n, d], got shape {values.shape}. Reshape your "
+            "data either using array.reshape(-1, 1) if your data has a single feature or "
+            "array.reshape(1, -1) if it contains a single sample."
+        )
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise InputError(
+            f"{name}: expected a non-empty 2-d array of rows [n, d], got shape {values.shape}"
+        )
+    t = torch.from_numpy(values)
     if not torch.isfinite(t).all():
-        raise MetakdError(f"{name}: contains NaN or infinite values")
+        raise InputError(f"{name}: contains NaN or infinite values")
     return t
 
 
@@ -84,7 +143,7 @@ def _as_labels(y: np.ndarray | Tensor) -> Tensor:
     try:
         values = np.asarray(y, dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise MetakdError(f"support labels must be 0 (normal) or 1 (anomaly): {err}") from None
+        raise InputError(f"support labels must be 0 (normal) or 1 (anomaly): {err}") from None
     return torch.tensor(values)  # a copy, as in _as_rows
 
 
@@ -105,6 +164,7 @@ class FewShotDetector(BaseEstimator):
             threshold method stays ``config.threshold.method``: with ``auto`` it is used when
             unlabelled rows are given and the support has no anomaly labels. ``None``: as in
             ``config``.
+        verbose: show progress while fitting (adaptation; distillation steps and fidelity).
 
     Attributes (after ``fit``):
         threshold_: decision threshold of the scorer in use.
@@ -114,6 +174,13 @@ class FewShotDetector(BaseEstimator):
         scorer_: the :class:`DeployedScorer` used by ``decision_function`` (student if distilled).
         teacher_scorer_, student_scorer_: both detectors (``student_scorer_`` may be ``None``).
         report_: sizes, parameter counts, timings, fidelity and thresholds.
+        n_features_in_: the number of feature columns.
+        feature_names_in_: the column names, when ``X`` was a DataFrame with string column
+            names (scikit-learn's convention); ``decision_function`` then matches a
+            DataFrame's columns by name.
+        input_columns_: the named columns of the raw files this detector reads, saved with it
+            for ``metakd score`` (``feature_names_in_``'s names, or ``None``; ``metakd adapt``
+            sets the raw series' columns for a teacher of windowed series).
     """
 
     def __init__(
@@ -122,10 +189,20 @@ class FewShotDetector(BaseEstimator):
         *,
         config: AdaptConfig | None = None,
         contamination: float | None = None,
+        verbose: bool = False,
     ) -> None:
         self.teacher = teacher
         self.config = config
         self.contamination = contamination
+        self.verbose = verbose
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False  # y is optional: all rows normal by default
+        # Labels are binary (0 normal, 1 anomaly; -1 unlabelled), never multi-class: scikit-learn's
+        # estimator checks then pass two classes. It is not a classifier (no classifier checks).
+        tags.classifier_tags = ClassifierTags(multi_class=False)
+        return tags
 
     def _resolved_config(self) -> AdaptConfig:
         """``config`` (or the defaults) with ``contamination`` applied."""
@@ -156,14 +233,41 @@ class FewShotDetector(BaseEstimator):
         leave-one-out scores (a row in the teacher's reference is not compared with itself),
         which can differ from ``decision_function(X)`` for teachers with a reference.
         """
+        prepared = self._prepare(X, y, unlabeled)
+        with progress_bar(enabled=self.verbose) as bar:
+            job = bar.add_task("adapt teacher", total=1, info=f"{len(prepared.xs)} support rows")
+            setup = _InnerSetup.of(prepared.bundle, prepared.cfg, prepared.labels)
+            params = setup.run(prepared.xs, prepared.labels, prepared.xr)
+            bar.update(job, completed=1, info=f"{setup.inner.steps} inner steps")
+        return self._finish(prepared, setup, params)
+
+    def _prepare(
+        self,
+        X: np.ndarray | Tensor,
+        y: np.ndarray | Tensor | None,
+        unlabeled: np.ndarray | Tensor | None,
+    ) -> _Prepared:
+        """Check the inputs and fit the preprocessing: one domain, ready for the inner loop."""
         bundle = (
             self.teacher
             if isinstance(self.teacher, TeacherBundle)
             else TeacherBundle.load(self.teacher)
         )
         cfg = self._resolved_config()
+        names = _column_names(X)
+        if names is not None:
+            # scikit-learn's convention: a DataFrame's columns are remembered, and checked by name
+            # in decision_function; saved with the detector, so `metakd score` matches them too.
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+            unlabeled = _by_name(unlabeled, names, "unlabeled")
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_  # a refit on plain arrays: names of an earlier fit
+        self.input_columns_ = names
         support, labels, pool, in_support = _check_inputs(X, y, unlabeled)
-        timings: dict[str, float] = {}
+        self.n_features_in_ = int(support.shape[1])
+        device = torch.device(resolve_device(cfg.device))
+        support, labels = support.to(device), labels.to(device)
+        pool = None if pool is None else pool.to(device)
         tick = time.perf_counter()
         # A bounded, seeded subsample of a large pool is the teacher's reference (its profile's
         # density reference and its embedding's pool neighbours): adapting and scoring then cost
@@ -178,17 +282,26 @@ class FewShotDetector(BaseEstimator):
         xs = preprocess(support)
         xp = preprocess(pool) if pool is not None else None
         xr = xp if reference_pool is pool else preprocess(reference_pool)
-        adapted = _adapt_teacher(bundle, cfg, xs, labels, xp, xr, kept)
-        timings["adapt_seconds"] = time.perf_counter() - tick
+        return _Prepared(
+            bundle, cfg, preprocess, support, labels, pool, in_support, xs, xp, xr, kept, tick
+        )
+
+    def _finish(
+        self, prepared: _Prepared, setup: _InnerSetup, params: StackParams
+    ) -> FewShotDetector:
+        """From the adapted parameters: the teacher's reference and threshold, then the student."""
+        p = prepared
+        bundle, cfg, preprocess = p.bundle, p.cfg, p.preprocess
+        support, labels, pool, in_support = p.support, p.labels, p.pool, p.in_support
+        xs, xp, device = p.xs, p.xp, p.support.device
+        adapted = setup.complete(params, xs, labels, xp, p.xr, p.kept)
+        timings: dict[str, float] = {"adapt_seconds": time.perf_counter() - p.started}
 
         teacher_net = LogitScorer(adapted.teacher)
-        fitted_support = adapted.support_scores.numpy()
-        fitted_pool = None if adapted.pool_scores is None else adapted.pool_scores.numpy()
+        fitted_support = adapted.support_scores.cpu().numpy()
+        fitted_pool = None if adapted.pool_scores is None else adapted.pool_scores.cpu().numpy()
         t_threshold, method = calibrate_threshold(
-            adapted.support_scores.numpy(),
-            labels.numpy(),
-            None if adapted.pool_scores is None else adapted.pool_scores.numpy(),
-            cfg.threshold,
+            fitted_support, labels.cpu().numpy(), fitted_pool, cfg.threshold
         )
         self.teacher_scorer_ = DeployedScorer(preprocess, teacher_net, t_threshold).eval()
         self.student_scorer_: DeployedScorer | None = None
@@ -208,24 +321,33 @@ class FewShotDetector(BaseEstimator):
                 teacher_is_logit=adapted.teacher.score_is_logit,
                 teacher_skip=adapted.teacher.input_skip,
             )
-            result = distill(
-                # Row blocks: distillation labels tens of thousands of rows at once.
-                lambda x: torch.cat([teacher_net(b) for b in x.split(SCORE_BLOCK_ROWS)]),
-                xs,
-                labels,
-                xp,
-                teacher_threshold=t_threshold,
-                config=dataclasses.replace(cfg.distill, student=student_config),
-                seed=cfg.seed,
-                support_scores=adapted.support_scores,
-                pool_scores=adapted.pool_scores,
-            )
+            with progress_bar(enabled=self.verbose) as bar:
+                job = bar.add_task("distil student", total=cfg.distill.steps, info="")
+                result = distill(
+                    # Row blocks: distillation labels tens of thousands of rows at once.
+                    lambda x: torch.cat([teacher_net(b) for b in x.split(SCORE_BLOCK_ROWS)]),
+                    xs,
+                    labels,
+                    xp,
+                    teacher_threshold=t_threshold,
+                    config=dataclasses.replace(cfg.distill, student=student_config),
+                    seed=cfg.seed,
+                    support_scores=adapted.support_scores,
+                    pool_scores=adapted.pool_scores,
+                    on_eval=lambda step, _loss, fidelity: bar.update(
+                        job, completed=step, info=f"fidelity {fidelity:.3f}"
+                    ),
+                )
+                # Early stopping ends before the budget: the bar shows the steps taken.
+                bar.update(job, total=result.steps, completed=result.steps)
             timings["distill_seconds"] = time.perf_counter() - tick
             student_net = ScoreHead(result.student)
             with torch.no_grad():
-                s_support = student_net(xs).numpy()
-                s_pool = student_net(xp).numpy() if xp is not None else None
-            s_threshold, _ = calibrate_threshold(s_support, labels.numpy(), s_pool, cfg.threshold)
+                s_support = student_net(xs).cpu().numpy()
+                s_pool = student_net(xp).cpu().numpy() if xp is not None else None
+            s_threshold, _ = calibrate_threshold(
+                s_support, labels.cpu().numpy(), s_pool, cfg.threshold
+            )
             fitted_support, fitted_pool = s_support, s_pool
             self.student_scorer_ = DeployedScorer(preprocess, student_net, s_threshold).eval()
             self._student_config = student_config
@@ -238,6 +360,14 @@ class FewShotDetector(BaseEstimator):
                 "distill_history": result.history,
             }
         report["timings"] = timings
+        report["device"] = str(device)
+        # Fitted detectors live on the CPU whatever device fitted them: saved files and
+        # decision_function then behave alike everywhere (`metakd score --device` moves one).
+        self.teacher_scorer_ = self.teacher_scorer_.cpu()
+        if self.student_scorer_ is not None:
+            self.student_scorer_ = self.student_scorer_.cpu()
+            self._student = self._student.cpu()
+        adapted.teacher.cpu()
         self._bundle = bundle
         self._teacher = adapted.teacher
         self.scorer_ = self.student_scorer_ or self.teacher_scorer_
@@ -274,14 +404,15 @@ class FewShotDetector(BaseEstimator):
         expected = bundle.teacher.input_dim - bundle.teacher.profile_width
         kind = bundle.alignment.kind
         if kind == "none" and d != expected:
-            raise MetakdError(f"the data has {d} features but the teacher takes {expected}")
+            raise InputError(f"the data has {d} features but the teacher takes {expected}")
         if kind == "pad" and d > expected:
-            raise MetakdError(
+            raise InputError(
                 f"the data has {d} features, more than the teacher's padded width {expected}"
             )
         rows = support if pool is None else torch.cat([support, pool])
         scaler = Scaler.fit(rows, bundle.scaling)
-        projection = align_features(torch.eye(d), bundle.alignment) if kind != "none" else None
+        eye = torch.eye(d, device=support.device)
+        projection = align_features(eye, bundle.alignment) if kind != "none" else None
         clip = bundle.scaling.clip if bundle.scaling.clip is not None else float("inf")
         profile = None
         profile_config = bundle.model.input_profile()
@@ -294,7 +425,22 @@ class FewShotDetector(BaseEstimator):
         )
 
     def decision_function(self, X: np.ndarray | Tensor) -> np.ndarray:
-        """Anomaly scores ``[N]`` (higher = more anomalous) from the student (or teacher)."""
+        """Anomaly scores ``[N]`` (higher = more anomalous) from the student (or teacher).
+
+        A DataFrame's columns are matched by name to those the detector was fitted on (when it
+        was fitted on a DataFrame): reordered, or an error naming a missing or unknown column.
+        """
+        check_is_fitted(self, "scorer_")  # scikit-learn's NotFittedError before fit
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None:
+            X = _by_name(X, [str(n) for n in names], "data")
+        shape = np.shape(X)
+        if len(shape) == 2 and shape[1] != self.n_features_in_:
+            # scikit-learn's wording for a width other than the fitted one.
+            raise InputError(
+                f"X has {shape[1]} features, but FewShotDetector is expecting "
+                f"{self.n_features_in_} features as input"
+            )
         return decision_scores(self.scorer_, X)
 
     def predict(self, X: np.ndarray | Tensor) -> np.ndarray:
@@ -308,6 +454,7 @@ class FewShotDetector(BaseEstimator):
         ``linear`` min-max scales the scores by ``decision_scores_``'s range, ``unify``
         applies the Gaussian CDF of their standardised values (Kriegel et al. 2011); both
         clipped to ``[0, 1]``. Needs ``decision_scores_`` (not restored by :meth:`load`)."""
+        check_is_fitted(self, "scorer_")
         train = getattr(self, "decision_scores_", None)
         if train is None:
             raise MetakdError(
@@ -324,7 +471,7 @@ class FewShotDetector(BaseEstimator):
             z = (scores - float(train.mean())) / ((std if std > 0 else 1.0) * np.sqrt(2.0))
             anomaly = torch.erf(torch.from_numpy(z)).numpy()
         else:
-            raise MetakdError(f"predict_proba: method must be 'linear' or 'unify', got {method!r}")
+            raise InputError(f"predict_proba: method must be 'linear' or 'unify', got {method!r}")
         anomaly = anomaly.clip(0.0, 1.0)
         return np.stack([1.0 - anomaly, anomaly], axis=1)
 
@@ -349,7 +496,7 @@ class FewShotDetector(BaseEstimator):
             net="teacher",
             spec={"model": configio.to_dict(self._bundle.model), "input_dim": teacher.input_dim},
             state=teacher.state_dict(),
-            info={"teacher_checkpoint": self._bundle.path, "window": self._bundle.window},
+            info=self._info(),
         )
         if self.student_scorer_ is not None:
             student = self._student
@@ -363,7 +510,7 @@ class FewShotDetector(BaseEstimator):
                     "input_dim": teacher.input_dim,
                 },
                 state=student.state_dict(),
-                info={"teacher_checkpoint": self._bundle.path, "window": self._bundle.window},
+                info=self._info(),
             )
             paths["torchscript"] = out_dir / "student.torchscript.pt"
             export_torchscript(self.student_scorer_, paths["torchscript"])
@@ -379,6 +526,21 @@ class FewShotDetector(BaseEstimator):
                 onnx_path.unlink(missing_ok=True)  # an earlier student's, not this one's
                 warn_onnx_unavailable()
         return paths
+
+    def _info(self) -> dict[str, Any]:
+        """What a saved detector carries besides its weights: where it came from, and how raw
+        files become its input rows (columns, windows), so `metakd score` reads them alike."""
+        read = self._resolved_config().read
+        schema = InputSchema(
+            columns=self.input_columns_,
+            label_column=read.label_column,
+            ignore_columns=list(read.ignore_columns),
+        )
+        return {
+            "teacher_checkpoint": self._bundle.path,
+            "window": self._bundle.window,
+            "input": dataclasses.asdict(schema),
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> FewShotDetector:
@@ -410,7 +572,32 @@ class FewShotDetector(BaseEstimator):
             detector.teacher_scorer_ = scorer
         detector.scorer_ = scorer
         detector.threshold_ = scorer.threshold
+        detector.n_features_in_ = scorer.preprocess.input_dim
+        detector.input_columns_ = load_input_schema(main).columns
+        if detector.input_columns_ is not None and load_detector_window(main) is None:
+            detector.feature_names_in_ = np.asarray(detector.input_columns_, dtype=object)
         return detector
+
+
+def _samples(n: int) -> str:
+    return f"{n} sample" if n == 1 else f"{n} samples"
+
+
+def _column_names(X: Any) -> list[str] | None:
+    """A DataFrame's column names when they are all strings (scikit-learn's rule), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None:
+        return None
+    names = list(columns)
+    return names if all(isinstance(n, str) for n in names) else None
+
+
+def _by_name(X: Any, names: list[str], what: str) -> Any:
+    """``X``'s columns in the order ``names`` when ``X`` is a DataFrame (else ``X``)."""
+    found = _column_names(X)
+    if found is None:
+        return X
+    return X[match_columns(found, names, what)]
 
 
 def _check_inputs(
@@ -422,7 +609,7 @@ def _check_inputs(
     rows = _as_rows("support", X)
     labels = torch.zeros(rows.shape[0]) if y is None else _as_labels(y)
     if labels.shape != (rows.shape[0],):
-        raise MetakdError(
+        raise InputError(
             f"support labels: expected {rows.shape[0]} labels, got shape {tuple(labels.shape)}"
         )
     unlabelled = torch.isnan(labels) | (labels == -1)
@@ -433,7 +620,7 @@ def _check_inputs(
         if unlabeled is not None:
             given = _as_rows("unlabeled", unlabeled)
             if given.shape[1] != extra.shape[1]:
-                raise MetakdError(
+                raise InputError(
                     f"unlabeled rows have {given.shape[1]} features but the support has "
                     f"{extra.shape[1]}"
                 )
@@ -441,18 +628,21 @@ def _check_inputs(
         unlabeled = extra
     bad = sorted(set(labels.unique().tolist()) - {0.0, 1.0})
     if bad:
-        raise MetakdError(f"support labels must be 0 (normal) or 1 (anomaly); found {bad[0]:g}")
+        raise InputError(f"support labels must be 0 (normal) or 1 (anomaly); found {bad[0]:g}")
     if not (labels == 0).any():
-        raise MetakdError("support: at least one normal row (label 0) is needed")
+        raise InputError(
+            f"support: at least one normal row (label 0) is needed; got {_samples(len(labels))}, "
+            "none labelled 0"
+        )
     pool = _as_rows("unlabeled", unlabeled) if unlabeled is not None else None
     if pool is None and int((labels == 0).sum()) < MIN_NORMALS_WITHOUT_POOL:
-        raise MetakdError(
-            f"support: {int((labels == 0).sum())} normal row and no unlabelled rows; "
+        raise InputError(
+            f"support: {_samples(int((labels == 0).sum()))} labelled normal and no unlabelled rows; "
             f"calibrating a threshold needs at least {MIN_NORMALS_WITHOUT_POOL} normal rows "
             f"({MIN_THRESHOLD_ROWS} or more recommended) or an unlabelled pool (--unlabeled)"
         )
     if pool is not None and pool.shape[1] != support.shape[1]:
-        raise MetakdError(
+        raise InputError(
             f"unlabeled rows have {pool.shape[1]} features but the support has {support.shape[1]}"
         )
     return support, labels, pool, in_support
@@ -469,72 +659,193 @@ class _Adapted:
     pool_scores: Tensor | None
 
 
-def _adapt_teacher(
-    bundle: TeacherBundle,
-    cfg: AdaptConfig,
-    xs: Tensor,
-    labels: Tensor,
-    xp: Tensor | None,
-    xr: Tensor | None,
-    kept: Tensor | None,
-) -> _Adapted:
-    """Adapt a copy of the bundle's teacher to preprocessed support rows ``xs`` with the one
-    inner loop; ``xp``: every pool row, ``xr``: the reference rows among them (``kept``)."""
-    inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
-    teacher = copy.deepcopy(bundle.teacher)
-    loss = inner_loss_fn(
-        inner.loss,
-        has_anomalies=bool((labels == 1).any()),
-        score_is_logit=teacher.score_is_logit,
-    )
-    # Clones: the teacher's weights are overwritten below, and the adapted parameters refer
-    # to these tensors.
-    params = StackParams.from_layers(
-        [
-            (
-                layer.weight.detach().clone(),
-                None if layer.bias is None else layer.bias.detach().clone(),
+@dataclass
+class _Prepared:
+    """One domain's checked inputs and fitted preprocessing, ready for the inner loop: the raw
+    ``support``, ``labels`` and ``pool`` rows (on the fitting device), ``in_support`` (which rows
+    of ``X`` are support rows), and the preprocessed support ``xs``, pool ``xp`` and reference
+    rows ``xr`` (the pool rows ``kept`` as the teacher's reference)."""
+
+    bundle: TeacherBundle
+    cfg: AdaptConfig
+    preprocess: Preprocessor
+    support: Tensor
+    labels: Tensor
+    pool: Tensor | None
+    in_support: np.ndarray
+    xs: Tensor
+    xp: Tensor | None
+    xr: Tensor | None
+    kept: Tensor | None
+    started: float
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Domains with equal keys adapt in one batched call (:func:`fit_many`)."""
+        return (
+            tuple(self.xs.shape),
+            None if self.xr is None else tuple(self.xr.shape),
+            bool((self.labels == 1).any()),  # which inner loss applies
+            str(self.xs.device),
+        )
+
+
+@dataclass
+class _InnerSetup:
+    """The inner loop's settings for a teacher: its (adapt-overridden) inner config, a copy of
+    the teacher on the fitting device, the loss, the starting parameters and the plan."""
+
+    inner: InnerConfig
+    teacher: Teacher
+    loss: LossFn
+    params: StackParams
+    plan: AdaptationPlan
+    pool: PoolTerm | None
+
+    @staticmethod
+    def of(bundle: TeacherBundle, cfg: AdaptConfig, labels: Tensor) -> _InnerSetup:
+        inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
+        teacher = copy.deepcopy(bundle.teacher).to(labels.device)
+        loss = inner_loss_fn(
+            inner.loss,
+            has_anomalies=bool((labels == 1).any()),
+            score_is_logit=teacher.score_is_logit,
+        )
+        # Clones: the adapted parameters refer to these tensors, and each domain's teacher
+        # copy is overwritten with its own adapted weights.
+        params = StackParams.from_layers(
+            [
+                (
+                    layer.weight.detach().clone(),
+                    None if layer.bias is None else layer.bias.detach().clone(),
+                )
+                for layer in teacher.linear_layers()
+            ]
+        )
+        # Meta-SGD's learned rates, unless the step size is overridden.
+        plan = AdaptationPlan.of(teacher, inner, [] if "lr" in cfg.inner else bundle.rates)
+        return _InnerSetup(inner, teacher, loss, params, plan, inner.pool_term())
+
+    def run(self, xs: Tensor, labels: Tensor, xr: Tensor | None) -> StackParams:
+        """The one inner loop on one domain's preprocessed support ``xs [n, D]`` (and reference
+        pool rows ``xr [m, D]``); under ``torch.func.vmap`` on a batch of domains."""
+        adapted, _ = adapt(
+            self.params,
+            xs,
+            labels,
+            teacher=self.teacher,
+            loss=self.loss,
+            steps=self.inner.steps,
+            lr=self.plan.lr,
+            first_order=True,  # no meta-gradient is needed here
+            layers=self.plan.layers,
+            pool_x=xr,
+            pool=self.pool,
+        )
+        return adapted
+
+    def run_batch(self, domains: list[_Prepared]) -> list[StackParams]:
+        """:meth:`run` on domains of one :meth:`_Prepared.batch_key`, batched with
+        ``torch.func.vmap`` as meta-training batches tasks (the weights unbatched)."""
+        if len(domains) == 1:
+            return [self.run(domains[0].xs, domains[0].labels, domains[0].xr)]
+        xs = torch.stack([d.xs for d in domains])
+        ys = torch.stack([d.labels for d in domains])
+        xr = (
+            None
+            if domains[0].xr is None
+            else torch.stack([d.xr for d in domains if d.xr is not None])
+        )
+        batched = torch.func.vmap(self.run, in_dims=(0, 0, None if xr is None else 0))(xs, ys, xr)
+        return [_unbatch(batched, i) for i in range(len(domains))]
+
+    def complete(
+        self,
+        adapted: StackParams,
+        xs: Tensor,
+        labels: Tensor,
+        xp: Tensor | None,
+        xr: Tensor | None,
+        kept: Tensor | None,
+    ) -> _Adapted:
+        """A teacher holding one domain's adapted parameters and reference, with its
+        leave-one-out scores of the support and pool rows ``xp`` (``xr``: those in the
+        reference, ``kept``)."""
+        teacher = copy.deepcopy(self.teacher)
+        with torch.no_grad():
+            # The reference to store, and the support's and pool's own scores, leave-one-out:
+            # what the threshold and the student's targets are fitted on (a row in the reference
+            # is not its own neighbour).
+            reference, support_raw, pool_raw = reference_scores(
+                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xr
             )
-            for layer in teacher.linear_layers()
-        ]
+            teacher.load_stack(adapted)
+            teacher.store_reference(reference)
+            teacher.eval()
+            if xr is not xp and xp is not None and pool_raw is not None:
+                # Rows outside the reference are new to it and scored as new rows; rows inside
+                # it keep their leave-one-out scores from above.
+                in_reference = pool_raw
+                pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
+                pool_raw[kept] = in_reference
+            return _Adapted(
+                teacher=teacher,
+                inner=self.inner,
+                support_scores=score_logits(teacher, support_raw),
+                pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
+            )
+
+
+def _unbatch(params: StackParams, i: int) -> StackParams:
+    """Domain ``i``'s parameters from a batched :class:`StackParams` (unbatched leaves, the
+    shared weights, come back from ``vmap`` expanded: all are indexed alike)."""
+    return StackParams(
+        weights=tuple(w[i] for w in params.weights),
+        biases=tuple(None if b is None else b[i] for b in params.biases),
+        factors=tuple(tuple((h[i], g[i]) for h, g in layer) for layer in params.factors),
     )
-    # Meta-SGD's learned rates, unless the step size is overridden.
-    plan = AdaptationPlan.of(teacher, inner, [] if "lr" in cfg.inner else bundle.rates)
-    adapted, _ = adapt(
-        params,
-        xs,
-        labels,
-        teacher=teacher,
-        loss=loss,
-        steps=inner.steps,
-        lr=plan.lr,
-        first_order=True,  # no meta-gradient is needed here
-        layers=plan.layers,
-        pool_x=xr,
-        pool=inner.pool_term(),
-    )
-    with torch.no_grad():
-        # The reference to store, and the support's and pool's own scores, leave-one-out:
-        # what the threshold and the student's targets are fitted on (a row in the reference
-        # is not its own neighbour).
-        reference, support_raw, pool_raw = reference_scores(
-            adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xr
-        )
-        teacher.load_stack(adapted)
-        teacher.store_reference(reference)
-        teacher.eval()
-        if xr is not xp and xp is not None and pool_raw is not None:
-            # Rows outside the reference are new to it and scored as new rows; rows inside
-            # it keep their leave-one-out scores from above.
-            in_reference = pool_raw
-            pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
-            pool_raw[kept] = in_reference
-        return _Adapted(
-            teacher=teacher,
-            inner=inner,
-            support_scores=score_logits(teacher, support_raw),
-            pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
-        )
+
+
+def fit_many(
+    detectors: Sequence[FewShotDetector],
+    data: Sequence[tuple[Any, Any, Any]],
+    *,
+    on_fitted: Callable[[int], None] | None = None,
+) -> list[FewShotDetector | MetakdError]:
+    """Fit each detector on its domain's ``(X, y, unlabeled)``, as :meth:`FewShotDetector.fit`
+    does, adapting the teacher on domains of the same shapes (support rows, reference pool rows,
+    with or without anomalies) in one batched inner loop (``torch.func.vmap``, the path of
+    meta-training). Results equal separate fits to float rounding.
+
+    Returns:
+        Per domain, in order, the fitted detector or the :class:`MetakdError` that stopped it
+        (bad rows, too few normals, ...): one domain's failure does not stop the others.
+        ``on_fitted(i)`` is called as domain ``i`` finishes (progress).
+    """
+    results: list[FewShotDetector | MetakdError] = []
+    prepared: dict[int, _Prepared] = {}
+    for i, (detector, (X, y, unlabeled)) in enumerate(zip(detectors, data, strict=True)):
+        try:
+            prepared[i] = detector._prepare(X, y, unlabeled)
+            results.append(detector)
+        except MetakdError as err:
+            results.append(err)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, p in prepared.items():
+        # The same teacher, inner settings and shapes: one inner loop serves them all.
+        key = (id(p.bundle), json.dumps(p.cfg.inner, sort_keys=True), *p.batch_key())
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        first = prepared[members[0]]
+        setup = _InnerSetup.of(first.bundle, first.cfg, first.labels)
+        params = setup.run_batch([prepared[i] for i in members])
+        for i, adapted in zip(members, params, strict=True):
+            try:
+                detectors[i]._finish(prepared[i], setup, adapted)
+            except MetakdError as err:
+                results[i] = err
+            if on_fitted is not None:
+                on_fitted(i)
+    return results
 
 
 def decision_scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
@@ -542,12 +853,14 @@ def decision_scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarra
     infinite score is an error, never a row called normal."""
     x = _as_rows("data", X)
     if x.shape[1] != scorer.preprocess.input_dim:
-        raise MetakdError(
+        raise InputError(
             f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}"
         )
     with torch.no_grad():
         # Row blocks: a reference head's distance matrix is block x reference, never N x reference.
-        scores = torch.cat([scorer(block) for block in x.split(SCORE_BLOCK_ROWS)]).numpy()
+        device = scorer.preprocess.center.device  # where the scorer was moved (score --device)
+        blocks = x.split(SCORE_BLOCK_ROWS)
+        scores = torch.cat([scorer(block.to(device)).cpu() for block in blocks]).numpy()
     bad = ~np.isfinite(scores)
     if bad.any():
         # A NaN compares as "not above the threshold": it would silently pass as normal.

@@ -148,7 +148,7 @@ class DistillResult:
 
 def _normaliser(values: Tensor) -> tuple[float, float]:
     median = float(values.median())
-    q75, q25 = (float(v) for v in torch.quantile(values, torch.tensor([0.75, 0.25])))
+    q75, q25 = (float(v) for v in torch.quantile(values, values.new_tensor([0.75, 0.25])))
     return median, max(q75 - q25, 1e-6)
 
 
@@ -163,6 +163,7 @@ def distill(
     seed: int,
     support_scores: Tensor | None = None,
     pool_scores: Tensor | None = None,
+    on_eval: Callable[[int, float, float], None] | None = None,
 ) -> DistillResult:
     """Train a student to reproduce ``teacher`` on one task.
 
@@ -177,6 +178,7 @@ def distill(
             rows themselves, when they differ from ``teacher`` on those rows: a teacher whose
             reference holds these rows scores them leave-one-out (a row is not its own
             neighbour), as it would score a new row there. Default: ``teacher`` of the rows.
+        on_eval: called with ``(step, loss, fidelity)`` at every fidelity check (progress).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -222,7 +224,7 @@ def distill(
     fidelity_x = torch.cat([fidelity_x, noisy_x])
     z_fidelity = torch.cat([z_fidelity, target(noisy_x)])
 
-    student = build_student(train_x.shape[1], config.student)
+    student = build_student(train_x.shape[1], config.student).to(train_x.device)
     # foreach: one fused update over the student's few tensors; per-tensor Python overhead is
     # most of a step's cost for a network this small.
     optimiser = torch.optim.Adam(
@@ -261,6 +263,8 @@ def distill(
         if step % config.eval_every == 0 or step == config.steps:
             fidelity = _fidelity(student, fidelity_x, z_fidelity)
             history.append({"step": step, "loss": loss.item(), "fidelity": fidelity})
+            if on_eval is not None:
+                on_eval(step, history[-1]["loss"], fidelity)
             if fidelity > best_fidelity + config.min_delta:
                 best_state, best_fidelity, stale = copy.deepcopy(student.state_dict()), fidelity, 0
             else:
@@ -296,14 +300,15 @@ def _augment(
         partner = x[torch.randint(x.shape[0], (n,), generator=gen)]
         # torch.distributions samplers take no generator; draw Beta(a, a) from a seeded numpy rng.
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-        lam = torch.from_numpy(rng.beta(mixup_alpha, mixup_alpha, size=(n, 1))).to(x.dtype)
+        lam = torch.from_numpy(rng.beta(mixup_alpha, mixup_alpha, size=(n, 1))).to(x)
         lam = lam * (1.0 + 2.0 * extrapolation) - extrapolation
         out = lam * out + (1.0 - lam) * partner
     low, high = noise_std
     if high > 0:
-        u = torch.rand(n, 1, generator=gen, dtype=x.dtype)
+        # Drawn on the CPU generator, then moved: the same rows on every device.
+        u = torch.rand(n, 1, generator=gen, dtype=x.dtype).to(x.device)
         std = low * (high / low) ** u
-        out = out + std * torch.randn(out.shape, generator=gen, dtype=x.dtype)
+        out = out + std * torch.randn(out.shape, generator=gen, dtype=x.dtype).to(x.device)
     return out
 
 
@@ -312,5 +317,5 @@ def _fidelity(student: nn.Module, x: Tensor, z: Tensor) -> float:
         s = student(x).squeeze(-1)
     if x.shape[0] < 3 or float(z.std()) == 0.0:
         return float("nan")
-    rho = spearmanr(s.numpy(), z.numpy()).statistic
+    rho = spearmanr(s.cpu().numpy(), z.cpu().numpy()).statistic
     return float(rho) if np.isfinite(rho) else 0.0

@@ -24,3 +24,8 @@ class DataError(MetakdError):
 class ConfigError(MetakdError, ValueError):
     """Bad configuration: unknown key, wrong type, invalid value or a combination of settings
     that cannot work together. Also a ``ValueError``, as invalid arguments are in Python APIs."""
+
+
+class InputError(MetakdError, ValueError):
+    """Bad arrays or labels passed to a Python API (empty, NaN, sparse, wrong shape or label).
+    A ``ValueError``, as scikit-learn and PyOD raise for invalid input."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from metakd import configio
 from metakd.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from metakd.data.readers import ReadOptions
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.data.windows import WindowConfig
 from metakd.errors import DataError, MetakdError
@@ -87,6 +89,54 @@ def windowing(window: dict[str, Any] | None, n_features: int) -> WindowConfig | 
     if window is None or n_features not in window.get("raw_widths", []):
         return None
     return configio.from_dict(WindowConfig, window["config"], prefix="window.")
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """How a detector reads raw files: the columns of the support file it was adapted on."""
+
+    columns: list[str] | None
+    """Feature columns in order, matched by name in new files; ``None`` when the support had no
+    column names (an ``.npz`` archive without ``feature_names``): columns are taken in order."""
+    label_column: str = "label"
+    """The label column, never a feature."""
+    ignore_columns: list[str] = field(default_factory=list)
+    """Columns that were not features (ids, timestamps); ignored in new files when present."""
+
+    def read_options(
+        self, *, label_column: str | None = None, ignore_columns: Sequence[str] = ()
+    ) -> ReadOptions:
+        """Options reading a file to score: labels ignored, the stored columns matched by name,
+        ``label_column`` (default: the stored one), ``ignore_columns`` (each must be in the
+        file) and the stored ignored columns (ignored where present)."""
+        label = self.label_column if label_column is None else label_column
+        columns = self.columns
+        clash = [c for c in [label, *ignore_columns] if columns is not None and c in columns]
+        if clash:
+            raise MetakdError(
+                f"column '{clash[0]}' is one of the model's features; it cannot be the label "
+                "column or ignored"
+            )
+        return ReadOptions(
+            label_column=label,
+            ignore_columns=[c for c in ignore_columns if c != label],
+            ignore_labels=True,
+            columns=None if columns is None else list(columns),
+            ignore_if_present=[c for c in self.ignore_columns if c != label],
+        )
+
+
+def load_input_schema(path: str | Path) -> InputSchema:
+    """The :class:`InputSchema` stored with a detector written by ``metakd adapt`` (detectors
+    written before schemas were kept: unnamed columns)."""
+    stored = load_checkpoint(path, "detector")["info"].get("input")
+    if stored is None:
+        return InputSchema(columns=None)
+    return InputSchema(
+        columns=None if stored["columns"] is None else [str(c) for c in stored["columns"]],
+        label_column=str(stored["label_column"]),
+        ignore_columns=[str(c) for c in stored["ignore_columns"]],
+    )
 
 
 def load_detector_window(path: str | Path) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ import json
 import math
 import netrc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -142,10 +143,20 @@ class Run:
         config: the resolved config as plain data.
         tracking: tracking settings.
         job_type: W&B job type, e.g. ``meta-train``.
+        history: ``metrics.jsonl`` lines of an interrupted run this one resumes, written first
+            (not sent to W&B again).
+        resume_id: the W&B run id of that run, continued rather than started anew.
     """
 
     def __init__(
-        self, out_dir: Path, *, config: dict[str, Any], tracking: TrackingConfig, job_type: str
+        self,
+        out_dir: Path,
+        *,
+        config: dict[str, Any],
+        tracking: TrackingConfig,
+        job_type: str,
+        history: Sequence[str] = (),
+        resume_id: str | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.mode = resolve_mode(tracking.mode)
@@ -156,6 +167,11 @@ class Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
         self._metrics = self.metrics_path.open("w")
+        self.lines: list[str] = list(history)
+        """Every metrics line logged so far (the resumed run's first), JSON without newline."""
+        if self.lines:
+            self._metrics.write("".join(line + "\n" for line in self.lines))
+            self._metrics.flush()
         self.wandb_run: Any = None
         if self.mode != "disabled":
             import wandb  # lazy: W&B costs start-up time and is only needed when tracking is on
@@ -176,12 +192,21 @@ class Run:
                 mode=self.mode,
                 job_type=job_type,
                 settings=wandb.Settings(silent=True, console="off"),
+                id=resume_id,
+                resume="allow" if resume_id is not None else None,
             )
+
+    @property
+    def wandb_id(self) -> str | None:
+        """The W&B run id (``None`` when W&B is off)."""
+        return None if self.wandb_run is None else str(self.wandb_run.id)
 
     def log(self, metrics: dict[str, Any], *, step: int) -> None:
         """Log scalar metrics at ``step`` to ``metrics.jsonl`` and W&B."""
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._metrics.write(json.dumps(record) + "\n")
+        line = json.dumps(record)
+        self.lines.append(line)
+        self._metrics.write(line + "\n")
         self._metrics.flush()
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)

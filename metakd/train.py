@@ -1,15 +1,21 @@
 """The meta-training loop behind ``metakd meta-train``: sampling, optimisation, validation, I/O.
 
-The math of one meta-batch lives in :mod:`metakd.meta.learners`; this module only drives it.
+The math of one meta-batch lives in :mod:`metakd.meta.learners`; this module only drives it,
+with exact resume (:mod:`metakd.resume`) and data-parallel ranks (:mod:`metakd.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,12 +27,14 @@ from metakd.config import TrainConfig
 from metakd.data.collection import TaskCollection, load_collection
 from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.distributed import ProcessGroup
 from metakd.episodes import EpisodeBatch, EpisodeConfig, EpisodeSampler
-from metakd.errors import DataError
+from metakd.errors import ConfigError, DataError
 from metakd.meta.learners import MetaLearner, MetaStats, learner_class
 from metakd.meta.losses import auroc
 from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import build_teacher
+from metakd.resume import RESUME_FILE, ResumeState
 from metakd.tracking import Run, progress_bar
 
 
@@ -34,7 +42,8 @@ from metakd.tracking import Run, progress_bar
 class TrainResult:
     """What a meta-training run produced."""
 
-    out_dir: Path
+    out_dir: Path | None
+    """The run folder (``None`` on the ranks of a distributed job other than 0)."""
     best_iteration: int
     best_val_auroc: float | None
     test_auroc: dict[str, float]
@@ -124,14 +133,171 @@ def build_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLear
     )
 
 
-def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> TrainResult:
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped meta-training at the end of an iteration, after it wrote its
+    resume checkpoint (``resume.pt``).
+
+    A ``KeyboardInterrupt``, so whatever handles Ctrl-C (run folders, tracking) handles it too.
+
+    Attributes:
+        iteration: the iterations done (the checkpoint's).
+        signum: the signal that asked to stop.
+    """
+
+    def __init__(self, iteration: int, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at iteration {iteration}")
+        self.iteration = iteration
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for death by this signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only ask the loop to stop (it does at the end of the
+    iteration, writing a checkpoint); a second signal raises ``KeyboardInterrupt`` at once.
+    Outside the main thread, where Python cannot set handlers, signals keep their defaults."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def resolve_streams(config: TrainConfig, world_size: int) -> int:
+    """The number of episode streams (``episode_streams``; null: one per rank).
+
+    Raises:
+        ConfigError: the meta-batch (or the streams) cannot be shared equally by ``world_size``
+            ranks, naming the key.
+    """
+    meta_batch = config.episode.meta_batch
+    if config.episode_streams is None:
+        if meta_batch % world_size:
+            raise ConfigError(
+                f"episode.meta_batch={meta_batch} is not divisible by the world size "
+                f"{world_size} (WORLD_SIZE): each rank takes an equal share of every meta-batch"
+            )
+        return world_size
+    if config.episode_streams % world_size:
+        raise ConfigError(
+            f"episode_streams={config.episode_streams} is not divisible by the world size "
+            f"{world_size} (WORLD_SIZE): each rank draws whole episode streams"
+        )
+    return config.episode_streams
+
+
+class EpisodeStreams:
+    """This rank's share of every meta-batch, drawn from independent episode streams.
+
+    With one stream (a single process, by default) each meta-batch is the sampler's next draw
+    from its one generator, as ever. With ``S`` streams, stream ``s`` draws ``meta_batch / S``
+    episodes at iteration ``t`` from a generator seeded with ``(seed, s, t)``: nothing to carry
+    between iterations or ranks, so each rank draws only its own streams (sampling is split, not
+    repeated) and the whole meta-batch, streams in order, is the same at any world size.
+
+    Args:
+        sampler: draws the episodes (its ``rng`` is replaced per stream with several streams).
+        seed: the run's seed.
+        streams: ``S`` (see :func:`resolve_streams`).
+        rank: this rank; world_size: the number of ranks, dividing ``S``.
+    """
+
+    def __init__(
+        self, sampler: EpisodeSampler, *, seed: int, streams: int, rank: int, world_size: int
+    ) -> None:
+        self.sampler = sampler
+        self.seed = seed
+        self.streams = streams
+        share = streams // world_size
+        self.owned = range(rank * share, (rank + 1) * share)
+        self.per_stream = sampler.config.meta_batch // streams
+
+    def sample(self, iteration: int) -> EpisodeBatch:
+        """This rank's episodes of iteration ``iteration`` (1-based)."""
+        if self.streams == 1:
+            return self.sampler.sample()
+        parts = []
+        for stream in self.owned:
+            self.sampler.rng = np.random.default_rng([self.seed, stream, iteration])
+            parts.append(self.sampler.sample(self.per_stream))
+        return stack_episodes(parts)
+
+
+_STEP_METRICS = ("outer_loss", "support_loss_before", "support_loss_after", "query_auroc")
+
+
+def meta_train(
+    config: TrainConfig,
+    *,
+    out_dir: Path | None,
+    progress: bool = True,
+    resume: ResumeState | None = None,
+    group: ProcessGroup | None = None,
+) -> TrainResult:
     """Meta-train a teacher, validating and keeping the best checkpoint.
 
     Writes ``out_dir/teacher.pt`` (best by meta-val few-shot AUROC), ``config.yaml`` and
-    ``metrics.jsonl``.
+    ``metrics.jsonl``; while it works also ``out_dir/resume.pt`` every ``checkpoint_every``
+    iterations (removed when it finishes). SIGINT and SIGTERM stop it at the end of the current
+    iteration: it writes ``resume.pt`` and raises :class:`TrainingInterrupted`.
+
+    Args:
+        config: the run.
+        out_dir: where the files go; ``None`` on the ranks of a distributed job other than 0,
+            which write nothing.
+        progress: show a progress bar.
+        resume: the state of an interrupted run of the same config to continue
+            (:meth:`~metakd.resume.ResumeState.check_config` says what may differ); the result
+            equals an uninterrupted run's.
+        group: the torch.distributed job this process is a rank of: each rank computes the
+            meta-gradient of its share of every meta-batch (:class:`EpisodeStreams`) and the
+            ranks average them before every step; every rank also validates (identically, so
+            they stay in step), rank 0 alone evaluates on the meta-test tasks.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM (on any rank) stopped the run.
+        DistributedError: another rank failed, died or timed out.
     """
+    with _StopSignals() as stop:
+        return _meta_train(
+            config, out_dir=out_dir, progress=progress, resume=resume, group=group, stop=stop
+        )
+
+
+def _meta_train(
+    config: TrainConfig,
+    *,
+    out_dir: Path | None,
+    progress: bool,
+    resume: ResumeState | None,
+    group: ProcessGroup | None,
+    stop: _StopSignals,
+) -> TrainResult:
     start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    world, rank = (1, 0) if group is None else (group.world_size, group.rank)
+    streams = resolve_streams(config, world)
+    if resume is not None:
+        resume.check_config(configio.to_dict(config), streams=streams)
+    device: torch.device | str = config.device if group is None else group.device(config.device)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     collection = load_collection(config.tasks, split=config.split, alignment=config.alignment)
     collection.check_alignment()
     alignment = collection.alignment
@@ -159,67 +325,92 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
         )
     probe = sampler.sample(1)
     input_dim = probe.support_x.shape[-1]
-    learner = build_learner(config, input_dim, seed=config.seed).to(config.device)
+    learner = build_learner(config, input_dim, seed=config.seed).to(device)
+    if group is not None:
+        group.broadcast_(list(learner.state_dict().values()))
     optimiser = torch.optim.Adam(
         learner.parameters(), lr=config.meta.meta_lr, weight_decay=config.meta.weight_decay
     )
+    episodes = EpisodeStreams(
+        sampler, seed=config.seed, streams=streams, rank=rank, world_size=world
+    )
     resolved = configio.to_dict(config) | {"alignment": configio.to_dict(alignment)}
-    atomic_write_text(out_dir / "config.yaml", configio.dump_yaml(config))
+    if out_dir is not None:
+        atomic_write_text(out_dir / "config.yaml", configio.dump_yaml(config))
 
     best_state = copy.deepcopy(learner.state_dict())
     best_auroc: float | None = None
     best_iteration = 0
+    skipped = 0  # outer steps skipped for a non-finite meta-gradient
+    done = 0  # iterations done before this session (resume)
+    seconds_before = 0.0
+    if resume is not None:
+        learner.load_state_dict(resume.learner)
+        optimiser.load_state_dict(resume.optimiser)
+        if resume.sampler_rng is not None:
+            sampler.rng.bit_generator.state = resume.sampler_rng
+        resume.restore_global_rngs()
+        best_state, best_auroc, best_iteration = (
+            resume.best_state,
+            resume.best_val_auroc,
+            resume.best_iteration,
+        )
+        skipped, done, seconds_before = resume.skipped, resume.iteration, resume.seconds
+        if out_dir is not None and best_auroc is not None:
+            # teacher.pt of the staging folder may be from past the checkpoint: rewrite it.
+            current = copy.deepcopy(learner.state_dict())
+            learner.load_state_dict(best_state)
+            _save(
+                out_dir / "teacher.pt",
+                learner,
+                config,
+                alignment,
+                collection,
+                best_iteration,
+                best_auroc,
+            )
+            learner.load_state_dict(current)
 
     def validate(iteration: int, metrics: dict[str, float | Tensor]) -> None:
         """Meta-val AUROC into ``metrics``; a new best is kept in memory and saved."""
         nonlocal best_auroc, best_iteration, best_state
         assert val_batch is not None
-        val = float(np.mean(list(few_shot_auroc(learner, val_batch.to(config.device)).values())))
+        val = float(np.mean(list(few_shot_auroc(learner, val_batch.to(device)).values())))
         metrics["val_auroc"] = val
         if best_auroc is None or val > best_auroc:
             best_auroc, best_iteration = val, iteration
             best_state = copy.deepcopy(learner.state_dict())
-            _save(out_dir / "teacher.pt", learner, config, alignment, collection, iteration, val)
+            if out_dir is not None:
+                _save(
+                    out_dir / "teacher.pt", learner, config, alignment, collection, iteration, val
+                )
             metrics["best_val_auroc"] = val
 
-    skipped = 0  # outer steps skipped for a non-finite meta-gradient
-    with Run(out_dir, config=resolved, tracking=config.tracking, job_type="meta-train") as run:
-        if val_batch is not None:
-            # The initialisation is a candidate too: where meta-training never beats it on the
-            # meta-val tasks, the teacher stays at iteration 0 instead of the least bad iterate.
-            initial: dict[str, float | Tensor] = {}
-            validate(0, initial)
-            run.log(initial, step=0)
-        bar = progress_bar(enabled=progress)
-        with bar:
-            job = bar.add_task("meta-train", total=config.iterations, info="")
-            for iteration in range(1, config.iterations + 1):
-                tick = time.perf_counter()
-                batch = sampler.sample().to(config.device)
-                stats, stepped = _meta_step(
-                    learner, optimiser, batch, grad_clip=config.meta.grad_clip
-                )
-                skipped += not stepped
-                elapsed = time.perf_counter() - tick
-                metrics = {
-                    "outer_loss": stats.outer_loss.mean(),
-                    "support_loss_before": stats.support_loss_before.mean(),
-                    "support_loss_after": stats.support_loss_after.mean(),
-                    "query_auroc": auroc(stats.query_scores.detach(), batch.query_y).mean(),
-                    "inner_lr": _mean_inner_lr(learner),
-                    "meta_lr": optimiser.param_groups[0]["lr"],
-                    "tasks_per_second": batch.support_x.shape[0] / elapsed,
-                    "skipped_steps": skipped,
-                }
-                if val_batch is not None and (
-                    iteration % config.val_every == 0 or iteration == config.iterations
-                ):
-                    validate(iteration, metrics)
-                run.log(metrics, step=iteration)
-                info = f"loss {metrics['outer_loss']:.3f}"
-                if best_auroc is not None:
-                    info += f" · best val AUROC {best_auroc:.3f}"
-                bar.update(job, advance=1, info=info)
+    def checkpoint(iteration: int, run: Run) -> None:
+        """Write everything the next iteration needs to ``resume.pt``."""
+        assert out_dir is not None
+        ResumeState(
+            config=configio.to_dict(config),
+            streams=streams,
+            iteration=iteration,
+            learner=learner.state_dict(),
+            optimiser=optimiser.state_dict(),
+            sampler_rng=dict(sampler.rng.bit_generator.state) if streams == 1 else None,
+            torch_rng=torch.get_rng_state(),
+            python_rng=random.getstate(),
+            skipped=skipped,
+            best_iteration=best_iteration,
+            best_val_auroc=best_auroc,
+            best_state=best_state,
+            metrics=list(run.lines),
+            seconds=seconds_before + time.perf_counter() - start,
+            wandb_id=run.wandb_id,
+        ).save(out_dir / RESUME_FILE)
+
+    def finish(run: Run) -> tuple[EpisodeBatch | None, dict[str, float], float]:
+        """Rank 0 after the last iteration: the best teacher, held-out AUROC, the summary."""
+        nonlocal best_iteration, best_state
+        assert out_dir is not None
         if val_batch is None:
             best_iteration, best_state = config.iterations, learner.state_dict()
             _save(
@@ -232,8 +423,8 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
             test_tasks, config, alignment, per_task=config.test_episodes, seed=config.seed + 2
         )
         if test_batch is not None:
-            test_batch = test_batch.to(config.device)
-            baseline = build_learner(config, input_dim, seed=config.seed + 10_000).to(config.device)
+            test_batch = test_batch.to(device)
+            baseline = build_learner(config, input_dim, seed=config.seed + 10_000).to(device)
             batch = test_batch
 
             def mean(per_task: dict[str, float]) -> float:
@@ -251,13 +442,13 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
             }
             if batch.pool_x is not None:
                 test_auroc["knn_pool"] = reference(pool=True)
-        seconds = time.perf_counter() - start
+        seconds = seconds_before + time.perf_counter() - start
         if skipped:
             warnings.warn(
                 f"{skipped} of {config.iterations} meta-steps had a non-finite meta-gradient (an "
                 "inner loop diverged) and were skipped; a smaller inner.lr or meta.meta_lr avoids "
                 "that",
-                stacklevel=2,
+                stacklevel=3,
             )
         run.summary(
             {
@@ -275,38 +466,156 @@ def meta_train(config: TrainConfig, *, out_dir: Path, progress: bool = True) -> 
             aliases=["latest", "best"],
             metadata={"best_val_auroc": best_auroc, "best_iteration": best_iteration},
         )
+        return test_batch, test_auroc, seconds
+
+    tracked = (
+        Run(
+            out_dir,
+            config=resolved,
+            tracking=config.tracking,
+            job_type="meta-train",
+            history=() if resume is None else resume.metrics,
+            resume_id=None if resume is None else resume.wandb_id,
+        )
+        if out_dir is not None
+        else contextlib.nullcontext()
+    )
+    with tracked as run:
+        if val_batch is not None and resume is None:
+            # The initialisation is a candidate too: where meta-training never beats it on the
+            # meta-val tasks, the teacher stays at iteration 0 instead of the least bad iterate.
+            initial: dict[str, float | Tensor] = {}
+            validate(0, initial)
+            if run is not None:
+                run.log(initial, step=0)
+        # A failure on one rank is held until the next all-reduce, which tells every rank.
+        pending: Exception | None = None
+        bar = progress_bar(enabled=progress and out_dir is not None)
+        with bar:
+            job = bar.add_task("meta-train", total=config.iterations, completed=done, info="")
+            for iteration in range(done + 1, config.iterations + 1):
+                tick = time.perf_counter()
+                batch: EpisodeBatch | None = None
+                stats: MetaStats | None = None
+                if pending is None:
+                    try:
+                        batch = episodes.sample(iteration).to(device)
+                        optimiser.zero_grad(set_to_none=True)
+                        stats = learner.meta_gradients(
+                            batch.support_x,
+                            batch.support_y,
+                            batch.query_x,
+                            batch.query_y,
+                            batch.pool_x,
+                        )
+                    except Exception as err:
+                        if group is None:
+                            raise
+                        pending = err
+                stopping = stop.signum is not None
+                shared: dict[str, Tensor] = {}
+                if group is not None:
+                    local = None
+                    if batch is not None and stats is not None:
+                        local = torch.stack(
+                            [v.detach().float() for v in _step_metrics(stats, batch).values()]
+                        )
+                    means, stopping = group.reduce_step(
+                        list(learner.parameters()),
+                        local,
+                        n_metrics=len(_STEP_METRICS),
+                        error=pending,
+                        stop=stopping,
+                        iteration=iteration,
+                    )
+                    if pending is not None:
+                        raise pending
+                    shared = dict(zip(_STEP_METRICS, means.cpu(), strict=True))
+                assert batch is not None and stats is not None
+                stepped = _outer_step(learner, optimiser, grad_clip=config.meta.grad_clip)
+                skipped += not stepped
+                elapsed = time.perf_counter() - tick
+                try:
+                    metrics: dict[str, float | Tensor] = {
+                        **(shared or _step_metrics(stats, batch)),
+                        "inner_lr": _mean_inner_lr(learner),
+                        "meta_lr": optimiser.param_groups[0]["lr"],
+                        "tasks_per_second": batch.support_x.shape[0] * world / elapsed,
+                        "skipped_steps": skipped,
+                    }
+                    if val_batch is not None and (
+                        iteration % config.val_every == 0 or iteration == config.iterations
+                    ):
+                        validate(iteration, metrics)
+                    if run is not None:
+                        run.log(metrics, step=iteration)
+                        every = config.checkpoint_every
+                        periodic = every > 0 and iteration % every == 0
+                        if stopping or (periodic and iteration < config.iterations):
+                            checkpoint(iteration, run)
+                    info = f"loss {metrics['outer_loss']:.3f}"
+                    if best_auroc is not None:
+                        info += f" · best val AUROC {best_auroc:.3f}"
+                    bar.update(job, advance=1, info=info)
+                except Exception as err:
+                    if group is None or stopping:
+                        raise
+                    pending = err
+                    continue
+                if stopping:
+                    raise TrainingInterrupted(iteration, stop.signum or signal.SIGTERM)
+
+        test_auroc: dict[str, float] = {}
+        test_batch: EpisodeBatch | None = None
+        seconds: float | None = None
+        failure: Exception | None = pending
+        if run is not None and failure is None:
+            try:
+                test_batch, test_auroc, seconds = finish(run)
+            except Exception as err:
+                if group is None:
+                    raise
+                failure = err
+        if group is not None:
+            group.finish(failure, what="the end of meta-training")
+            if failure is not None:
+                raise failure
+    if out_dir is not None:
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run has nothing to resume
     return TrainResult(
         out_dir=out_dir,
         best_iteration=best_iteration,
         best_val_auroc=best_auroc,
         test_auroc=test_auroc,
         test_tasks=sorted({n for n in (test_batch.task_names if test_batch else [])}),
-        seconds=seconds,
+        seconds=seconds_before + time.perf_counter() - start if seconds is None else seconds,
     )
 
 
-def _meta_step(
-    learner: MetaLearner,
-    optimiser: torch.optim.Optimizer,
-    batch: EpisodeBatch,
-    *,
-    grad_clip: float,
-) -> tuple[MetaStats, bool]:
-    """One outer step. Returns the batch's stats and whether the step was taken: a step whose
-    meta-gradient is not finite (an inner loop that diverged on some task) is skipped, so one bad
-    batch cannot turn every meta-parameter into NaN."""
-    optimiser.zero_grad(set_to_none=True)
-    stats = learner.meta_gradients(
-        batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.pool_x
-    )
+def _step_metrics(stats: MetaStats, batch: EpisodeBatch) -> dict[str, Tensor]:
+    """The per-iteration means of :data:`_STEP_METRICS` over this rank's episodes."""
+    return {
+        "outer_loss": stats.outer_loss.mean(),
+        "support_loss_before": stats.support_loss_before.mean(),
+        "support_loss_after": stats.support_loss_after.mean(),
+        "query_auroc": auroc(stats.query_scores.detach(), batch.query_y).mean(),
+    }
+
+
+def _outer_step(
+    learner: MetaLearner, optimiser: torch.optim.Optimizer, *, grad_clip: float
+) -> bool:
+    """The outer step on the meta-gradient in ``.grad``; returns whether it was taken: a step
+    whose meta-gradient is not finite (an inner loop that diverged on some task) is skipped, so
+    one bad batch cannot turn every meta-parameter into NaN."""
     norm = torch.nn.utils.clip_grad_norm_(
         learner.parameters(), grad_clip if grad_clip > 0 else float("inf")
     )
     if not torch.isfinite(norm):
         optimiser.zero_grad(set_to_none=True)
-        return stats, False
+        return False
     optimiser.step()
-    return stats, True
+    return True
 
 
 def _mean_inner_lr(learner: MetaLearner) -> float:

@@ -15,11 +15,11 @@ from sklearn.metrics import roc_auc_score
 from metakd import configio
 from metakd.baselines import (
     BaselineConfig,
+    Detector,
     DevNetDetector,
-    IForestDetector,
-    KNNDetector,
     LogRegDetector,
     PretrainConfig,
+    PyODDetector,
     load_or_pretrain_pooled,
 )
 from metakd.checkpoint import load_checkpoint
@@ -247,15 +247,16 @@ def test_classical_baselines_detect_shifted_anomalies(make_task: MakeTask) -> No
     )
     xs, ys = task.X[split.support], task.y[split.support]
     xp, xq, yq = task.X[split.pool], task.X[split.query], task.y[split.query]
-    scaling, config = ScalingConfig(), BaselineConfig(devnet_steps=100)
-    detectors = {
-        "knn-support": KNNDetector(k=5, source="support", scaling=scaling),
-        "knn-pool": KNNDetector(k=5, source="pool", scaling=scaling),
-        "iforest-support": IForestDetector(n_estimators=50, source="support", seed=0),
-        "iforest-pool": IForestDetector(n_estimators=50, source="pool", seed=0),
-        "logreg-support": LogRegDetector(c=1.0, scaling=scaling, seed=0),
-        "devnet": DevNetDetector(config=config, scaling=scaling, seed=0),
+    scaling, config = ScalingConfig(), BaselineConfig(devnet_steps=100, iforest_trees=50)
+    detectors: dict[str, Detector] = {
+        f"{kind}-{source}": PyODDetector(
+            kind, source=source, config=config, scaling=scaling, seed=0
+        )
+        for kind in ("knn", "iforest", "lof", "ecod", "copod")
+        for source in ("support", "pool")
     }
+    detectors["logreg-support"] = LogRegDetector(c=1.0, scaling=scaling, seed=0)
+    detectors["devnet"] = DevNetDetector(config=config, scaling=scaling, seed=0)
     for name, detector in detectors.items():
         scores = detector.fit(xs, ys, unlabeled=xp).decision_function(xq)
         assert scores.shape == (len(xq),)
@@ -272,9 +273,9 @@ def test_baselines_reject_inputs_they_cannot_use(make_task: MakeTask) -> None:
     with pytest.raises(MetakdError, match="logreg-support needs labelled anomalies"):
         LogRegDetector(c=1.0, scaling=ScalingConfig(), seed=0).fit(normals, np.zeros(len(normals)))
     with pytest.raises(MetakdError, match="knn-pool"):
-        KNNDetector(k=5, source="pool", scaling=ScalingConfig()).fit(
-            normals, np.zeros(len(normals))
-        )
+        PyODDetector(
+            "knn", source="pool", config=BaselineConfig(), scaling=ScalingConfig(), seed=0
+        ).fit(normals, np.zeros(len(normals)))
 
 
 @pytest.mark.parametrize(
@@ -304,8 +305,14 @@ def test_registry_lists_every_method_in_report_order() -> None:
             "pooled-finetune",
             "knn-support",
             "iforest-support",
+            "lof-support",
+            "ecod-support",
+            "copod-support",
             "knn-pool",
             "iforest-pool",
+            "lof-pool",
+            "ecod-pool",
+            "copod-pool",
             "logreg-support",
             "devnet",
         )
@@ -322,7 +329,7 @@ def test_registering_a_taken_name_is_refused() -> None:
     registry.register(
         "mine",
         group="support",
-        build=lambda context: KNNDetector(k=1, source="support", scaling=ScalingConfig()),
+        build=lambda context: LogRegDetector(c=1.0, scaling=ScalingConfig(), seed=0),
     )
     with pytest.raises(ValueError, match="'mine' is registered twice"):
         registry.register("mine", group="pool", build=registry.get("mine").build)

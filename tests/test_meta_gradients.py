@@ -304,3 +304,20 @@ def test_transductive_pool_term_matches_loop_and_changes_adaptation() -> None:
     _assert_close(list(ours), list(torch.autograd.grad(total, list(teacher.parameters()))))
     without, _ = learner.meta_loss(sx, sy, qx, qy, None)
     assert not torch.isclose(loss, without)
+
+
+def test_reptile_on_a_stack_without_biases() -> None:
+    teacher = _teacher("svdd")  # Deep SVDD's layers have no bias (a bias would collapse it)
+    assert all(layer.bias is None for layer in teacher.linear_layers())
+    learner = build_learner(
+        teacher,
+        inner=InnerConfig(steps=STEPS, lr=LR),
+        meta=MetaConfig(algorithm="reptile"),
+        anomaly_shots=1,
+    )
+    sx, sy, qx, qy, _ = _batch()
+    learner.meta_gradients(sx, sy, qx, qy)
+    grads = [p.grad for p in teacher.layers.parameters()]
+    assert len(grads) == len(teacher.linear_layers())
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)

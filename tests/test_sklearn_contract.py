@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.detector import AdaptConfig, FewShotDetector
@@ -44,7 +45,12 @@ NO_STUDENT = AdaptConfig(student=False)
 def test_params_round_trip_and_clone_is_unfitted() -> None:
     det = FewShotDetector("teacher.pt", config=NO_STUDENT, contamination=0.05)
     params = det.get_params()
-    assert params == {"teacher": "teacher.pt", "config": NO_STUDENT, "contamination": 0.05}
+    assert params == {
+        "teacher": "teacher.pt",
+        "config": NO_STUDENT,
+        "contamination": 0.05,
+        "verbose": False,
+    }
     assert FewShotDetector(**params).get_params() == params
     det.set_params(contamination=0.2)
     assert det.contamination == 0.2
@@ -171,3 +177,60 @@ def test_student_save_load_and_float64_torchscript(tmp_path: Path) -> None:
     torch.testing.assert_close(s64, s32, rtol=0, atol=0)
     np.testing.assert_array_equal(s32.numpy(), det.decision_function(Xe))
     np.testing.assert_array_equal(p64.numpy(), det.predict(Xe))
+
+
+def _any_width_bundle() -> TeacherBundle:
+    """A teacher that takes any feature count (projected to 8), as scikit-learn's checks vary it."""
+    torch.manual_seed(0)
+    model = ModelConfig(kind="knn", hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
+    return TeacherBundle(
+        teacher=build_teacher(8, model).eval(),
+        model=model,
+        inner=InnerConfig(steps=1, lr=0.05),
+        algorithm="maml",
+        rates=[],
+        scaling=ScalingConfig(),
+        alignment=AlignmentConfig(kind="project", width=8),
+        info={},
+    )
+
+
+# The scikit-learn checks that do not apply, and why. Every other check must pass.
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_dtypes": "passes labels 1 and 2 (a column of X); a detector's labels are "
+    "0 normal / 1 anomaly / -1 unlabelled, and others are refused, never coerced",
+    "check_fit2d_1feature": "passes labels 1 and 2, as check_estimators_dtypes",
+    "check_estimators_overwrite_params": "compares joblib hashes of the parameters before and "
+    "after fit, and a torch module (in the TeacherBundle) hashes differently in a deep copy; "
+    "test_fit_leaves_the_teacher_unchanged checks its weights instead",
+    "check_methods_subset_invariance": "float32 distances to the reference rows are computed "
+    "blockwise as |a|^2 + |b|^2 - 2ab: scores of a row agree within 5e-4 relative across "
+    "batches, above the check's 1e-4",
+}
+
+
+@parametrize_with_checks(
+    [FewShotDetector(_any_width_bundle(), config=NO_STUDENT)],
+    expected_failed_checks=lambda _: EXPECTED_FAILED_CHECKS,
+)
+def test_scikit_learn_estimator_checks(estimator: FewShotDetector, check: object) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checks' own warnings (e.g. float64 casts)
+        check(estimator)  # type: ignore[operator]
+
+
+def test_fit_leaves_the_teacher_unchanged() -> None:
+    bundle = _any_width_bundle()
+    before = {k: v.clone() for k, v in bundle.teacher.state_dict().items()}
+    FewShotDetector(bundle, config=NO_STUDENT).fit(_rows(12, 1), unlabeled=_rows(20, 2))
+    after = bundle.teacher.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_batch_invariance_within_float32_rounding() -> None:
+    det = FewShotDetector(_any_width_bundle(), config=NO_STUDENT).fit(_rows(12, 1))
+    X = _rows(40, 3, shift=1.0)
+    whole = det.decision_function(X)
+    parts = np.concatenate([det.decision_function(X[i : i + 7]) for i in range(0, 40, 7)])
+    np.testing.assert_allclose(parts, whole, rtol=5e-4, atol=1e-5)

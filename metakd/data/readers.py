@@ -49,6 +49,8 @@ class ReadOptions:
         ignore_columns: Columns that are neither features nor labels (timestamps, ids, other
             annotations). Each must exist in the file, so a typo cannot turn a column meant to
             be ignored into a feature.
+        ignore_if_present: Columns ignored when the file has them (``metakd score`` passes the
+            columns a model was adapted with as ignored: a new file need not have them).
         label_map: Raw label -> 0, 1 or -1. Keys are the label as text (``"2"``, ``"attack"``); a
             numeric key also matches numerically equal values (``"2"`` matches ``2.0``). Values
             not in the map must be 0/1/-1 or empty, as without a map.
@@ -57,6 +59,11 @@ class ReadOptions:
         require_labels: Raise if the file has no label column (or ``.npz`` array ``y``).
         ignore_labels: Rows are unlabelled whatever the label column holds: it is left out of
             the features and not validated (``--unlabeled`` files and ``metakd score`` input).
+        columns: The feature columns expected, in order (those a fitted model was adapted on).
+            A file's named columns are matched by name and put in this order; a missing
+            column, or a feature column not in the list, is an error naming it (list columns
+            that are not features in ``ignore_columns``). An ``.npz`` archive without
+            ``feature_names`` is taken in order. ``None``: the file's own columns, in order.
     """
 
     label_column: str = "label"
@@ -65,8 +72,19 @@ class ReadOptions:
     nonfinite: Literal["error", "drop"] = "error"
     require_labels: bool = False
     ignore_labels: bool = False
+    columns: list[str] | None = None
+    ignore_if_present: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.columns is not None:
+            if not self.columns:
+                raise ConfigError("read.columns must list at least one column (or be null)")
+            clash = [c for c in self.columns if c == self.label_column or c in self.ignore_columns]
+            if clash:
+                raise ConfigError(
+                    f"read.columns lists '{clash[0]}', which is also the label column or an "
+                    "ignored column"
+                )
         if not self.label_column:
             raise ConfigError("read.label_column must be a non-empty string")
         if self.label_column in self.ignore_columns:
@@ -122,8 +140,14 @@ def read_task(
     suffix = path.suffix.lower()
     _check_path(path, where)
 
+    named = True
     if suffix == ".npz":
-        X, labels, feature_names = _read_npz(path, where)
+        X, labels, names = _read_npz(path, where)
+        named = names is not None
+        feature_names = names if names is not None else [f"x{j}" for j in range(X.shape[1])]
+        if names is not None and options.columns is not None:
+            order = match_columns(names, options.columns, where)
+            X, feature_names = X[:, [names.index(c) for c in order]], order
     else:
         frame = (
             _read_parquet(path, where) if suffix == ".parquet" else _read_text(path, where, options)
@@ -147,13 +171,15 @@ def read_task(
         y=y,
         feature_names=tuple(feature_names),
         source=where,
+        named=named,
     )
 
 
 # --------------------------------------------------------------------------------------- npz
 
 
-def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """``(X, raw labels or None, feature names or None when the archive has none)``."""
     try:
         # allow_pickle=False: a task file must never be able to run code on load.
         with np.load(path, allow_pickle=False) as archive:
@@ -181,10 +207,11 @@ def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, li
                 f"array 'feature_names' must hold {X.shape[1]} strings, got "
                 f"{names_array.dtype} array of shape {names_array.shape}",
             )
-        feature_names = [str(n) for n in names_array]
-        _check_unique(feature_names, where)
+        named = [str(n) for n in names_array]
+        _check_unique(named, where)
+        feature_names: list[str] | None = named
     else:
-        feature_names = [f"x{j}" for j in range(X.shape[1])]
+        feature_names = None
 
     labels = arrays.get("y")
     if labels is not None:
@@ -417,7 +444,8 @@ def _split_frame(
     labels = None
     if options.label_column in columns:
         labels = frame[options.label_column].to_numpy(dtype=object)
-    features = [c for c in columns if c != options.label_column and c not in options.ignore_columns]
+    ignored = {*options.ignore_columns, *options.ignore_if_present}
+    features = [c for c in columns if c != options.label_column and c not in ignored]
     if not features:
         raise DataError(
             where,
@@ -455,8 +483,36 @@ def _split_frame(
         features = [c for c in features if c not in timestamps]
         if not features:
             raise DataError(where, "no feature columns besides the timestamp column(s)")
+    if options.columns is not None:
+        features = match_columns(features, options.columns, where)
     X = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
     return X, labels, features
+
+
+def match_columns(found: Sequence[str], expected: Sequence[str], where: str) -> list[str]:
+    """``expected`` when the file's feature columns ``found`` are the same names (in any
+    order); else an error naming the first missing (and any unknown) column."""
+    missing = [c for c in expected if c not in found]
+    unknown = [c for c in found if c not in expected]
+    if missing:
+        instead = f"; the file has {_names(unknown)} instead (renamed?)" if unknown else ""
+        raise DataError(
+            where,
+            f"column '{missing[0]}' of the model's features is missing{instead} (the model reads "
+            f"{_names(expected)})",
+        )
+    if unknown:
+        raise DataError(
+            where,
+            f"column '{unknown[0]}' is not one of the model's features ({_names(expected)}); "
+            "list it in read.ignore_columns (score: --ignore-column) if it is not a feature",
+        )
+    return list(expected)
+
+
+def _names(columns: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(f"'{c}'" for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
 
 
 def _is_timestamp(series: pd.Series) -> bool:

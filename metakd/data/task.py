@@ -26,6 +26,9 @@ class Task:
         y: Labels, int64 ``[n]``: 1 anomaly, 0 normal, -1 unlabelled.
         feature_names: ``d`` column names.
         source: Where the task came from: a file path, or e.g. ``"builtin:digits"``.
+        named: Whether ``feature_names`` came from the data (a header, an archive's
+            ``feature_names``) rather than being made up as ``x0, x1, ...``: only named columns
+            are matched by name when a fitted model reads new files.
     """
 
     name: str
@@ -33,6 +36,7 @@ class Task:
     y: np.ndarray
     feature_names: tuple[str, ...]
     source: str
+    named: bool = True
 
     def __post_init__(self) -> None:
         where = self.name or self.source or "task"
@@ -113,6 +117,7 @@ class Task:
             y=self.y[index],
             feature_names=self.feature_names,
             source=self.source,
+            named=self.named,
         )
 
     def __repr__(self) -> str:

@@ -108,6 +108,7 @@ def window_task(task: Task, config: WindowConfig) -> Task:
         y=_window_labels(labels, config.label),
         feature_names=tuple(names),
         source=task.source,
+        named=task.named,
     )
 
 

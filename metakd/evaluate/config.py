@@ -24,9 +24,12 @@ class BaselineConfig:
     to tune them on in the few-shot setting)."""
 
     knn_k: int = 5
-    """Neighbours of kNN; capped by the rows it is fitted on (``min(k, K)`` on the support)."""
+    """Neighbours of PyOD's kNN (its default); capped by the rows it is fitted on:
+    ``min(k, n - 1)``, as PyOD scores its training rows leave-one-out."""
+    lof_k: int = 20
+    """Neighbours of PyOD's LOF (its default); capped as ``knn_k``."""
     iforest_trees: int = 100
-    """Trees of Isolation Forest (scikit-learn's default)."""
+    """Trees of PyOD's Isolation Forest (its default)."""
     logreg_c: float = 1.0
     """Inverse L2 strength of the logistic regression."""
     devnet_hidden: int = 20
@@ -41,7 +44,14 @@ class BaselineConfig:
     """DevNet's deviation margin ``a``."""
 
     def __post_init__(self) -> None:
-        for key in ("knn_k", "iforest_trees", "devnet_hidden", "devnet_steps", "devnet_batch_size"):
+        for key in (
+            "knn_k",
+            "lof_k",
+            "iforest_trees",
+            "devnet_hidden",
+            "devnet_steps",
+            "devnet_batch_size",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")

@@ -106,7 +106,8 @@ def inner_loss_fn(name: InnerLossName, *, has_anomalies: bool, score_is_logit: b
         )
     if name == "sad" and score_is_logit:
         raise ConfigError(
-            "inner.loss=sad needs a distance teacher (svdd, knn, autoencoder); use bce or deviation"
+            "inner.loss=sad needs a distance teacher (svdd, knn, autoencoder, gaussian, vae, "
+            "ganomaly); use bce or deviation"
         )
     if name == "one_class":
         return lambda s, y: one_class_loss(s, y, logit=score_is_logit)

@@ -230,9 +230,9 @@ class NeighbourProfile(nn.Module):
                 torch.log(scales[2] / scales[1]),
                 _log_ratio(p_of_support, scales[2]).median(),
                 _log_ratio(s_a_pool, scales[1]).median(),
-                torch.log(torch.tensor(float(d), dtype=torch.float64)) / 5.0,
-                torch.log(torch.tensor(float(m + 1), dtype=torch.float64)) / 5.0,
-                torch.log(torch.tensor(float(n), dtype=torch.float64)) / 5.0,
+                torch.log(scales.new_tensor(float(d))) / 5.0,
+                torch.log(scales.new_tensor(float(m + 1))) / 5.0,
+                torch.log(scales.new_tensor(float(n))) / 5.0,
             ]
         )
         return NeighbourProfile(

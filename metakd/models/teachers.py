@@ -10,9 +10,10 @@ Scores follow PyOD's convention: higher means more anomalous.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +22,75 @@ from metakd.errors import ConfigError
 from metakd.models.profile import N_TASK_STATS, ProfileConfig
 from metakd.models.stack import ACTIVATIONS, StackParams, stack_forward
 
-TeacherKind = Literal["profile", "knn", "mlp", "svdd", "autoencoder"]
+TeacherKind = Literal["profile", "knn", "mlp", "svdd", "autoencoder", "gaussian", "vae", "ganomaly"]
 Reference = tuple[Tensor, ...]
+
+
+@dataclass
+class GaussianConfig:
+    """The ``gaussian`` teacher's fit (:mod:`metakd.models.gaussian`)."""
+
+    pool: bool = True
+    """The task's unlabelled pool rows join the support normals in the Gaussian's fit, except
+    the ``pool_trim`` share of them that lie farthest from the support normals' own Gaussian
+    (possible anomalies). Few-shot supports hold far fewer rows than the embedding has
+    dimensions; the mostly normal pool makes the covariance much better determined."""
+    pool_trim: float = 0.2
+    """Fraction of the pool, the rows with the largest distance under the support normals'
+    Gaussian, left out of the fit."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pool_trim < 1.0:
+            raise ConfigError(f"gaussian.pool_trim must be in [0, 1), got {self.pool_trim!r}")
+
+
+@dataclass
+class VAEConfig:
+    """The ``vae`` teacher (:mod:`metakd.models.vae`)."""
+
+    beta: float = 1.0
+    """Weight of the KL term in the (β-)ELBO the inner loop maximises and ``score: elbo``
+    reports (Higgins et al. 2017; 1 is the ELBO itself)."""
+    samples: int = 8
+    """Monte-Carlo samples of the latent code per row. The noise is drawn once when the teacher
+    is built and kept in its ``noise`` buffer, so scores are deterministic and survive saving."""
+    score: Literal["elbo", "reconstruction"] = "elbo"
+    """``elbo``: the negative β-ELBO per row. ``reconstruction``: the negative log of the
+    reconstruction probability (An & Cho 2015), the mean likelihood of the row over the latent
+    samples, without the KL term (the inner loop still maximises the ELBO)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(f"vae.beta must be a number >= 0, got {self.beta!r}")
+        if isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"vae.samples must be >= 1, got {self.samples!r}")
+
+
+@dataclass
+class GANomalyConfig:
+    """The ``ganomaly`` teacher's training energy (:mod:`metakd.models.ganomaly`)."""
+
+    reconstruction_weight: float = 50.0
+    """Weight of the reconstruction error ``‖x - x̂‖²`` (per feature) in the energy the inner
+    loop minimises on normal rows (Akçay et al. 2018's w_con = 50)."""
+    latent_weight: float = 1.0
+    """Weight of the latent mismatch ``‖z - ẑ‖²`` (per latent dimension), which is also the
+    anomaly score (Akçay et al. 2018's w_enc = 1)."""
+    adversarial_weight: float = 1.0
+    """Weight of the adversarial feature-matching term (Akçay et al. 2018's w_adv = 1), in the
+    outer loop only, with a discriminator meta-trained beside the generator; 0: no
+    discriminator (the generator is trained by the meta-loss alone)."""
+
+    def __post_init__(self) -> None:
+        for name in ("reconstruction_weight", "latent_weight", "adversarial_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"ganomaly.{name} must be a number >= 0, got {value!r}")
+        if self.reconstruction_weight + self.latent_weight == 0:
+            raise ConfigError(
+                "ganomaly.reconstruction_weight and ganomaly.latent_weight are both 0: the inner "
+                "loop would have nothing to minimise"
+            )
 
 
 @dataclass
@@ -39,17 +107,26 @@ class ModelConfig:
     embeddings (Deep SVDD, Ruff et al. 2018; a prototype, so it starts useful and generalises
     best in our held-out measurements); ``knn``: mean distance to the k nearest support normals'
     embeddings (a meta-learned metric); ``autoencoder``: reconstruction error; ``mlp``:
-    x → anomaly logit (OC-MAML, Frikha et al. 2021)."""
+    x → anomaly logit (OC-MAML, Frikha et al. 2021). ``gaussian``: squared Mahalanobis distance
+    of the embedding to a Ledoit–Wolf-shrunk Gaussian of the support normals (and trimmed pool);
+    for domains where normal rows vary together, so joint deviations matter more than distance
+    to any one neighbour. ``vae``: negative ELBO of a variational autoencoder (Kingma & Welling
+    2014; or reconstruction probability, An & Cho 2015) whose encoder adapts per task; for
+    normal rows near a low-dimensional manifold with a density on it. ``ganomaly``: latent
+    mismatch of an encoder-decoder-encoder (Akçay et al. 2018; its adversarial term in the outer
+    loop only); for normal rows that a shared generator reconstructs and anomalies it does not."""
     hidden: list[int] = field(default_factory=lambda: [256, 128])
-    """Hidden layer widths (for ``autoencoder``, the encoder's; the decoder mirrors them)."""
+    """Hidden layer widths (for ``autoencoder``, ``vae`` and ``ganomaly``, the encoder's; the
+    decoder mirrors them)."""
     embedding_dim: int = 32
-    """Output width of ``knn`` and ``svdd``, bottleneck of ``autoencoder`` (unused by ``mlp``)."""
+    """Output width of ``knn``, ``svdd`` and ``gaussian``, bottleneck of ``autoencoder``, latent
+    width of ``vae`` and ``ganomaly`` (unused by ``mlp``)."""
     neighbours: int = 5
     """k of the ``knn`` head (fewer when the support has fewer normals)."""
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """Elementwise activation between layers."""
     input_skip: bool = True
-    """Distance heads (``knn``, ``svdd``) embed a row as ``[γ·x/√D, φ(x)]``: the scaled input next
+    """Distance heads (``knn``, ``svdd``, ``gaussian``) embed a row as ``[γ·x/√D, φ(x)]``: the scaled input next
     to the network's embedding, with a meta-learned weight ``γ`` (initially 1). The detector
     starts close to plain kNN (centre distance) on the scaled features, and the raw distances
     anchor it against meta-overfitting when there are few meta-train tasks: meta-trained on
@@ -66,6 +143,12 @@ class ModelConfig:
     """Neighbourhood profile of the ``profile`` teacher (unused by the other kinds)."""
     residual_hidden: int = 32
     """``profile`` teacher: hidden width of the residual network on the profile."""
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    """The ``gaussian`` teacher's use of the pool (unused by the other kinds)."""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """The ``vae`` teacher's β, latent samples and score (unused by the other kinds)."""
+    ganomaly: GANomalyConfig = field(default_factory=GANomalyConfig)
+    """The ``ganomaly`` teacher's training energy (unused by the other kinds)."""
 
     def input_profile(self) -> ProfileConfig | None:
         """The neighbourhood profile this kind reads after the aligned features, if any."""
@@ -173,6 +256,22 @@ class Teacher(nn.Module):
         own neighbour.
         """
         raise NotImplementedError
+
+    def fit_scores(
+        self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
+    ) -> Tensor:
+        """Per-row values ``[..., N]`` the inner loop's losses are applied to (arguments as
+        :meth:`head`): the anomaly scores themselves, unless a teacher trains on an energy other
+        than its score (GANomaly: reconstruction + latent mismatch, scored by the latter; the
+        VAE scoring reconstruction probability still fits the ELBO). Same scale convention as
+        the scores: logits when :attr:`score_is_logit`, else non-negative."""
+        return self.head(out, x, reference, leave_one_out=leave_one_out)
+
+    def outer_term(self, support_x: Tensor, support_y: Tensor) -> Tensor | None:
+        """A term of the meta-parameters alone, added to the meta-loss of a meta-batch (support
+        rows ``[B, n, d]``, labels ``[B, n]``): the inner loop never sees it (GANomaly's
+        adversarial training). ``None``: no such term."""
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         """Anomaly scores ``[N]`` for rows ``x [N, d]`` with the module's own weights."""
@@ -468,7 +567,8 @@ class AutoEncoder(Teacher):
         return (out - x).pow(2).mean(-1)
 
 
-# Each kind's constructor takes (input_dim, config); Teacher's own takes the layer sizes.
+# Each kind's constructor takes (input_dim, config); Teacher's own takes the layer sizes. Kinds
+# in modules of their own add themselves with register_kind (imported at the end of this file).
 _KINDS: dict[str, Callable[[int, ModelConfig], Teacher]] = {
     "profile": ProfileNet,
     "knn": KNNNet,
@@ -476,6 +576,25 @@ _KINDS: dict[str, Callable[[int, ModelConfig], Teacher]] = {
     "svdd": SVDDNet,
     "autoencoder": AutoEncoder,
 }
+
+T = TypeVar("T", bound=type[Teacher])
+
+
+def register_kind(kind: str) -> Callable[[T], T]:
+    """Class decorator: make a :class:`Teacher` subclass the one built for ``model.kind: kind``
+    (its constructor takes ``(input_dim, config)``).
+
+    Raises:
+        ValueError: ``kind`` is taken.
+    """
+
+    def add(cls: T) -> T:
+        if kind in _KINDS:
+            raise ValueError(f"teacher kind {kind!r} is registered twice")
+        _KINDS[kind] = cls
+        return cls
+
+    return add
 
 
 def build_teacher(input_dim: int, config: ModelConfig) -> Teacher:
@@ -506,6 +625,8 @@ def score_logits(teacher: Teacher, scores: Tensor) -> Tensor:
 
 __all__ = [
     "AutoEncoder",
+    "GANomalyConfig",
+    "GaussianConfig",
     "KNNNet",
     "LogitScorer",
     "MLPScorer",
@@ -514,6 +635,13 @@ __all__ = [
     "SVDDNet",
     "Teacher",
     "build_teacher",
+    "VAEConfig",
     "count_parameters",
+    "register_kind",
     "score_logits",
 ]
+
+# The kinds in modules of their own register themselves on import. Imported last: each subclasses
+# Teacher from this module (importing one of them first works too: it imports this module, whose
+# import of it here then finds it already under way).
+from metakd.models import ganomaly, gaussian, vae  # noqa: E402, F401

@@ -75,22 +75,27 @@ class Reptile(MetaLearner):
         pool_dim = None if pool_x is None else 0
 
         def task(p: StackParams, xb: Tensor, yb: Tensor, px: Tensor | None):
-            return self._adapt(
+            adapted, before = self._adapt(
                 p, xb, yb, px, plan=plan, loss=self.supervised_loss, first_order=True, pool=None
             )
+            # vmap returns tensors only: a layer without a bias (None) is left out here.
+            biases = tuple(b for b in adapted.biases if b is not None)
+            return adapted.factors, biases, before
 
-        adapted, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(params, x, y, pool_x)
+        factors, biases, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(params, x, y, pool_x)
+        adapted_biases = iter(biases)
         grads: list[Tensor] = []
         batch = x.shape[0]
-        for layer, (facs, bias) in enumerate(zip(adapted.factors, adapted.biases, strict=True)):
+        for layer, facs in enumerate(factors):
             w = params.weights[layer]
             # θ - φ summed over tasks: Σ_b Σ_k G_bkᵀ H_bk as one [out, B·n] @ [B·n, in] matmul.
             g_w = torch.zeros_like(w)
             for h, g in facs:
                 g_w = g_w + g.reshape(-1, g.shape[-1]).T @ h.reshape(-1, h.shape[-1])
             grads.append((g_w / batch).detach())
-            if params.biases[layer] is not None:
-                grads.append((params.biases[layer] - bias).mean(0).detach())
+            bias = params.biases[layer]
+            if bias is not None:
+                grads.append((bias - next(adapted_biases)).mean(0).detach())
         with torch.no_grad():
             q_scores, s_scores = vmap(
                 lambda sx, sy, qx, px: task_scores(
@@ -115,4 +120,8 @@ class Reptile(MetaLearner):
         grads, stats = self.pseudo_gradients(support_x, support_y, query_x, query_y, pool_x)
         for param, grad in zip(self.teacher.layers.parameters(), grads, strict=True):
             param.grad = grad if param.grad is None else param.grad + grad
+        # A teacher's term of the meta-parameters alone (GANomaly's adversarial training).
+        extra = self.teacher.outer_term(support_x, support_y)
+        if extra is not None:
+            extra.backward()
         return stats
