@@ -568,7 +568,7 @@ def adapt_command(
     With --support-dir, every domain of the folder: OUT/DOMAIN/ each and OUT/summary.csv.
     """
     every = [*overrides, *_device_override("device", device), *_tracking_overrides(**tracking)]
-    if support_dir is not None or support_path is None:
+    if support_path is None or any(d is not None for d in (support_dir, unlabeled_dir, eval_dir)):
         run_guarded(
             lambda: _adapt_dir(
                 teacher_path,
@@ -582,8 +582,6 @@ def adapt_command(
             )
         )
         return
-    if unlabeled_dir is not None or eval_dir is not None:
-        run_guarded(lambda: _refuse("--unlabeled-dir and --eval-dir go with --support-dir"))
     run_guarded(
         lambda: _adapt(
             teacher_path,
@@ -597,10 +595,6 @@ def adapt_command(
             progress=progress,
         )
     )
-
-
-def _refuse(message: str) -> None:
-    raise MetakdError(message)
 
 
 def _adapt_dir(
@@ -620,6 +614,8 @@ def _adapt_dir(
 
     support_dir, unlabeled_dir, eval_dir = dirs
     if support_dir is None:
+        if files[0] is not None:
+            raise MetakdError("--unlabeled-dir and --eval-dir go with --support-dir")
         raise MetakdError("adapt needs --support FILE or --support-dir DIR")
     if files[0] is not None:
         raise MetakdError("--support and --support-dir exclude each other")
