@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from metakd.data.task import Task
+from metakd.persist import TeacherBundle
 
 WriteTable = Callable[..., Path]
 WriteNpz = Callable[..., Path]
 MakeTask = Callable[..., Task]
+WriteTeacher = Callable[[TeacherBundle, Path], Path]
 
 
 @pytest.fixture
@@ -97,3 +99,28 @@ def npz_dir(tmp_path: Path) -> Path:
         np.savez(folder / f"{name}.npz", X=X, y=y)
     (folder / "README.md").write_text("not a task\n")
     return folder
+
+
+@pytest.fixture
+def write_teacher() -> WriteTeacher:
+    """Write a bundle as the ``teacher.pt`` meta-train writes: ``write_teacher(bundle, path)``."""
+    from metakd import configio
+    from metakd.checkpoint import save_teacher
+
+    def write(bundle: TeacherBundle, path: Path) -> Path:
+        save_teacher(
+            path,
+            teacher=bundle.teacher,
+            model=configio.to_dict(bundle.model),
+            inner=configio.to_dict(bundle.inner),
+            algorithm=bundle.algorithm,
+            rates=bundle.rates,
+            scaling=configio.to_dict(bundle.scaling),
+            alignment=configio.to_dict(bundle.alignment),
+            episode={},
+            info=bundle.info,
+            window=bundle.window,
+        )
+        return path
+
+    return write

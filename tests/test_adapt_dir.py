@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from metakd import cli, configio
-from metakd.checkpoint import save_checkpoint
+from metakd import cli
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.detector import AdaptConfig, FewShotDetector, fit_many
 from metakd.errors import MetakdError
@@ -63,28 +63,9 @@ def test_batched_fit_equals_separate_fits(kind: str) -> None:
         np.testing.assert_allclose(batched.threshold_, alone.threshold_, rtol=1e-4, atol=1e-5)
 
 
-def _teacher_file(tmp_path: Path) -> Path:
-    bundle = _bundle()
-    path = tmp_path / "teacher.pt"
-    save_checkpoint(
-        path,
-        "teacher",
-        {
-            "model": configio.to_dict(bundle.model),
-            "input_dim": 8,
-            "state_dict": bundle.teacher.state_dict(),
-            "inner": configio.to_dict(bundle.inner),
-            "algorithm": "maml",
-            "rates": [],
-            "scaling": configio.to_dict(bundle.scaling),
-            "alignment": configio.to_dict(bundle.alignment),
-            "info": {},
-        },
-    )
-    return path
-
-
-def test_support_dir_adapts_every_domain_and_reports_a_broken_one(tmp_path: Path) -> None:
+def test_support_dir_adapts_every_domain_and_reports_a_broken_one(
+    tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path]
+) -> None:
     supports, pools = tmp_path / "support", tmp_path / "pool"
     supports.mkdir()
     pools.mkdir()
@@ -99,7 +80,8 @@ def test_support_dir_adapts_every_domain_and_reports_a_broken_one(tmp_path: Path
     out = tmp_path / "models"
     result = CliRunner().invoke(
         cli.main,
-        ["adapt", "--teacher", str(_teacher_file(tmp_path)), "--support-dir", str(supports)]
+        ["adapt", "--teacher", str(write_teacher(_bundle(), tmp_path / "teacher.pt"))]
+        + ["--support-dir", str(supports)]
         + ["--unlabeled-dir", str(pools), "--out", str(out), "--no-progress"]
         + ["--set", "distill.steps=40", "--tracking", "disabled"],
     )
@@ -137,8 +119,10 @@ def test_support_dir_adapts_every_domain_and_reports_a_broken_one(tmp_path: Path
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-4, atol=1e-5)
 
 
-def test_support_dir_flag_rules(tmp_path: Path) -> None:
-    teacher = str(_teacher_file(tmp_path))
+def test_support_dir_flag_rules(
+    tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path]
+) -> None:
+    teacher = str(write_teacher(_bundle(), tmp_path / "teacher.pt"))
     (tmp_path / "s").mkdir()
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "orphan.csv").write_text("a\n1\n")

@@ -4,6 +4,7 @@ device (CUDA where the machine has none is a one-line error)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from metakd import cli, configio
-from metakd.checkpoint import save_checkpoint
+from metakd import cli
 from metakd.data.readers import ReadOptions, read_task
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.detector import AdaptConfig, FewShotDetector
@@ -40,28 +40,6 @@ def _bundle() -> TeacherBundle:
     )
 
 
-def _teacher_file(tmp_path: Path) -> Path:
-    """A ``teacher.pt`` as meta-train writes it, for the CLI."""
-    bundle = _bundle()
-    path = tmp_path / "teacher.pt"
-    save_checkpoint(
-        path,
-        "teacher",
-        {
-            "model": configio.to_dict(bundle.model),
-            "input_dim": 3,
-            "state_dict": bundle.teacher.state_dict(),
-            "inner": configio.to_dict(bundle.inner),
-            "algorithm": "maml",
-            "rates": [],
-            "scaling": configio.to_dict(bundle.scaling),
-            "alignment": configio.to_dict(bundle.alignment),
-            "info": {},
-        },
-    )
-    return path
-
-
 def _frame(rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(rng.normal(size=(rows, 3)), columns=FEATURES)
@@ -70,13 +48,14 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def _adapted(tmp_path: Path) -> Path:
+def _adapted(tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path]) -> Path:
     support = tmp_path / "support.csv"
     _frame(30, 0).to_csv(support, index=False)
     out = tmp_path / "model"
     result = CliRunner().invoke(
         cli.main,
-        ["adapt", "--teacher", str(_teacher_file(tmp_path)), "--support", str(support)]
+        ["adapt", "--teacher", str(write_teacher(_bundle(), tmp_path / "teacher.pt"))]
+        + ["--support", str(support)]
         + ["--out", str(out), "--set", "student=false", "--set", 'read.ignore_columns=["machine"]']
         + ["--tracking", "disabled", "--no-progress"],
     )
@@ -97,8 +76,10 @@ def _score(tmp_path: Path, model: Path, frame: pd.DataFrame, *extra: str) -> tup
     return result.exit_code, result.output
 
 
-def test_score_matches_columns_by_name_and_refuses_renamed_ones(tmp_path: Path) -> None:
-    model = _adapted(tmp_path)
+def test_score_matches_columns_by_name_and_refuses_renamed_ones(
+    tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path]
+) -> None:
+    model = _adapted(tmp_path, write_teacher)
     report = json.loads((model / "report.json").read_text())
     assert report["inputs"]["columns"] == FEATURES
     assert report["threshold"]["method"] == report["threshold_method"]
