@@ -93,7 +93,7 @@ def tasks() -> None:
 
 @tasks.command("list")
 def tasks_list() -> None:
-    """List the built-in collections and the manifests in tasks/."""
+    """List the built-in collections, the manifests in tasks/ and the teacher kinds."""
     run_guarded(_tasks_list)
 
 
@@ -159,6 +159,7 @@ def _console() -> Console:
 def _tasks_list() -> None:
     from metakd.data.builtin import BUILTIN_COLLECTIONS
     from metakd.data.collection import list_collections
+    from metakd.models.teachers import teacher_kinds
 
     table = Table(title="Task collections")
     table.add_column("name", no_wrap=True)
@@ -168,6 +169,12 @@ def _tasks_list() -> None:
         kind = "built-in" if name in BUILTIN_COLLECTIONS else "manifest"
         table.add_row(name, kind, description)
     _console().print(table)
+    kinds = Table(title="Teachers (model.kind)")
+    kinds.add_column("kind", no_wrap=True)
+    kinds.add_column("when to use it")
+    for i, (name, use_when) in enumerate(teacher_kinds().items()):
+        kinds.add_row(f"{name} (default)" if i == 0 else name, use_when)
+    _console().print(kinds)
 
 
 def _tasks_show(

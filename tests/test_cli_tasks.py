@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from metakd.cli import main
+from metakd.models.teachers import TeacherKind, teacher_kinds
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -39,6 +41,19 @@ def test_tasks_list_shows_builtins_and_manifests(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     for expected in ("digits", "synthetic", "built-in", "mine", "manifest", "my bench"):
         assert expected in result.stdout
+
+
+def test_tasks_list_and_readme_name_every_teacher_kind_with_its_use() -> None:
+    kinds = teacher_kinds()
+    assert set(kinds) == set(typing.get_args(TeacherKind)) and next(iter(kinds)) == "profile"
+    result = CliRunner().invoke(main, ["tasks", "list"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.stdout)
+    readme = (REPO / "README.md").read_text()
+    for kind, use_when in kinds.items():
+        assert use_when, kind
+        assert rows[f"{kind} (default)" if kind == "profile" else kind] == [use_when]
+        assert f"| `{kind}`" in readme, kind
 
 
 def test_tasks_show_directory(npz_dir):

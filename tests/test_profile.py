@@ -18,6 +18,7 @@ from metakd.data.transforms import AlignmentConfig, Scaler, ScalingConfig
 from metakd.detector import FewShotDetector
 from metakd.episodes import EpisodeConfig, EpisodeSampler
 from metakd.models.profile import N_TASK_STATS, NeighbourProfile, ProfileConfig
+from metakd.models.teachers import _masked_knn
 from metakd.persist import load_scorer
 from metakd.train import meta_train
 
@@ -177,3 +178,27 @@ def test_universal_teacher_adapts_to_any_width(universal_teacher: Path, features
         np.testing.assert_allclose(
             scripted(torch.tensor(pool)).numpy(), det.decision_function(pool), rtol=1e-5, atol=1e-5
         )
+
+
+def test_rows_repeated_within_rounding_have_bounded_distance_gradients() -> None:
+    """Copies of a row that embed a float32 rounding error apart (as blocked matmuls on another
+    thread count do) are duplicates: their distance carries no gradient. The square root's slope
+    near 0 once drove the inner loop on ADBench mammography, a table of repeated rows, to
+    weights of 1e18 and NaN scores on 2 threads (not on 1)."""
+    generator = torch.Generator().manual_seed(0)
+    base = 3.0 * torch.randn(12, 8, generator=generator)
+    e = torch.cat([base, base[:1].expand(6, -1)])  # row 0 seven times: more copies than k
+    e = e * (1.0 + 1e-7 * torch.randn(e.shape, generator=generator))
+    weight = torch.ones(len(e))
+
+    def log_scale(rows: torch.Tensor) -> torch.Tensor:
+        return torch.log(_masked_knn(rows, rows, weight, 5) + 1e-12).sum()
+
+    gradient = torch.func.grad(log_scale)(e)
+    assert torch.isfinite(gradient).all()
+    # Distinct rows' gradients are O(1 / distance); the copies' were ~1e5 before the floor.
+    assert gradient.abs().max() < 10.0
+    # The floor changes no distance between distinct rows.
+    distinct = _masked_knn(base, base, torch.ones(12), 5)
+    exact = torch.cdist(base, base).fill_diagonal_(float("inf")).topk(5, largest=False).values
+    torch.testing.assert_close(distinct, exact.mean(-1), rtol=1e-5, atol=1e-5)

@@ -48,6 +48,12 @@ class GANomalyTeacher(Teacher):
     """Encoder ``G_E`` (the stack), decoder ``G_D`` and second encoder ``E``; score
     ``mean_j (z_j - ẑ_j)²``."""
 
+    use_when = (
+        "latent mismatch of an encoder-decoder-encoder, its decoder and discriminator "
+        "meta-trained adversarially in the outer loop only; normal rows near a low-dimensional "
+        "manifold"
+    )
+
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
         encoder = [input_dim, *config.hidden, config.embedding_dim]
         super().__init__(encoder, activation=config.activation)

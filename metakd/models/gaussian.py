@@ -206,6 +206,10 @@ class GaussianTeacher(_DistanceTeacher):
     fit) once per call, and once per row when scoring reference rows leave-one-out.
     """
 
+    use_when = (
+        "Mahalanobis distance to a shrunk Gaussian of the normals: normal rows that vary "
+        "together, where joint deviations matter"
+    )
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar, cast
+from typing import ClassVar, Literal, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -176,6 +176,8 @@ class Teacher(nn.Module):
     outputs; after adaptation it is stored in the ``memory`` buffer so the module scores alone.
     """
 
+    use_when: ClassVar[str] = ""
+    """One line for users choosing ``model.kind``: what it scores and when to use it."""
     score_is_logit: bool = False
     uses_reference: bool = False
     uses_pool: bool = False
@@ -282,6 +284,7 @@ class Teacher(nn.Module):
 class MLPScorer(Teacher):
     """MLP mapping a row to an anomaly logit (OC-MAML style, Frikha et al. 2021)."""
 
+    use_when = "an anomaly logit (OC-MAML); best with labelled anomalies in every support"
     score_is_logit = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
@@ -323,6 +326,11 @@ class SVDDNet(_DistanceTeacher):
     embedding of the task's support normals.
     """
 
+    use_when = (
+        "domains that share their features (one sensor rig, one embedding model): "
+        "a meta-learned centre distance"
+    )
+
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
@@ -363,6 +371,7 @@ class KNNNet(_DistanceTeacher):
     so it runs under vmap.
     """
 
+    use_when = "as svdd, scored by the nearest support normals (and pool rows) in a learned metric"
     uses_reference = True
 
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
@@ -404,17 +413,14 @@ class KNNNet(_DistanceTeacher):
     ) -> Tensor:
         ref, weight, factor = reference
         e = self.embed(out, x)
-        sq = (
-            e.pow(2).sum(-1, keepdim=True)
-            + ref.pow(2).sum(-1).unsqueeze(-2)
-            - 2.0 * e @ ref.transpose(-1, -2)
-        ).clamp_min(0.0)  # [..., N, n]
+        norms = e.pow(2).sum(-1, keepdim=True) + ref.pow(2).sum(-1).unsqueeze(-2)
+        sq = norms - 2.0 * e @ ref.transpose(-1, -2)  # [..., N, n]
         valid = weight.unsqueeze(-2).expand_as(sq)
         if leave_one_out:
             # Row i is reference row i (support first, then pool): never its own neighbour.
             eye = torch.eye(sq.shape[-2], sq.shape[-1], dtype=sq.dtype, device=sq.device)
             valid = valid * (1.0 - eye)
-        distance = (sq + 1e-12).sqrt() * factor.unsqueeze(-2)
+        distance = _expansion_distance(sq, norms) * factor.unsqueeze(-2)
         if distance.numel() == 0:  # no rows to score (an empty pool)
             return distance.sum(-1)
         # Invalid neighbours sort last; only valid ones among the k nearest are averaged.
@@ -426,6 +432,20 @@ class KNNNet(_DistanceTeacher):
         return (nearest * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
 
+def _expansion_distance(sq: Tensor, norms: Tensor) -> Tensor:
+    """Distances from squared distances ``sq`` computed by the norm expansion
+    ``‖a‖² + ‖b‖² − 2 a·b`` (``norms`` = ``‖a‖² + ‖b‖²``, same shape).
+
+    In float32 the expansion is exact only to ~1e-7 × ``norms``, so a pair closer than
+    ``1e-6 × norms`` is a duplicate: its distance is that floor, with no gradient. The square
+    root's slope near 0 would otherwise multiply the expansion's rounding noise by up to 1e6: on
+    a domain with repeated rows (ADBench mammography) an inner loop diverged to weights of 1e18
+    whenever the thread count made two copies of a row embed a rounding error apart.
+    """
+    floor = (1e-6 * norms + 1e-12).detach()
+    return torch.maximum(sq, floor).sqrt()
+
+
 def _masked_knn(e: Tensor, ref: Tensor, valid: Tensor, k: int) -> Tensor:
     """Mean distance ``[..., N]`` of rows ``e [..., N, E]`` to their ``k`` nearest valid rows of
     ``ref [..., M, E]`` (``valid [..., M]`` 1/0). A row's first exact match in ``ref`` is itself
@@ -433,12 +453,13 @@ def _masked_knn(e: Tensor, ref: Tensor, valid: Tensor, k: int) -> Tensor:
     scored again later. Masks only, so it runs under vmap."""
     e_sq = e.pow(2).sum(-1, keepdim=True)
     r_sq = ref.pow(2).sum(-1).unsqueeze(-2)
-    sq = (e_sq + r_sq - 2.0 * e @ ref.transpose(-1, -2)).clamp_min(0.0)
+    norms = e_sq + r_sq
+    sq = norms - 2.0 * e @ ref.transpose(-1, -2)
     # float32 rounding of the norm expansion is ~1e-7 relative; distinct rows are far above 1e-5.
-    match = (sq.detach() <= 1e-5 * (e_sq + r_sq).detach()).to(sq.dtype)
+    match = (sq.detach() <= 1e-5 * norms.detach()).to(sq.dtype)
     first = match * (match.cumsum(-1) == 1).to(sq.dtype)
     ok = valid.unsqueeze(-2) * (1.0 - first)
-    distance = (sq + 1e-12).sqrt()
+    distance = _expansion_distance(sq, norms)
     if distance.numel() == 0:  # no rows to score
         return distance.sum(-1)
     big = distance.detach().max() + 1.0
@@ -464,6 +485,9 @@ class ProfileNet(Teacher):
     far to trust each evidence per task, and ``r``.
     """
 
+    use_when = (
+        "any collection, any feature count: starts as kNN evidence and meta-learns what to add"
+    )
     score_is_logit = True
     uses_reference = True
     uses_pool = True
@@ -557,6 +581,8 @@ class ProfileNet(Teacher):
 class AutoEncoder(Teacher):
     """Autoencoder scored by mean squared reconstruction error per row."""
 
+    use_when = "reconstruction error; normal rows near a low-dimensional surface"
+
     def __init__(self, input_dim: int, config: ModelConfig) -> None:
         encoder = [input_dim, *config.hidden, config.embedding_dim]
         super().__init__(encoder + encoder[-2::-1], activation=config.activation)
@@ -571,10 +597,10 @@ class AutoEncoder(Teacher):
 # in modules of their own add themselves with register_kind (imported at the end of this file).
 _KINDS: dict[str, Callable[[int, ModelConfig], Teacher]] = {
     "profile": ProfileNet,
-    "knn": KNNNet,
-    "mlp": MLPScorer,
     "svdd": SVDDNet,
+    "knn": KNNNet,
     "autoencoder": AutoEncoder,
+    "mlp": MLPScorer,
 }
 
 T = TypeVar("T", bound=type[Teacher])
@@ -595,6 +621,12 @@ def register_kind(kind: str) -> Callable[[T], T]:
         return cls
 
     return add
+
+
+def teacher_kinds() -> dict[str, str]:
+    """Every ``model.kind``, default first, with its one line on when to use it."""
+    # Every registered constructor is a Teacher subclass (register_kind's bound).
+    return {kind: cast("type[Teacher]", cls).use_when for kind, cls in _KINDS.items()}
 
 
 def build_teacher(input_dim: int, config: ModelConfig) -> Teacher:
@@ -635,6 +667,7 @@ __all__ = [
     "SVDDNet",
     "Teacher",
     "build_teacher",
+    "teacher_kinds",
     "VAEConfig",
     "count_parameters",
     "register_kind",

@@ -42,6 +42,11 @@ from metakd.models.teachers import ModelConfig, Reference, Teacher, register_kin
 class VAETeacher(Teacher):
     """Encoder stack to ``[μ, log σ²]``, a meta-learned decoder, scored by -ELBO or -log RP."""
 
+    use_when = (
+        "negative ELBO or reconstruction probability; normal rows near a low-dimensional "
+        "manifold with a density on it (MAML-family learners: Reptile leaves the decoder untrained)"
+    )
+
     noise: Tensor
     """Buffer ``[S, k]``: the standard-normal draws of the latent samples, shared by all rows
     (common random numbers: score differences between rows carry no sampling noise)."""
