@@ -1,4 +1,5 @@
-"""Fixtures that write tiny task files into ``tmp_path`` and build small in-memory tasks."""
+"""Fixtures that write tiny task files into ``tmp_path`` and build small in-memory tasks; helpers
+(``from conftest import ...``) that build a tiny teacher bundle and a seeded meta-batch."""
 
 from __future__ import annotations
 
@@ -7,14 +8,59 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from metakd.data.task import Task
+from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.meta.learners import InnerConfig
+from metakd.models.teachers import ModelConfig, TeacherKind, build_teacher
 from metakd.persist import TeacherBundle
 
 WriteTable = Callable[..., Path]
 WriteNpz = Callable[..., Path]
 MakeTask = Callable[..., Task]
 WriteTeacher = Callable[[TeacherBundle, Path], Path]
+
+
+def episode_batch(
+    features: int, *, tasks: int = 3, support: int = 6, query: int = 8, pool: int = 5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded meta-batch ``(support_x [T, S, F], support_y [T, S], query_x [T, Q, F],
+    query_y [T, Q], pool_x [T, P, F])`` of standard-normal rows, the last support row of each
+    task labelled anomalous and the query alternating normal / anomalous."""
+    g = torch.Generator().manual_seed(1)
+    sx = torch.randn(tasks, support, features, generator=g)
+    sy = torch.zeros(tasks, support)
+    sy[:, -1] = 1
+    qx = torch.randn(tasks, query, features, generator=g)
+    qy = (torch.arange(query) % 2).to(torch.float64).expand(tasks, query).contiguous()
+    px = torch.randn(tasks, pool, features, generator=g)
+    return sx, sy, qx, qy, px
+
+
+def tiny_bundle(
+    features: int,
+    *,
+    kind: TeacherKind = "knn",
+    inner_steps: int = 1,
+    alignment: AlignmentConfig | None = None,
+) -> TeacherBundle:
+    """An untrained, seeded teacher of ``kind`` (8 hidden units, embedding 4, k = 3, input skip)
+    for rows of ``features`` columns (after ``alignment``; the profile kind adds its profile's),
+    as ``metakd adapt`` loads one: for tests of adaptation, scoring and the estimator API."""
+    torch.manual_seed(0)
+    model = ModelConfig(kind=kind, hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
+    width = features + (model.profile.width if kind == "profile" else 0)
+    return TeacherBundle(
+        teacher=build_teacher(width, model).eval(),
+        model=model,
+        inner=InnerConfig(steps=inner_steps, lr=0.05),
+        algorithm="maml",
+        rates=[],
+        scaling=ScalingConfig(),
+        alignment=alignment if alignment is not None else AlignmentConfig(),
+        info={},
+    )
 
 
 @pytest.fixture

@@ -8,31 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import tiny_bundle
 
 from metakd import cli
-from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.data.transforms import AlignmentConfig
 from metakd.detector import AdaptConfig, FewShotDetector, fit_many
 from metakd.errors import MetakdError
-from metakd.meta.learners import InnerConfig
-from metakd.models.teachers import ModelConfig, build_teacher
 from metakd.persist import TeacherBundle
 
-
-def _bundle(kind: str = "knn") -> TeacherBundle:
-    torch.manual_seed(0)
-    model = ModelConfig(kind=kind, hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
-    return TeacherBundle(
-        teacher=build_teacher(8 + (model.profile.width if kind == "profile" else 0), model).eval(),
-        model=model,
-        inner=InnerConfig(steps=2, lr=0.05),
-        algorithm="maml",
-        rates=[],
-        scaling=ScalingConfig(),
-        alignment=AlignmentConfig(kind="project", width=8),
-        info={},
-    )
+# Any feature count, projected to the teacher's 8 inputs.
+ANY_WIDTH = AlignmentConfig(kind="project", width=8)
 
 
 def _rows(n: int, seed: int, d: int = 3, shift: float = 0.0) -> np.ndarray:
@@ -41,7 +27,7 @@ def _rows(n: int, seed: int, d: int = 3, shift: float = 0.0) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["knn", "profile"])
 def test_batched_fit_equals_separate_fits(kind: str) -> None:
-    bundle = _bundle(kind)
+    bundle = tiny_bundle(8, kind=kind, inner_steps=2, alignment=ANY_WIDTH)
     config = AdaptConfig(student=False)
     # Domains 0 and 1 share their shapes (one batched call); 2 has another support size and
     # width; 3 has too few normals and fails alone.
@@ -80,7 +66,15 @@ def test_support_dir_adapts_every_domain_and_reports_a_broken_one(
     out = tmp_path / "models"
     result = CliRunner().invoke(
         cli.main,
-        ["adapt", "--teacher", str(write_teacher(_bundle(), tmp_path / "teacher.pt"))]
+        [
+            "adapt",
+            "--teacher",
+            str(
+                write_teacher(
+                    tiny_bundle(8, inner_steps=2, alignment=ANY_WIDTH), tmp_path / "teacher.pt"
+                )
+            ),
+        ]
         + ["--support-dir", str(supports)]
         + ["--unlabeled-dir", str(pools), "--out", str(out), "--no-progress"]
         + ["--set", "distill.steps=40", "--tracking", "disabled"],
@@ -122,7 +116,9 @@ def test_support_dir_adapts_every_domain_and_reports_a_broken_one(
 def test_support_dir_flag_rules(
     tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path]
 ) -> None:
-    teacher = str(write_teacher(_bundle(), tmp_path / "teacher.pt"))
+    teacher = str(
+        write_teacher(tiny_bundle(8, inner_steps=2, alignment=ANY_WIDTH), tmp_path / "teacher.pt")
+    )
     (tmp_path / "s").mkdir()
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "orphan.csv").write_text("a\n1\n")

@@ -12,32 +12,18 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_bundle
 
 from metakd import cli
 from metakd.data.readers import ReadOptions, read_task
-from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.data.transforms import AlignmentConfig
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import ConfigError, DataError
-from metakd.meta.learners import InnerConfig
-from metakd.models.teachers import ModelConfig, build_teacher
 from metakd.persist import TeacherBundle
 
 FEATURES = ["temp", "pressure", "flow"]
+AS_IS = AlignmentConfig(kind="none")  # columns as they are, so they keep their names
 HAS_CUDA = torch.cuda.is_available()
-
-
-def _bundle() -> TeacherBundle:
-    model = ModelConfig(kind="knn", hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
-    return TeacherBundle(
-        teacher=build_teacher(3, model).eval(),
-        model=model,
-        inner=InnerConfig(steps=1, lr=0.05),
-        algorithm="maml",
-        rates=[],
-        scaling=ScalingConfig(),
-        alignment=AlignmentConfig(kind="none"),
-        info={},
-    )
 
 
 def _frame(rows: int, seed: int) -> pd.DataFrame:
@@ -54,7 +40,13 @@ def _adapted(tmp_path: Path, write_teacher: Callable[[TeacherBundle, Path], Path
     out = tmp_path / "model"
     result = CliRunner().invoke(
         cli.main,
-        ["adapt", "--teacher", str(write_teacher(_bundle(), tmp_path / "teacher.pt"))]
+        [
+            "adapt",
+            "--teacher",
+            str(
+                write_teacher(tiny_bundle(len(FEATURES), alignment=AS_IS), tmp_path / "teacher.pt")
+            ),
+        ]
         + ["--support", str(support)]
         + ["--out", str(out), "--set", "student=false", "--set", 'read.ignore_columns=["machine"]']
         + ["--tracking", "disabled", "--no-progress"],
@@ -107,7 +99,9 @@ def test_score_matches_columns_by_name_and_refuses_renamed_ones(
 
 def test_detector_keeps_dataframe_columns(tmp_path: Path) -> None:
     frame = _frame(30, 0)[FEATURES]
-    detector = FewShotDetector(_bundle(), config=AdaptConfig(student=False)).fit(frame)
+    detector = FewShotDetector(
+        tiny_bundle(len(FEATURES), alignment=AS_IS), config=AdaptConfig(student=False)
+    ).fit(frame)
     assert list(detector.feature_names_in_) == FEATURES and detector.n_features_in_ == 3
     rows = _frame(10, 2)[FEATURES]
     expected = detector.decision_function(rows.to_numpy())
@@ -119,7 +113,9 @@ def test_detector_keeps_dataframe_columns(tmp_path: Path) -> None:
     assert list(loaded.feature_names_in_) == FEATURES
     np.testing.assert_allclose(loaded.decision_function(rows[FEATURES[::-1]]), expected)
     # Plain arrays: no names are kept, rows are taken in order.
-    plain = FewShotDetector(_bundle(), config=AdaptConfig(student=False)).fit(frame.to_numpy())
+    plain = FewShotDetector(
+        tiny_bundle(len(FEATURES), alignment=AS_IS), config=AdaptConfig(student=False)
+    ).fit(frame.to_numpy())
     assert not hasattr(plain, "feature_names_in_") and plain.input_columns_ is None
 
 
@@ -161,7 +157,7 @@ def test_cuda_without_cuda_is_one_line(tmp_path: Path, command: str) -> None:
 
 def test_auto_device_is_cpu_without_cuda(tmp_path: Path) -> None:
     rows = _frame(30, 0)[FEATURES].to_numpy()
-    bundle = _bundle()
+    bundle = tiny_bundle(len(FEATURES), alignment=AS_IS)
     cpu = FewShotDetector(bundle, config=AdaptConfig(seed=1)).fit(rows)
     auto = FewShotDetector(bundle, config=AdaptConfig(seed=1, device="auto")).fit(rows)
     assert auto.report_["device"] == ("cuda" if HAS_CUDA else "cpu")
@@ -173,7 +169,7 @@ def test_auto_device_is_cpu_without_cuda(tmp_path: Path) -> None:
 def test_cuda_fit_and_score_equal_cpu(tmp_path: Path) -> None:
     rows = _frame(60, 0)[FEATURES].to_numpy()
     new = _frame(50, 3)[FEATURES].to_numpy()
-    bundle = _bundle()
+    bundle = tiny_bundle(len(FEATURES), alignment=AS_IS)
     cpu = FewShotDetector(bundle, config=AdaptConfig(seed=1)).fit(rows[:20], unlabeled=rows[20:])
     gpu = FewShotDetector(bundle, config=AdaptConfig(seed=1, device="cuda")).fit(
         rows[:20], unlabeled=rows[20:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import episode_batch
 from torch import Tensor
 
 from metakd.config import load_train_config
@@ -62,14 +63,7 @@ def _meta_gradients(
     with torch.no_grad():
         for r in learner.rates:
             r.mul_(torch.rand_like(r) + 0.5)  # distinct per-element rates (Meta-SGD)
-    g = torch.Generator().manual_seed(1)
-    sx = torch.randn(B, N, d, generator=g)
-    sy = torch.zeros(B, N)
-    sy[:, -1] = 1
-    qx = torch.randn(B, Q, d, generator=g)
-    qy = (torch.arange(Q) % 2).to(torch.float64).expand(B, Q).contiguous()
-    px = torch.randn(B, P, d, generator=g)
-    loss, _ = learner.meta_loss(sx, sy, qx, qy, px)
+    loss, _ = learner.meta_loss(*episode_batch(d, tasks=B, support=N, query=Q, pool=P))
     return loss, list(torch.autograd.grad(loss, list(learner.parameters())))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from metakd.checkpoint import load_checkpoint
 from metakd.cli import main
@@ -78,11 +78,11 @@ def _stages(out: Path) -> list[Path]:
 
 
 @pytest.fixture
-def sigterm_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """Make meta-training send itself SIGTERM once it has logged iteration ``at`` (it then stops
-    after the next one)."""
+def interrupted_run(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, int], Result]:
+    """Meta-train into ``out`` and send the run SIGTERM once it has logged iteration ``at`` (it
+    then stops after the next one); the CLI result, its exit code checked to be 143."""
 
-    def arm(at: int) -> None:
+    def run(out: Path, at: int) -> Result:
         log = Run.log
 
         def log_then_signal(self: Run, metrics: dict[str, Any], *, step: int) -> None:
@@ -91,23 +91,26 @@ def sigterm_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
                 os.kill(os.getpid(), signal.SIGTERM)
 
         monkeypatch.setattr(Run, "log", log_then_signal)
+        try:
+            stopped = CliRunner().invoke(
+                main, ["meta-train", "--out", str(out), "--no-progress", *_sets(CONFIG)]
+            )
+        finally:
+            monkeypatch.undo()
+        assert stopped.exit_code == 143, stopped.output
+        return stopped
 
-    return arm
+    return run
 
 
 def test_sigterm_checkpoint_then_resume_equals_uninterrupted_run(
-    tmp_path: Path, sigterm_at, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, interrupted_run
 ) -> None:
     reference = tmp_path / "reference"
     _train(reference)
 
     out = tmp_path / "run"
-    sigterm_at(3)
-    stopped = CliRunner().invoke(
-        main, ["meta-train", "--out", str(out), "--no-progress", *_sets(CONFIG)]
-    )
-    monkeypatch.undo()
-    assert stopped.exit_code == 143, stopped.output
+    stopped = interrupted_run(out, 3)
     last = stopped.output.strip().splitlines()[-1]
     assert "interrupted by SIGTERM at iteration 4" in last
     assert f"metakd meta-train --resume {out}" in last
@@ -129,16 +132,9 @@ def test_sigterm_checkpoint_then_resume_equals_uninterrupted_run(
     assert not (out / RESUME_FILE).exists() and not _stages(out)
 
 
-def test_resume_refuses_a_changed_config_naming_the_keys(
-    tmp_path: Path, sigterm_at, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path: Path, interrupted_run) -> None:
     out = tmp_path / "run"
-    sigterm_at(2)
-    stopped = CliRunner().invoke(
-        main, ["meta-train", "--out", str(out), "--no-progress", *_sets(CONFIG)]
-    )
-    monkeypatch.undo()
-    assert stopped.exit_code == 143, stopped.output
+    interrupted_run(out, 2)
 
     changed = CliRunner().invoke(
         main,
@@ -291,15 +287,10 @@ state.save(Path(sys.argv[1]))
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(
-    tmp_path: Path, sigterm_at, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, interrupted_run
 ) -> None:
     out = tmp_path / "run"
-    sigterm_at(2)
-    stopped = CliRunner().invoke(
-        main, ["meta-train", "--out", str(out), "--no-progress", *_sets(CONFIG)]
-    )
-    monkeypatch.undo()
-    assert stopped.exit_code == 143, stopped.output
+    interrupted_run(out, 2)
     path = out / RESUME_FILE
     before = path.read_bytes()
 

@@ -8,31 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bundle
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from metakd.data.transforms import AlignmentConfig, ScalingConfig
+from metakd.data.transforms import AlignmentConfig
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.distill import DistillConfig
 from metakd.errors import MetakdError
-from metakd.meta.learners import InnerConfig
-from metakd.models.teachers import ModelConfig, build_teacher
 from metakd.persist import TeacherBundle
 
-
-def _bundle(kind: str = "knn") -> TeacherBundle:
-    torch.manual_seed(0)
-    model = ModelConfig(kind=kind, hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
-    return TeacherBundle(
-        teacher=build_teacher(4, model).eval(),
-        model=model,
-        inner=InnerConfig(steps=1, lr=0.05),
-        algorithm="maml",
-        rates=[],
-        scaling=ScalingConfig(),
-        alignment=AlignmentConfig(),
-        info={},
-    )
+# Any feature count, projected to the teacher's 8 inputs (scikit-learn's checks vary it).
+ANY_WIDTH = AlignmentConfig(kind="project", width=8)
 
 
 def _rows(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -63,7 +50,7 @@ def test_params_round_trip_and_clone_is_unfitted() -> None:
 
 
 def test_clone_of_a_fitted_detector_with_a_bundle_refits_the_same() -> None:
-    det = FewShotDetector(_bundle(), config=NO_STUDENT).fit(_rows(10, 1))
+    det = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(_rows(10, 1))
     copy = clone(det)
     assert isinstance(copy.teacher, TeacherBundle) and not hasattr(copy, "decision_scores_")
     X = _rows(7, 2)
@@ -74,7 +61,7 @@ def test_clone_of_a_fitted_detector_with_a_bundle_refits_the_same() -> None:
 
 def test_pyod_attributes_fit_predict_and_proba() -> None:
     X = _rows(12, 1)
-    det = FewShotDetector(_bundle(), config=NO_STUDENT)
+    det = FewShotDetector(tiny_bundle(4), config=NO_STUDENT)
     labels = det.fit_predict(X)
     assert det.decision_scores_.shape == (12,)
     np.testing.assert_array_equal(labels, det.labels_)
@@ -98,11 +85,15 @@ def test_pyod_attributes_fit_predict_and_proba() -> None:
 
 def test_contamination_sets_the_threshold_quantile() -> None:
     X, pool = _rows(8, 1), _rows(40, 5)
-    default = FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, unlabeled=pool)
-    same = FewShotDetector(_bundle(), config=NO_STUDENT, contamination=0.1).fit(X, unlabeled=pool)
+    default = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(X, unlabeled=pool)
+    same = FewShotDetector(tiny_bundle(4), config=NO_STUDENT, contamination=0.1).fit(
+        X, unlabeled=pool
+    )
     assert default.threshold_ == same.threshold_  # 0.1 is the default
     assert default.report_["threshold_method"] == "contamination"
-    low = FewShotDetector(_bundle(), config=NO_STUDENT, contamination=0.3).fit(X, unlabeled=pool)
+    low = FewShotDetector(tiny_bundle(4), config=NO_STUDENT, contamination=0.3).fit(
+        X, unlabeled=pool
+    )
     assert low.threshold_ < default.threshold_
 
 
@@ -112,10 +103,10 @@ def test_unlabelled_rows_in_y_join_the_pool() -> None:
     rows = np.concatenate([X[:3], pool[:10], anomalies, X[3:], pool[10:]])
     y = np.concatenate([np.zeros(3), -np.ones(10), np.ones(2), np.zeros(5), np.full(10, np.nan)])
     Xe = _rows(9, 7)
-    direct = FewShotDetector(_bundle(), config=NO_STUDENT).fit(
+    direct = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(
         np.concatenate([X[:3], anomalies, X[3:]]), np.r_[np.zeros(3), np.ones(2), np.zeros(5)], pool
     )
-    mixed = FewShotDetector(_bundle(), config=NO_STUDENT).fit(rows, y)
+    mixed = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(rows, y)
     np.testing.assert_array_equal(mixed.decision_function(Xe), direct.decision_function(Xe))
     assert mixed.threshold_ == direct.threshold_
     assert mixed.report_["unlabeled_rows"] == 20 and mixed.report_["support_rows"] == 10
@@ -124,17 +115,17 @@ def test_unlabelled_rows_in_y_join_the_pool() -> None:
     np.testing.assert_array_equal(mixed.decision_scores_[support], direct.decision_scores_)
     assert np.isfinite(mixed.decision_scores_).all() and mixed.labels_.shape == (30,)
     # Passing unlabelled rows both ways: those of y come first in the pool.
-    both = FewShotDetector(_bundle(), config=NO_STUDENT).fit(
+    both = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(
         np.concatenate([X, pool[:10]]), np.r_[np.zeros(8), -np.ones(10)], unlabeled=pool[10:]
     )
-    plain = FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, unlabeled=pool)
+    plain = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(X, unlabeled=pool)
     np.testing.assert_array_equal(both.decision_function(Xe), plain.decision_function(Xe))
     with pytest.raises(MetakdError, match="at least one normal"):
-        FewShotDetector(_bundle(), config=NO_STUDENT).fit(X, -np.ones(8), unlabeled=pool)
+        FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(X, -np.ones(8), unlabeled=pool)
 
 
 def test_save_to_str_and_load_score_the_same(tmp_path: Path) -> None:
-    det = FewShotDetector(_bundle(), config=NO_STUDENT).fit(_rows(10, 1))
+    det = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(_rows(10, 1))
     paths = det.save(str(tmp_path / "model"))
     assert set(paths) == {"teacher"}
     loaded = FewShotDetector.load(str(tmp_path / "model"))
@@ -150,7 +141,9 @@ def test_save_to_str_and_load_score_the_same(tmp_path: Path) -> None:
 
 def test_student_save_load_and_float64_torchscript(tmp_path: Path) -> None:
     config = AdaptConfig(distill=DistillConfig(steps=50))
-    det = FewShotDetector(_bundle("svdd"), config=config).fit(_rows(10, 1), unlabeled=_rows(30, 5))
+    det = FewShotDetector(tiny_bundle(4, kind="svdd"), config=config).fit(
+        _rows(10, 1), unlabeled=_rows(30, 5)
+    )
     # With a student the training scores are the student's own: decision_function of the rows.
     X = _rows(10, 1)
     np.testing.assert_array_equal(det.decision_scores_, det.decision_function(X))
@@ -179,22 +172,6 @@ def test_student_save_load_and_float64_torchscript(tmp_path: Path) -> None:
     np.testing.assert_array_equal(p64.numpy(), det.predict(Xe))
 
 
-def _any_width_bundle() -> TeacherBundle:
-    """A teacher that takes any feature count (projected to 8), as scikit-learn's checks vary it."""
-    torch.manual_seed(0)
-    model = ModelConfig(kind="knn", hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
-    return TeacherBundle(
-        teacher=build_teacher(8, model).eval(),
-        model=model,
-        inner=InnerConfig(steps=1, lr=0.05),
-        algorithm="maml",
-        rates=[],
-        scaling=ScalingConfig(),
-        alignment=AlignmentConfig(kind="project", width=8),
-        info={},
-    )
-
-
 # The scikit-learn checks that do not apply, and why. Every other check must pass.
 EXPECTED_FAILED_CHECKS = {
     "check_estimators_dtypes": "passes labels 1 and 2 (a column of X); a detector's labels are "
@@ -207,7 +184,7 @@ EXPECTED_FAILED_CHECKS = {
 
 
 @parametrize_with_checks(
-    [FewShotDetector(_any_width_bundle(), config=NO_STUDENT)],
+    [FewShotDetector(tiny_bundle(8, alignment=ANY_WIDTH), config=NO_STUDENT)],
     expected_failed_checks=lambda _: EXPECTED_FAILED_CHECKS,
 )
 def test_scikit_learn_estimator_checks(estimator: FewShotDetector, check: object) -> None:
@@ -217,7 +194,7 @@ def test_scikit_learn_estimator_checks(estimator: FewShotDetector, check: object
 
 
 def test_fit_leaves_the_teacher_unchanged() -> None:
-    bundle = _any_width_bundle()
+    bundle = tiny_bundle(8, alignment=ANY_WIDTH)
     before = {k: v.clone() for k, v in bundle.teacher.state_dict().items()}
     FewShotDetector(bundle, config=NO_STUDENT).fit(_rows(12, 1), unlabeled=_rows(20, 2))
     after = bundle.teacher.state_dict()
@@ -231,7 +208,7 @@ def test_batch_invariance_within_float32_rounding() -> None:
     fitted on, with labelled anomalies: it failed at 4e-4 relative until distances below the
     norm expansion's resolution got a floor (``_expansion_distance``)."""
     support = _rows(12, 1)
-    det = FewShotDetector(_any_width_bundle(), config=NO_STUDENT).fit(support)
+    det = FewShotDetector(tiny_bundle(8, alignment=ANY_WIDTH), config=NO_STUDENT).fit(support)
     for X in (_rows(40, 3, shift=1.0), support):
         whole = det.decision_function(X)
         parts = np.concatenate([det.decision_function(X[i : i + 5]) for i in range(0, len(X), 5)])

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import episode_batch
 from sklearn.covariance import LedoitWolf
 from torch import Tensor
 
@@ -77,18 +78,6 @@ def _encode(teacher: Teacher, x: Tensor) -> Tensor:
     for i, layer in enumerate(teacher.linear_layers()):
         h = layer(h if i == 0 else torch.tanh(h))
     return h
-
-
-def _batch() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(support_x, support_y, query_x, query_y, pool_x)`` with one anomaly per support."""
-    g = torch.Generator().manual_seed(1)
-    sx = torch.randn(B, N, D, generator=g)
-    sy = torch.zeros(B, N)
-    sy[:, -1] = 1
-    qx = torch.randn(B, Q, D, generator=g)
-    qy = (torch.arange(Q) % 2).to(torch.float64).expand(B, Q).contiguous()
-    px = torch.randn(B, P, D, generator=g)
-    return sx, sy, qx, qy, px
 
 
 def _higher_meta_gradient(learner: MetaLearner, batch, *, head_only: bool) -> list[Tensor]:
@@ -187,7 +176,7 @@ def test_second_order_meta_gradient_matches_loop_and_higher(
         meta=MetaConfig(algorithm=algorithm),
         anomaly_shots=1,
     )
-    batch = _batch()
+    batch = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     loss, _ = learner.meta_loss(*batch)
     ours = list(torch.autograd.grad(loss, list(learner.teacher.parameters())))
     _assert_close(ours, _higher_meta_gradient(learner, batch, head_only=algorithm == "anil"))
@@ -204,7 +193,7 @@ def test_second_order_meta_gradient_matches_loop_and_higher(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_meta_learner_steps_each_kind(kind: str) -> None:
-    batch = tuple(t.float() for t in _batch())
+    batch = tuple(t.float() for t in episode_batch(D, tasks=B, support=N, query=Q, pool=P))
     for algorithm in sorted(LEARNERS):
         teacher = _teacher(kind)
         learner = build_learner(
@@ -259,7 +248,7 @@ def test_ledoit_wolf_and_mahalanobis_equal_scikit_learn(float64, rows: int, p: i
 
 def test_gaussian_support_rows_are_scored_without_themselves(float64) -> None:
     teacher = _teacher("gaussian")
-    sx, sy, _, _, px = _batch()
+    sx, sy, _, _, px = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     out = _encode(teacher, sx[0])
     reference = teacher.reference(out, sx[0], 1 - sy[0])
     loo = teacher.head(out, sx[0], reference, leave_one_out=True)
@@ -330,7 +319,7 @@ def test_vae_terms_scores_and_fixed_noise(float64) -> None:
 
 
 def test_vae_scores_are_identical_for_the_same_seed() -> None:
-    sx, sy, qx, _, px = (t.float() for t in _batch())
+    sx, sy, qx, _, px = (t.float() for t in episode_batch(D, tasks=B, support=N, query=Q, pool=P))
 
     def run(seed: int) -> tuple[Tensor, Tensor, Tensor]:
         torch.manual_seed(seed)
@@ -351,7 +340,7 @@ def test_vae_inner_loss_is_the_elbo(float64) -> None:
     the support loss before adaptation is the one-class loss of the support normals' -ELBO."""
     teacher = _teacher("vae", vae=VAEConfig(score="reconstruction"))
     learner = build_learner(teacher, inner=InnerConfig(), meta=MetaConfig(), anomaly_shots=0)
-    sx, sy, qx, qy, _ = _batch()
+    sx, sy, qx, qy, _ = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     sy = torch.zeros_like(sy)
     _, stats = learner.meta_loss(sx, sy, qx, qy)
     for b in range(B):
@@ -527,7 +516,7 @@ def test_gaussian_cli_meta_train_adapt_score(tmp_path: Path, held_out_task) -> N
 
 
 def test_ganomaly_adversarial_term_trains_discriminator_and_generator_apart(float64) -> None:
-    sx, sy, *_ = _batch()
+    sx, sy, *_ = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     grads = {}
     for weight in (1.0, 2.0):
         teacher = _teacher("ganomaly", ganomaly=GANomalyConfig(adversarial_weight=weight))
