@@ -8,15 +8,24 @@ machine's matmul peak, measured in the same run, two ways: the FLOPs metakd exec
 FLOPs the textbook dense formulation needs (what higher and the loop execute; the "model FLOPs
 utilisation" convention, so work metakd avoids is not counted as if it were done).
 
+Then every teacher kind (``model.kind``) at meta-training's defaults: meta-batch 16, 3 inner
+steps, episodes of the default shape (10 support, 32 query, 32 pool rows) at the MVTec widths
+(1000 features, projected to 64 by the default alignment; the profile teacher reads 21 profile
+columns besides), timed on one torch thread as ``metakd meta-train`` runs it, beside the MLP
+teacher of the same hidden sizes on the 1000 raw features and on the 64 projected ones.
+
 Usage: python benchmarks/meta_train_speed.py [--seconds 2] [--batches 1,8,32] [--no-compile]
+       python benchmarks/meta_train_speed.py --kinds-only      # only the teacher kinds
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -104,6 +113,20 @@ def time_it(fn: Callable, learner: MAML, batch, seconds: float) -> float:
     return times[len(times) // 2]
 
 
+def best_time(fn: Callable, learner: Any, batch: Any, seconds: float) -> float:
+    """Seconds per call, the fastest of a timing window: on a shared machine other work only
+    ever adds time, so the minimum is the steadiest estimate of the call's own cost."""
+    fn(learner, batch)  # warm-up
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        learner.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        fn(learner, batch)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def flops_of(fn: Callable, learner: MAML, batch) -> int:
     learner.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
@@ -125,6 +148,57 @@ def matmul_peak(seconds: float) -> float:
     return best
 
 
+def kinds_table(seconds: float) -> None:
+    """Meta-gradient time of every teacher kind at meta-training's defaults (one thread; the
+    fastest call of each window)."""
+    from metakd.config import TrainConfig
+    from metakd.models.teachers import teacher_kinds
+    from metakd.train import build_learner
+
+    defaults = TrainConfig()
+    episode, width, raw = defaults.episode, 64, 1000
+    print(
+        f"\nteacher kinds, meta-training defaults: {defaults.meta.algorithm}, meta-batch "
+        f"{episode.meta_batch}, {defaults.inner.steps} inner steps, {episode.shots} shots, "
+        f"{episode.query_size} query and {episode.pool_size} pool rows; 1 torch thread"
+    )
+    header = f"{'kind':>12} {'input':>6} | {'ms/batch':>9} {'tasks/s':>8} | {'÷ mlp 1000':>10} {'÷ mlp 64':>9}"
+    print(header + "\n" + "-" * len(header))
+    rows: list[tuple[str, int, float]] = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # meta-train's default (`threads`)
+    try:
+        for kind in ["mlp@1000", *teacher_kinds()]:
+            name = kind.split("@")[0]
+            config = TrainConfig(model=dataclasses.replace(defaults.model, kind=name))
+            d = (
+                raw
+                if kind == "mlp@1000"
+                else width + config.model.profile.width * (name == "profile")
+            )
+            learner = build_learner(config, d, seed=0)
+            g = torch.Generator().manual_seed(0)
+            b, q, p = episode.meta_batch, episode.query_size, episode.pool_size
+            sx = torch.randn(b, episode.shots, d, generator=g)
+            qx = torch.randn(b, q, d, generator=g)
+            px = torch.randn(b, p, d, generator=g)
+            qy = (torch.arange(q) < episode.query_anomalies).float().expand(b, q).contiguous()
+            batch = (sx, torch.zeros(b, episode.shots), qx, qy, px)
+
+            def step(learner: Any, batch: tuple[Tensor, ...]) -> None:
+                learner.meta_gradients(*batch)
+
+            rows.append((kind, d, best_time(step, learner, batch, seconds)))
+    finally:
+        torch.set_num_threads(previous)
+    mlp = {kind: t for kind, _, t in rows if kind.startswith("mlp")}
+    for kind, d, t in rows:
+        print(
+            f"{kind:>12} {d:>6} | {t * 1e3:9.1f} {episode.meta_batch / t:8.1f} | "
+            f"{t / mlp['mlp@1000']:10.2f} {t / mlp['mlp']:9.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per measurement")
@@ -132,7 +206,11 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile measurement"
     )
+    parser.add_argument("--kinds-only", action="store_true", help="only the teacher kinds")
     args = parser.parse_args()
+    if args.kinds_only:
+        kinds_table(args.seconds)
+        return
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     print(
@@ -194,6 +272,7 @@ def main() -> None:
             f"{executed / t / 1e9:.1f} GFLOP/s = {executed / t / peak:.0%}; dense-equivalent "
             f"(model FLOPs) {dense / t / 1e9:.1f} GFLOP/s = {dense / t / peak:.0%}"
         )
+    kinds_table(args.seconds)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from metakd.data.transforms import (
     ScalingConfig,
     align_features,
     check_feature_counts,
+    projection_matrix,
 )
 from metakd.errors import ConfigError, DataError
 from metakd.models.profile import NeighbourProfile, ProfileConfig
@@ -235,27 +236,32 @@ class EpisodeSampler:
             raise DataError(
                 "episodes", f"no task can serve episodes with {_describe(config)} ({listing})"
             )
+        self._usable = frozenset(self.tasks)
         self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int | None = None) -> EpisodeBatch:
         """A meta-batch of ``batch_size`` (default ``config.meta_batch``) episodes.
 
         Tasks are drawn without replacement when ``batch_size <= len(tasks)``, with
-        replacement otherwise; each drawn task gets a fresh episode.
+        replacement otherwise; each drawn task gets a fresh episode. Equal to
+        ``build(draw(batch_size))``.
         """
+        return self.build(self.draw(batch_size))
+
+    def draw(self, batch_size: int | None = None) -> list[EpisodePlan]:
+        """The plans of a meta-batch (see :meth:`sample`): every random choice, made in order
+        from :attr:`rng`; :meth:`build` then computes the features without randomness."""
         size = self.config.meta_batch if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"batch_size must be >= 1, got {size}")
         chosen = self.rng.choice(len(self.tasks), size=size, replace=size > len(self.tasks))
         if self.prior is None:
-            return _stack([self._draw(self.tasks[i], self.rng) for i in chosen])
+            return [self.plan(self.tasks[i], self.rng) for i in chosen]
         from_prior = self.rng.random(size) < self.prior.weight
-        return _stack(
-            [
-                self._draw(self._prior_task() if p else self.tasks[i], self.rng)
-                for i, p in zip(chosen, from_prior, strict=True)
-            ]
-        )
+        return [
+            self.plan(self._prior_task() if p else self.tasks[i], self.rng)
+            for i, p in zip(chosen, from_prior, strict=True)
+        ]
 
     def _prior_task(self) -> Task:
         assert self.prior is not None  # only drawn from when the prior is on (see sample)
@@ -275,21 +281,23 @@ class EpisodeSampler:
         ``task`` need not be one of :attr:`tasks` (e.g. a held-out test task), but it must fit
         the episode shape and the common feature width.
         """
-        shortfall = episode_shortfall(task, self.config)
-        if shortfall is not None:
-            raise DataError(
-                task.name, f"cannot serve an episode ({_describe(self.config)}): {shortfall}"
-            )
-        if self.alignment.kind == "none" and task.n_features != self.n_features:
-            raise DataError(
-                task.name,
-                f"{task.n_features} features, but this sampler's tasks have {self.n_features} "
-                "(alignment: none)",
-            )
-        check_feature_counts({task.name: task.n_features}, self.alignment, where=task.name)
-        return _stack([self._draw(task, rng)])
+        return self.build([self.plan(task, rng)])
 
-    def _draw(self, task: Task, rng: np.random.Generator) -> _Episode:
+    def plan(self, task: Task, rng: np.random.Generator) -> EpisodePlan:
+        """Draw one episode's rows of ``task`` with ``rng`` (checked as :meth:`episode`)."""
+        if task not in self._usable:
+            shortfall = episode_shortfall(task, self.config)
+            if shortfall is not None:
+                raise DataError(
+                    task.name, f"cannot serve an episode ({_describe(self.config)}): {shortfall}"
+                )
+            if self.alignment.kind == "none" and task.n_features != self.n_features:
+                raise DataError(
+                    task.name,
+                    f"{task.n_features} features, but this sampler's tasks have "
+                    f"{self.n_features} (alignment: none)",
+                )
+            check_feature_counts({task.name: task.n_features}, self.alignment, where=task.name)
         config = self.config
         normals = np.flatnonzero(task.y == NORMAL)
         anomalies = np.flatnonzero(task.y == ANOMALY)
@@ -315,86 +323,119 @@ class EpisodeSampler:
             pool = rng.choice(np.flatnonzero(free), size=config.pool_size, replace=False)
         else:
             pool = np.zeros(0, dtype=np.int64)
-
-        # Fancy indexing copies, so the tensors own writable memory (task arrays are read-only).
-        support_x = torch.from_numpy(task.X[support])
-        query_x = torch.from_numpy(task.X[query])
-        pool_x = torch.from_numpy(task.X[pool])
-        scaler = Scaler.fit(torch.cat([support_x, pool_x]), self.scaling)
-        features = self._features(scaler, support_x, task.y[support] == NORMAL, pool_x, rng)
-        # One pass over all the episode's rows: the profile and projection are per row.
-        sx, qx, px = features(torch.cat([support_x, query_x, pool_x])).split(
-            [len(support), len(query), len(pool)]
-        )
-        return _Episode(
-            task_name=task.name,
-            support_x=sx,
-            support_y=torch.from_numpy((task.y[support] == ANOMALY).astype(np.float32)),
-            query_x=qx,
-            query_y=torch.from_numpy((task.y[query] == ANOMALY).astype(np.float32)),
-            pool_x=px,
-            support_index=support.astype(np.int64),
-            query_index=query.astype(np.int64),
-            pool_index=pool.astype(np.int64),
+        # The profile's pool-subsample seed, drawn only when there is a profile (as always).
+        seed = int(rng.integers(2**62)) if self.profile is not None else 0
+        return EpisodePlan(
+            task=task,
+            support=support.astype(np.int64),
+            query=query.astype(np.int64),
+            pool=pool.astype(np.int64),
+            seed=seed,
         )
 
-    def _features(
-        self,
-        scaler: Scaler,
-        support_x: Tensor,
-        normal: np.ndarray,
-        pool_x: Tensor,
-        rng: np.random.Generator,
-    ) -> Callable[[Tensor], Tensor]:
-        """The episode's map from rows as read to model input: scaled and aligned, then (with a
-        profile) each row's neighbourhood profile, fitted exactly as ``metakd adapt`` fits it."""
-        profile = None
-        if self.profile is not None:
-            profile = NeighbourProfile.fit_task(
-                support_x,
-                torch.from_numpy(normal),
-                pool_x,
-                scale=scaler,
-                config=self.profile,
-                seed=int(rng.integers(2**62)),
-            )
+    def build(self, plans: Sequence[EpisodePlan]) -> EpisodeBatch:
+        """The episodes of ``plans`` as one batch, computed together.
 
-        def features(x: Tensor) -> Tensor:
-            z = scaler(x)
-            aligned = align_features(z, self.alignment)
-            return aligned if profile is None else torch.cat([aligned, profile(x, z)], dim=1)
+        Each episode's rows are scaled with its own support and pool statistics, aligned, and
+        (with a profile) given their neighbourhood profiles, exactly as ``metakd adapt`` fits
+        them per task; the tasks' rows are zero-padded to the widest task's features, which
+        changes no statistic of a real feature and no distance, so every step is one batched
+        operation (float64 where the profile needs it) instead of one per episode.
+        """
+        if not plans:
+            raise ValueError("build needs at least one episode plan")
+        # Tasks of similar widths together (within 2×), so a narrow task is not padded to a
+        # wide one's width: the synthetic prior's 2-128 features beside 1000-feature embeddings.
+        groups: dict[int, list[int]] = {}
+        for b, plan in enumerate(plans):
+            groups.setdefault(int(plan.task.n_features - 1).bit_length(), []).append(b)
+        parts = [(index, self._features(plans, index)) for index in groups.values()]
+        if len(parts) == 1:
+            features = parts[0][1]
+        else:
+            features = torch.empty((len(plans), *parts[0][1].shape[1:]))
+            for index, part in parts:
+                features[index] = part
+        n_s, n_q, n_p = (len(getattr(plans[0], part)) for part in ("support", "query", "pool"))
+        sx, qx, px = features.split([n_s, n_q, n_p], dim=1)
 
-        return features
+        def labels(part: str) -> Tensor:
+            y = np.stack([plan.task.y[getattr(plan, part)] for plan in plans])
+            return torch.from_numpy((y == ANOMALY).astype(np.float32))
+
+        return EpisodeBatch(
+            support_x=sx.contiguous(),
+            support_y=labels("support"),
+            query_x=qx.contiguous(),
+            query_y=labels("query"),
+            pool_x=px.contiguous() if n_p else None,
+            task_names=[plan.task.name for plan in plans],
+            support_index=[plan.support for plan in plans],
+            query_index=[plan.query for plan in plans],
+            pool_index=[plan.pool for plan in plans],
+        )
+
+    def _features(self, plans: Sequence[EpisodePlan], index: list[int]) -> Tensor:
+        """Model inputs ``[len(index), K + A + Q + P, D]`` of the episodes ``plans[index]``:
+        support, query and pool rows, each episode's rows zero-padded to the group's width."""
+        chosen = [plans[b] for b in index]
+        n_s, n_q, n_p = (len(getattr(chosen[0], part)) for part in ("support", "query", "pool"))
+        widths = [plan.task.n_features for plan in chosen]
+        rows = np.zeros((len(chosen), n_s + n_q + n_p, max(widths)), dtype=np.float32)
+        for b, plan in enumerate(chosen):
+            rows[b, :, : widths[b]] = plan.task.X[np.concatenate(plan.rows)]
+        raw = torch.from_numpy(rows)
+        raw_support, raw_pool = raw[:, :n_s], raw[:, n_s + n_q :]
+        scaler = Scaler.fit(torch.cat([raw_support, raw_pool], dim=1), self.scaling)
+        scaled = scaler(raw)
+        features = self._align(scaled, widths)
+        if self.profile is None:
+            return features
+        k = self.config.shots  # the support's normals come first
+        profile = NeighbourProfile.fit(
+            raw_support[:, :k],
+            scaled[:, :k],
+            scaled[:, n_s + n_q :] if n_p else None,
+            config=self.profile,
+            seed=[plan.seed for plan in chosen],
+            n_features=torch.tensor(widths),
+        )
+        return torch.cat([features, profile(raw, scaled)], dim=-1)
+
+    def _align(self, scaled: Tensor, widths: list[int]) -> Tensor:
+        """Rows ``[B, N, d]`` (zero-padded beyond each task's width) to the common width."""
+        if self.alignment.kind != "project" or len(set(widths)) == 1:
+            # One width (none/project), or pad: its zero columns are the padding's own.
+            return align_features(scaled, self.alignment)
+        # Each task's projection, zero rows below its width: the padding contributes nothing.
+        matrices = torch.zeros(len(widths), scaled.shape[-1], self.alignment.width)
+        for b, d in enumerate(widths):
+            matrices[b, :d] = projection_matrix(d, self.alignment.width, self.alignment.seed)
+        return scaled @ matrices
 
 
-@dataclass
-class _Episode:
-    """One unbatched episode (see :class:`EpisodeBatch` for the fields)."""
+@dataclass(frozen=True, eq=False)
+class EpisodePlan:
+    """One episode's rows of one task, as drawn (:meth:`EpisodeSampler.plan`).
 
-    task_name: str
-    support_x: Tensor
-    support_y: Tensor
-    query_x: Tensor
-    query_y: Tensor
-    pool_x: Tensor
-    support_index: np.ndarray
-    query_index: np.ndarray
-    pool_index: np.ndarray
+    Attributes:
+        task: The task.
+        support: ``K + A`` row indices, the normals first.
+        query: ``Q`` row indices, shuffled.
+        pool: ``P`` row indices (empty when ``P == 0``).
+        seed: Seed of the profile's pool subsample (:func:`~metakd.models.profile.bounded_reference`).
+    """
 
+    task: Task
+    support: np.ndarray
+    query: np.ndarray
+    pool: np.ndarray
+    seed: int
 
-def _stack(episodes: Sequence[_Episode]) -> EpisodeBatch:
-    has_pool = episodes[0].pool_x.shape[0] > 0
-    return EpisodeBatch(
-        support_x=torch.stack([e.support_x for e in episodes]),
-        support_y=torch.stack([e.support_y for e in episodes]),
-        query_x=torch.stack([e.query_x for e in episodes]),
-        query_y=torch.stack([e.query_y for e in episodes]),
-        pool_x=torch.stack([e.pool_x for e in episodes]) if has_pool else None,
-        task_names=[e.task_name for e in episodes],
-        support_index=[e.support_index for e in episodes],
-        query_index=[e.query_index for e in episodes],
-        pool_index=[e.pool_index for e in episodes],
-    )
+    @property
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Support, query and pool indices, in the order :class:`EpisodeBatch` stacks them."""
+        return self.support, self.query, self.pool
 
 
 def _describe(config: EpisodeConfig) -> str:

@@ -20,6 +20,10 @@ class DataError(MetakdError):
         self.where = where
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[DataError], tuple[str, str]]:
+        # Rebuilt from its two parts when it crosses a process (an episode-prefetching worker).
+        return type(self), (self.where, self.problem)
+
 
 class ConfigError(MetakdError, ValueError):
     """Bad configuration: unknown key, wrong type, invalid value or a combination of settings

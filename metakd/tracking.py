@@ -13,7 +13,9 @@ import json
 import math
 import netrc
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -134,8 +136,79 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _WandbWorker:
+    """The one thread that talks to W&B: it starts the run, then makes the calls it is handed,
+    in order. The job's own thread only enqueues: W&B's start (an import and a service
+    process, 1-2 s) overlaps the job's set-up, and no training step waits for a log call.
+
+    A failure inside W&B is kept, later calls are dropped, and the error is raised by the job's
+    next call (or :meth:`close`), so it ends the job with an error rather than being lost.
+    """
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        # (call, whether it runs even after a failure)
+        self._calls: queue.Queue[tuple[Callable[[Any], None], bool] | None] = queue.Queue()
+        self._ready = threading.Event()
+        self.run: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._serve, args=(start,), name="metakd-wandb", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self, start: Callable[[], Any]) -> None:
+        try:
+            self.run = start()
+        except BaseException as err:  # raised by the job's next call
+            self.error = err
+        finally:
+            self._ready.set()
+        while (entry := self._calls.get()) is not None:
+            call, always = entry
+            if self.error is None or always:
+                try:
+                    call(self.run)
+                except BaseException as err:
+                    self.error = self.error or err
+
+    def started(self) -> Any:
+        """The W&B run, once started (waits for it)."""
+        self._ready.wait()
+        self._raise()
+        return self.run
+
+    def submit(self, call: Callable[[Any], None]) -> None:
+        """Run ``call(wandb_run)`` on the W&B thread, after every call before it."""
+        self._raise()
+        self._calls.put((call, False))
+
+    def wait(self) -> None:
+        """Return once every call submitted so far has been made (raising W&B's failure)."""
+        done = threading.Event()
+        self._calls.put((lambda run: done.set(), True))
+        done.wait()
+        self._raise()
+
+    def close(self, final: Callable[[Any], None]) -> None:
+        """Make ``final(wandb_run)`` after every other call (even after a failure, if W&B's run
+        started), stop the thread, then raise W&B's failure, if any."""
+        self._calls.put((lambda run: None if run is None else final(run), True))
+        self._calls.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 class Run:
     """One tracked job (meta-train, adapt or evaluate) writing into ``out_dir``.
+
+    ``metrics.jsonl`` is written by the calling thread as each call is made; W&B's side runs on
+    a thread of its own (:class:`_WandbWorker`), so tracking costs a training step only the
+    JSON line.
 
     Args:
         out_dir: the run directory; ``metrics.jsonl`` (and W&B's ``wandb/`` folder, unless
@@ -172,34 +245,47 @@ class Run:
         if self.lines:
             self._metrics.write("".join(line + "\n" for line in self.lines))
             self._metrics.flush()
-        self.wandb_run: Any = None
+        self._wandb: _WandbWorker | None = None
         if self.mode != "disabled":
-            import wandb  # lazy: W&B costs start-up time and is only needed when tracking is on
-
             wandb_dir = Path(os.environ.get("WANDB_DIR") or out_dir)
             wandb_dir.mkdir(parents=True, exist_ok=True)
             # W&B's own variables apply where the config sets nothing. They are read here, at
             # each run, rather than left to wandb, whose process-wide settings keep the values
             # it first saw.
-            self.wandb_run = wandb.init(
-                project=tracking.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-                entity=tracking.entity or os.environ.get("WANDB_ENTITY") or None,
-                group=tracking.group,
-                tags=list(tracking.tags),
-                name=tracking.name,
-                config=config,
-                dir=str(wandb_dir),
-                mode=self.mode,
-                job_type=job_type,
-                settings=wandb.Settings(silent=True, console="off"),
-                id=resume_id,
-                resume="allow" if resume_id is not None else None,
-            )
+            project = tracking.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+            entity = tracking.entity or os.environ.get("WANDB_ENTITY") or None
+            mode = self.mode
+
+            def start() -> Any:
+                import wandb  # lazy: W&B costs start-up time and is only needed when tracking
+
+                return wandb.init(
+                    project=project,
+                    entity=entity,
+                    group=tracking.group,
+                    tags=list(tracking.tags),
+                    name=tracking.name,
+                    config=config,
+                    dir=str(wandb_dir),
+                    mode=mode,
+                    job_type=job_type,
+                    settings=wandb.Settings(silent=True, console="off"),
+                    id=resume_id,
+                    resume="allow" if resume_id is not None else None,
+                )
+
+            self._wandb = _WandbWorker(start)
+
+    @property
+    def wandb_run(self) -> Any:
+        """The W&B run (``None`` when W&B is off); waits until W&B has started it."""
+        return None if self._wandb is None else self._wandb.started()
 
     @property
     def wandb_id(self) -> str | None:
         """The W&B run id (``None`` when W&B is off)."""
-        return None if self.wandb_run is None else str(self.wandb_run.id)
+        run = self.wandb_run
+        return None if run is None else str(run.id)
 
     def log(self, metrics: dict[str, Any], *, step: int) -> None:
         """Log scalar metrics at ``step`` to ``metrics.jsonl`` and W&B."""
@@ -208,16 +294,17 @@ class Run:
         self.lines.append(line)
         self._metrics.write(line + "\n")
         self._metrics.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self._wandb is not None:
+            values = {k: v for k, v in record.items() if k != "step"}
+            self._wandb.submit(lambda run: run.log(values, step=step))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         """Record final metrics (W&B run summary; a ``summary`` line in ``metrics.jsonl``)."""
         plain = {k: _plain(v) for k, v in metrics.items()}
         self._metrics.write(json.dumps({"summary": plain}) + "\n")
         self._metrics.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update(plain)
+        if self._wandb is not None:
+            self._wandb.submit(lambda run: run.summary.update(plain))
 
     def log_artifact(
         self,
@@ -235,45 +322,61 @@ class Run:
         declared an input of the run, so W&B draws the lineage graph; W&B forbids
         ``use_artifact`` offline, so the name and SHA-256 of each source file are also recorded
         in the artifact's metadata (``sources``), which identifies the exact source artifact.
+        The file is read before this returns: it may change afterwards.
         """
-        if self.wandb_run is None:
+        if self._wandb is None:
             return
-        import wandb
-
         metadata = dict(metadata or {})
         if uses:
             metadata["sources"] = [
                 {"artifact": source_name, "file": source_path.name, "sha256": _sha256(source_path)}
                 for source_name, source_path in uses
             ]
-            if self.mode == "online":
+        online = self.mode == "online"
+
+        def log(run: Any) -> None:
+            import wandb
+
+            if online and uses:
                 for source_name, source_path in uses:
                     source = wandb.Artifact(source_name, type=type)
                     source.add_file(str(source_path))
-                    self.wandb_run.use_artifact(source)
-        artifact = wandb.Artifact(name, type=type, metadata=metadata)
-        artifact.add_file(str(path))
-        self.wandb_run.log_artifact(artifact, aliases=aliases)
+                    run.use_artifact(source)
+            artifact = wandb.Artifact(name, type=type, metadata=metadata)
+            artifact.add_file(str(path))
+            run.log_artifact(artifact, aliases=aliases)
+
+        self._wandb.submit(log)
+        self._wandb.wait()  # W&B has read the file before it may change
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Log a ``wandb.Table`` (no-op when disabled)."""
-        if self.wandb_run is None:
+        if self._wandb is None:
             return
-        import wandb
-
         header: list[str | int] = list(columns)  # wandb's column keys are ``str | int``
-        self.wandb_run.log({key: wandb.Table(columns=header, data=rows)})
+
+        def log(run: Any) -> None:
+            import wandb
+
+            run.log({key: wandb.Table(columns=header, data=rows)})
+
+        self._wandb.submit(log)
 
     def log_image(self, key: str, path: Path) -> None:
         """Log an image file (no-op when disabled)."""
-        if self.wandb_run is None:
+        if self._wandb is None:
             return
-        import wandb
 
-        self.wandb_run.log({key: wandb.Image(str(path))})
+        def log(run: Any) -> None:
+            import wandb
+
+            run.log({key: wandb.Image(str(path))})
+
+        self._wandb.submit(log)
+        self._wandb.wait()  # W&B has read the file before it may change
 
     def finish(self, *, error: BaseException | None = None) -> None:
-        """Close ``metrics.jsonl`` and the W&B run.
+        """Close ``metrics.jsonl`` and the W&B run (after every call to W&B was made).
 
         With ``error`` (the exception ending the run), ``metrics.jsonl`` ends with a
         ``{"status": "failed", "error": TYPE}`` line (``interrupted`` for ``KeyboardInterrupt``)
@@ -289,9 +392,9 @@ class Run:
                     json.dumps({"status": status, "error": type(error).__name__}) + "\n"
                 )
         self._metrics.close()
-        if self.wandb_run is not None:
-            run, self.wandb_run = self.wandb_run, None
-            run.finish(exit_code=exit_code)
+        if self._wandb is not None:
+            worker, self._wandb = self._wandb, None
+            worker.close(lambda run: run.finish(exit_code=exit_code))
 
     def __enter__(self) -> Run:
         return self

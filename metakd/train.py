@@ -34,7 +34,9 @@ from metakd.meta.learners import MetaLearner, MetaStats, learner_class
 from metakd.meta.losses import auroc
 from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import build_teacher
+from metakd.prefetch import Prefetch
 from metakd.resume import RESUME_FILE, ResumeState
+from metakd.threads import torch_threads
 from metakd.tracking import Run, progress_bar
 
 
@@ -67,8 +69,12 @@ def fixed_episodes(
         tasks, config, scaling=scaling, alignment=alignment, seed=seed, profile=profile
     )
     rng = np.random.default_rng(seed)
-    episodes = [sampler.episode(task, rng) for task in sampler.tasks for _ in range(per_task)]
-    return stack_episodes(episodes)
+    plans = [sampler.plan(task, rng) for task in sampler.tasks for _ in range(per_task)]
+    # Built in meta-batch-sized blocks: batched like training's, memory bounded however many.
+    block = max(1, config.meta_batch)
+    return stack_episodes(
+        [sampler.build(plans[i : i + block]) for i in range(0, len(plans), block)]
+    )
 
 
 def stack_episodes(episodes: list[EpisodeBatch]) -> EpisodeBatch:
@@ -229,15 +235,18 @@ class EpisodeStreams:
         self.owned = range(rank * share, (rank + 1) * share)
         self.per_stream = sampler.config.meta_batch // streams
 
-    def sample(self, iteration: int) -> EpisodeBatch:
-        """This rank's episodes of iteration ``iteration`` (1-based)."""
+    def sample(self, iteration: int) -> tuple[EpisodeBatch, dict[str, Any] | None]:
+        """This rank's episodes of iteration ``iteration`` (1-based), and the sampler
+        generator's state after them, what a resume checkpoint of that iteration holds (``None``
+        with several streams, which keep no state between iterations)."""
         if self.streams == 1:
-            return self.sampler.sample()
+            batch = self.sampler.sample()
+            return batch, dict(self.sampler.rng.bit_generator.state)
         parts = []
         for stream in self.owned:
             self.sampler.rng = np.random.default_rng([self.seed, stream, iteration])
             parts.append(self.sampler.sample(self.per_stream))
-        return stack_episodes(parts)
+        return stack_episodes(parts), None
 
 
 _STEP_METRICS = ("outer_loss", "support_loss_before", "support_loss_after", "query_auroc")
@@ -275,9 +284,19 @@ def meta_train(
         TrainingInterrupted: SIGINT/SIGTERM (on any rank) stopped the run.
         DistributedError: another rank failed, died or timed out.
     """
-    with _StopSignals() as stop:
+    with (
+        _StopSignals() as stop,
+        torch_threads(config.threads or 1),
+        contextlib.ExitStack() as resources,
+    ):
         return _meta_train(
-            config, out_dir=out_dir, progress=progress, resume=resume, group=group, stop=stop
+            config,
+            out_dir=out_dir,
+            progress=progress,
+            resume=resume,
+            group=group,
+            stop=stop,
+            resources=resources,
         )
 
 
@@ -289,6 +308,7 @@ def _meta_train(
     resume: ResumeState | None,
     group: ProcessGroup | None,
     stop: _StopSignals,
+    resources: contextlib.ExitStack,
 ) -> TrainResult:
     start = time.perf_counter()
     world, rank = (1, 0) if group is None else (group.world_size, group.rank)
@@ -371,6 +391,14 @@ def _meta_train(
             )
             learner.load_state_dict(current)
 
+    # The sampler's state after the last meta-batch trained on (the prefetching thread may
+    # have drawn further): what a checkpoint must hold to resume the same stream.
+    sampler_state = dict(sampler.rng.bit_generator.state) if streams == 1 else None
+    # Started now, so the worker's start overlaps the set-up below (first validation, W&B).
+    stream = resources.enter_context(
+        Prefetch(episodes.sample, start=done + 1, stop=config.iterations, depth=config.prefetch)
+    )
+
     def validate(iteration: int, metrics: dict[str, float | Tensor]) -> None:
         """Meta-val AUROC into ``metrics``; a new best is kept in memory and saved."""
         nonlocal best_auroc, best_iteration, best_state
@@ -395,7 +423,7 @@ def _meta_train(
             iteration=iteration,
             learner=learner.state_dict(),
             optimiser=optimiser.state_dict(),
-            sampler_rng=dict(sampler.rng.bit_generator.state) if streams == 1 else None,
+            sampler_rng=sampler_state,
             torch_rng=torch.get_rng_state(),
             python_rng=random.getstate(),
             skipped=skipped,
@@ -491,6 +519,12 @@ def _meta_train(
         # A failure on one rank is held until the next all-reduce, which tells every rank.
         pending: Exception | None = None
         bar = progress_bar(enabled=progress and out_dir is not None)
+        summary = ""
+
+        def phase(what: str) -> None:
+            """Say in the bar what the loop is doing now, before the last results."""
+            bar.update(job, info=" · ".join(filter(None, (what, summary))))
+
         with bar:
             job = bar.add_task("meta-train", total=config.iterations, completed=done, info="")
             for iteration in range(done + 1, config.iterations + 1):
@@ -499,7 +533,10 @@ def _meta_train(
                 stats: MetaStats | None = None
                 if pending is None:
                     try:
-                        batch = episodes.sample(iteration).to(device)
+                        phase("sampling")
+                        batch, sampler_state = stream.get(iteration)
+                        batch = batch.to(device)
+                        phase("meta-step")
                         optimiser.zero_grad(set_to_none=True)
                         stats = learner.meta_gradients(
                             batch.support_x,
@@ -546,6 +583,7 @@ def _meta_train(
                     if val_batch is not None and (
                         iteration % config.val_every == 0 or iteration == config.iterations
                     ):
+                        phase("validating")
                         validate(iteration, metrics)
                     if run is not None:
                         run.log(metrics, step=iteration)
@@ -553,10 +591,10 @@ def _meta_train(
                         periodic = every > 0 and iteration % every == 0
                         if stopping or (periodic and iteration < config.iterations):
                             checkpoint(iteration, run)
-                    info = f"loss {metrics['outer_loss']:.3f}"
+                    summary = f"loss {metrics['outer_loss']:.3f}"
                     if best_auroc is not None:
-                        info += f" · best val AUROC {best_auroc:.3f}"
-                    bar.update(job, advance=1, info=info)
+                        summary += f" · best val AUROC {best_auroc:.3f}"
+                    bar.update(job, advance=1, info=summary)
                 except Exception as err:
                     if group is None or stopping:
                         raise

@@ -96,11 +96,13 @@ from pathlib import Path
 
 mode, out, marker = sys.argv[1:4]
 if os.environ["RANK"] == "1":
-    from metakd.train import EpisodeStreams
+    # Where the rank's own process asks for iteration 3's episodes (drawn by a prefetching
+    # worker process, which must not be the one that fails).
+    from metakd.prefetch import Prefetch
 
-    sample = EpisodeStreams.sample
+    get = Prefetch.get
 
-    def sample_or_fail(self, iteration):
+    def get_or_fail(self, iteration):
         if iteration == 3:
             Path(marker).write_text(repr(time.time()))
             if mode == "raise":
@@ -111,9 +113,9 @@ if os.environ["RANK"] == "1":
                 time.sleep(12)  # past rank 0's --dist-timeout
             else:
                 os.kill(os.getpid(), signal.SIGTERM)  # only this rank is asked to stop
-        return sample(self, iteration)
+        return get(self, iteration)
 
-    EpisodeStreams.sample = sample_or_fail
+    Prefetch.get = get_or_fail
 from metakd.cli import main
 
 main(["meta-train", "--out", out, "--no-progress", *sys.argv[4:]], prog_name="metakd")

@@ -185,3 +185,51 @@ def test_episode_config_validation():
     # round(5 * 0.5) = 3: halves round up.
     half = EpisodeConfig(query_size=5, query_anomaly_fraction=0.5)
     assert (half.query_anomalies, half.query_normals) == (3, 2)
+
+
+@pytest.mark.parametrize("alignment", ["project", "pad"])
+def test_batched_features_equal_each_episode_built_alone_in_float64(make_task, alignment):
+    """A meta-batch's episodes are scaled, aligned and profiled together (zero-padded to the
+    widest task of a width group); each must equal the same episode computed alone, the way
+    ``metakd adapt`` fits one task, in float64: Scaler, alignment, NeighbourProfile.fit_task."""
+    from metakd.models.profile import NeighbourProfile, ProfileConfig
+
+    widths = [3, 7, 7, 12, 40]
+    tasks = [
+        make_task(f"w{d}-{i}", normals=40, anomalies=10, unlabelled=8, features=d, seed=i)
+        for i, d in enumerate(widths)
+    ]
+    profile = ProfileConfig(neighbours=3)
+    config = dataclasses.replace(CONFIG, pool_size=9, meta_batch=5)
+    aligned = AlignmentConfig(kind=alignment, width=48)
+    s = EpisodeSampler(
+        tasks, config, scaling=ScalingConfig(), alignment=aligned, seed=4, profile=profile
+    )
+    plans = s.draw()
+    batch = s.build(plans)
+    assert batch.support_x.shape == (5, 7, 48 + profile.width)
+    for b, plan in enumerate(plans):
+        x = torch.from_numpy(plan.task.X.copy()).double()
+        support, query, pool = (x[torch.from_numpy(i)] for i in plan.rows)
+        scaler = Scaler.fit(torch.cat([support, pool]), ScalingConfig())
+        normal = torch.from_numpy(plan.task.y[plan.support] == 0)
+        reference = NeighbourProfile.fit_task(
+            support, normal, pool, scale=scaler, config=profile, seed=plan.seed
+        )
+        parts = ("support_x", "query_x", "pool_x")
+        for part, rows in zip(parts, (support, query, pool), strict=True):
+            z = scaler(rows)
+            expected = torch.cat([align_features(z, aligned), reference(rows, z).double()], -1)
+            got = getattr(batch, part)[b].double()
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{part} {b}")
+        alone = s.build([plan])
+        for part in ("support_x", "query_x", "pool_x"):
+            torch.testing.assert_close(getattr(alone, part)[0], getattr(batch, part)[b])
+
+
+def test_draw_then_build_is_sample(tasks):
+    """The random choices are all in draw (from the sampler's generator); build has none."""
+    a, b = sampler(tasks, seed=3), sampler(tasks, seed=3)
+    plans = a.draw()
+    assert_batches_equal(a.build(plans), b.sample())
+    assert_batches_equal(a.build(plans), a.build(plans))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
     """Records of a `.wandb` transaction log: W&B's LevelDB-log format (a ':W&B' header, 32 KiB
     blocks, records of <crc32, length, type> headers, split FIRST/MIDDLE/LAST across blocks)."""
     data = path.read_bytes()
+    if len(data) < 7:  # not written yet
+        return []
     assert data[:4] == b":W&B"
     block, pos, chunks, pending = 32768, 7, [], b""
     while pos + 7 <= len(data):
@@ -40,6 +43,8 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
             pos += space
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
@@ -61,10 +66,26 @@ def offline_run(run_dir: Path) -> dict:
     return read_run(files[0])
 
 
-def read_run(path: Path) -> dict:
-    """What one offline run's `.wandb` file holds."""
+def read_run(path: Path, *, timeout: float = 60.0) -> dict:
+    """What one offline run's `.wandb` file holds, read once W&B has written all of it.
+
+    `run.finish()` can return before W&B's service has flushed the file (a `run` record was
+    missing in 1 of 2 runs read at once), so the file is read again until it holds the run's
+    `exit` record, W&B's last, and then once more after it has stopped growing.
+    """
+    deadline = time.monotonic() + timeout
+    size = -1
+    while True:
+        records = read_records(path)
+        kinds = {record.WhichOneof("record_type") for record in records}
+        if "exit" in kinds and path.stat().st_size == size:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} holds no finished run after {timeout} s: {kinds}")
+        size = path.stat().st_size
+        time.sleep(0.2)
     out: dict = {"history": set(), "summary": {}, "artifacts": [], "config": {}, "job_type": None}
-    for record in read_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "exit":
             out["exit_code"] = record.exit.exit_code

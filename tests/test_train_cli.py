@@ -43,12 +43,20 @@ def test_meta_learning_beats_random_init_on_held_out_digits(tmp_path: Path) -> N
     support the meta-learned initialisation learns how to use them: measured 0.962 held-out AUROC
     against 0.922 for the same network adapted from a random initialisation (kNN: 0.910).
     (Without anomaly shots six digit classes teach little that transfers, at most +0.01 on
-    held-out digits, so that setting makes no learning test; see the synthetic one.)"""
+    held-out digits, so that setting makes no learning test; see the synthetic one.)
+
+    The digits' own 64 features, no synthetic prior: since 1ae3d86 built-in collections default
+    to the Gaussian projection to 64 features (and the prior, which needs it), and a square
+    64 × 64 Gaussian matrix is ill-conditioned (condition number ~870 at seed 0): it distorts the
+    distances the SVDD teacher reads, and the margin fell to 0.924 against 0.904 (kNN 0.903),
+    with the prior making no difference (0.919 without it). Bisected; thread count irrelevant."""
     config = load_train_config(
         None,
         [
             "tasks=digits",
             "model.kind=svdd",
+            "alignment.kind=none",
+            "prior.weight=0",
             "tracking.mode=disabled",
             "iterations=60",
             "episode.anomaly_shots=5",
@@ -95,8 +103,10 @@ def test_meta_train_cli_writes_run_files(tmp_path: Path) -> None:
     assert not (out / "wandb").exists(), "tracking disabled writes no W&B files"
 
 
-def test_meta_train_same_seed_same_teacher(tmp_path: Path) -> None:
-    config = load_train_config(None, ["tasks=synthetic", *TINY])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_meta_train_same_seed_same_teacher(tmp_path: Path, threads: int) -> None:
+    """Bit for bit, on the default one torch thread and on two (sums split across threads)."""
+    config = load_train_config(None, ["tasks=synthetic", *TINY, f"threads={threads}"])
     meta_train(config, out_dir=tmp_path / "a", progress=False)
     meta_train(config, out_dir=tmp_path / "b", progress=False)
     a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=True)["state_dict"]

@@ -117,12 +117,12 @@ class Scaler:
         if config.kind == "none":
             ones = torch.ones_like(x[..., :1, :])
             return cls(center=torch.zeros_like(ones), scale=ones, clip=None)
-        std = x.std(dim=-2, correction=0, keepdim=True)
+        mean = x.mean(dim=-2, keepdim=True)
+        std = population_std(x, mean)
         if config.kind == "standard":
-            center, scale = x.mean(dim=-2, keepdim=True), std
+            center, scale = mean, std
         else:
-            q = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
-            q1, center, q3 = torch.quantile(x, q, dim=-2, keepdim=True)
+            q1, center, q3 = _quartiles(x)
             scale = (q3 - q1) / _IQR_TO_STD
             # Discrete or few-valued features often have IQR 0 on a small support.
             scale = torch.where(scale < config.eps, std, scale)
@@ -133,6 +133,36 @@ class Scaler:
         """Scale rows ``x [..., m, d]`` (leading dims broadcast against the fitted stats)."""
         z = (x - self.center) / self.scale
         return z if self.clip is None else z.clamp(-self.clip, self.clip)
+
+
+def population_std(x: Tensor, mean: Tensor) -> Tensor:
+    """Standard deviation (``correction=0``) over dim ``-2`` of ``x``, given its ``mean``
+    (keepdim). Two passes of elementwise ops: ``Tensor.std`` over a middle dimension runs
+    column by column on the CPU, ~10× slower on an episode's ``[B, n, d]`` rows."""
+    return (x - mean).pow(2).mean(dim=-2, keepdim=True).sqrt()
+
+
+def _quartiles(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The 25, 50 and 75 % quantiles over dim ``-2`` (keepdim), interpolated as
+    ``torch.quantile`` does. On the CPU the columns are sorted by NumPy, ~10× faster than
+    ``torch.sort`` on short columns; the interpolation is torch's own ``lerp`` either way."""
+    if x.device.type != "cpu" or x.requires_grad:
+        q = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
+        q1, q2, q3 = torch.quantile(x, q, dim=-2, keepdim=True)
+        return q1, q2, q3
+    ordered = torch.from_numpy(np.sort(x.numpy(), axis=-2))
+    n = x.shape[-2]
+
+    def quantile(q: float) -> Tensor:
+        rank = q * (n - 1)
+        below = int(np.floor(rank))
+        above = min(below + 1, n - 1)
+        weight = torch.tensor(rank - below, dtype=x.dtype)
+        return torch.lerp(
+            ordered[..., below : below + 1, :], ordered[..., above : above + 1, :], weight
+        )
+
+    return quantile(0.25), quantile(0.5), quantile(0.75)
 
 
 def projection_matrix(

@@ -7,18 +7,15 @@ scored once and only enters AUROC and AUPRC. Methods are built through
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metakd import configio
@@ -31,6 +28,7 @@ from metakd.evaluate.report import method_means, plot_auroc_vs_shots, summarise,
 from metakd.evaluate.splits import Split, draw_split, split_counts, split_seed
 from metakd.evaluate.tasks import evaluation_tasks, load_tasks, teacher_collection_spec
 from metakd.persist import TeacherBundle
+from metakd.threads import torch_threads
 from metakd.tracking import Run, progress_bar
 
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -90,23 +88,10 @@ def run_evaluation(
     Raises:
         MetakdError: a bad teacher file, collection or setting (the message names it).
     """
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         return _run_evaluation(
             config, teacher_path=teacher_path, out_dir=out_dir, progress=progress
         )
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_evaluation(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vjp
 
 from metakd.meta.losses import LossFn, one_class_loss
-from metakd.models.stack import Prefix, StackParams, make_prefix, stack_forward
+from metakd.models.stack import Prefix, StackParams, append_factor, make_prefix, stack_forward
 from metakd.models.teachers import Reference, Teacher
 
 # Per-layer learned rates for Meta-SGD (Li et al. 2017): (weight rate [out, in], bias rate [out]).
@@ -56,8 +56,10 @@ def _inner_objective(
     n = y.shape[-1]
     support_out, support_x = out[..., :n, :], x[..., :n, :]
     pool_out, pool_x = (out[..., n:, :], x[..., n:, :]) if x.shape[-2] > n else (None, None)
-    reference = _reference(teacher, support_out, support_x, y, pool_out, pool_x)
-    value = loss(teacher.fit_scores(support_out, support_x, reference, leave_one_out=True), y)
+    reference, support_scores = _reference_and_fit_scores(
+        teacher, support_out, support_x, y, pool_out, pool_x
+    )
+    value = loss(support_scores, y)
     if pool is not None:
         if pool_out is None or pool_x is None:
             raise ValueError("the inner pool term needs the pool rows after the support rows")
@@ -341,7 +343,7 @@ def adapt(
                     merged = lr * g if merged is None else merged + lr * g
                     factors[layer] = ((h, merged),)
                 else:
-                    factors[layer] = (*factors[layer], (h, lr * g))
+                    factors[layer] = append_factor(factors[layer], h, lr * g)
                 bias_rate = lr
             else:
                 w_rate, b_rate = lr[layer]
@@ -367,9 +369,8 @@ def task_scores(
     """Score rows of one task with its (adapted) parameters.
 
     Support-relative heads (centre, nearest neighbours) need the support's (and, for heads with
-    pool neighbours, the pool's) outputs under the same parameters. Each set of rows makes its
-    own forward pass: concatenating them first would copy every row once more. Support rows are
-    scored leave-one-out.
+    pool neighbours, the pool's) outputs under the same parameters; all rows make one forward
+    pass. Support rows are scored leave-one-out.
 
     Args:
         params: the task's parameters.
@@ -384,14 +385,17 @@ def task_scores(
         inner loss reads (:meth:`~metakd.models.teachers.Teacher.fit_scores`, the scores for
         most teachers), so the inner loss after adaptation compares with the one before.
     """
-    support_out, _ = stack_forward(params, support_x, activation=teacher.activation)
-    pool_out = None
-    if teacher.uses_reference and teacher.uses_pool and pool_x is not None:
-        pool_out, _ = stack_forward(params, pool_x, activation=teacher.activation)
-    reference = _reference(teacher, support_out, support_x, support_y, pool_out, pool_x)
-    out, _ = stack_forward(params, x, activation=teacher.activation)
-    support_scores = teacher.fit_scores(support_out, support_x, reference, leave_one_out=True)
-    return teacher.head(out, x, reference), support_scores
+    n = support_x.shape[-2]
+    with_pool = teacher.uses_reference and teacher.uses_pool and pool_x is not None
+    parts = [support_x, *((pool_x,) if with_pool and pool_x is not None else ()), x]
+    # One pass over all rows: on small tasks each op's fixed cost, not its rows, sets the time.
+    out, _ = stack_forward(params, torch.cat(parts, dim=-2), activation=teacher.activation)
+    m = pool_x.shape[-2] if with_pool and pool_x is not None else 0
+    support_out, pool_out, rows_out = out.split([n, m, x.shape[-2]], dim=-2)
+    reference, support_scores = _reference_and_fit_scores(
+        teacher, support_out, support_x, support_y, pool_out if with_pool else None, pool_x
+    )
+    return teacher.head(rows_out, x, reference), support_scores
 
 
 def reference_scores(
@@ -432,3 +436,20 @@ def _reference(
     if not teacher.uses_reference:
         return ()
     return teacher.reference(support_out, support_x, 1.0 - support_y, pool_out, pool_x)
+
+
+def _reference_and_fit_scores(
+    teacher: Teacher,
+    support_out: Tensor,
+    support_x: Tensor,
+    support_y: Tensor,
+    pool_out: Tensor | None,
+    pool_x: Tensor | None,
+) -> tuple[Reference, Tensor]:
+    """:func:`_reference` and the support's own leave-one-out fit scores ``[n]`` against it
+    (:meth:`Teacher.reference_and_fit_scores`): what the inner loss reads."""
+    if not teacher.uses_reference:
+        return (), teacher.fit_scores(support_out, support_x, (), leave_one_out=True)
+    return teacher.reference_and_fit_scores(
+        support_out, support_x, 1.0 - support_y, pool_out, pool_x
+    )

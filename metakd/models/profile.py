@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from metakd.data.transforms import population_std
 from metakd.errors import ConfigError
 
 #: Task statistics after the ``3k`` per-row columns.
@@ -75,25 +76,29 @@ def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
 
 
 def _sorted_distances(x: Tensor, ref: Tensor, k: int) -> Tensor:
-    """``[N, k]`` ascending distances of rows ``x [N, d]`` to ``ref [M, d]`` (float64), the first
-    exact match of each row left out; fewer than ``k`` neighbours repeat the farthest one, none
-    at all give ``inf``."""
-    ref_sq = ref.pow(2).sum(-1)
+    """``[..., N, k]`` ascending distances of rows ``x [..., N, d]`` to ``ref [..., M, d]``
+    (float64; leading dimensions are batches of tasks), the first exact match of each row left
+    out; fewer than ``k`` neighbours repeat the farthest one, none at all give ``inf``."""
+    ref_sq = ref.pow(2).sum(-1).unsqueeze(-2)
     out: list[Tensor] = []
-    take = min(k + 1, ref.shape[0])
-    block_rows = 2048  # bounds memory at block_rows × M × 8 bytes
-    for start in range(0, x.shape[0], block_rows):
-        block = x[start : start + block_rows]
+    take = min(k + 1, ref.shape[-2])
+    batch = 1
+    for size in x.shape[:-2]:
+        batch *= size
+    # Bounds memory at block_rows × M × 8 bytes (summed over the batch of tasks).
+    block_rows = max(1, 2048 // max(1, batch))
+    for start in range(0, x.shape[-2], block_rows):
+        block = x[..., start : start + block_rows, :]
         block_sq = block.pow(2).sum(-1, keepdim=True)
-        sq = (block_sq + ref_sq - 2.0 * block @ ref.T).clamp_min(0.0)
+        sq = (block_sq + ref_sq - 2.0 * block @ ref.transpose(-1, -2)).clamp_min(0.0)
         # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
         match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
         first = match & (match.cumsum(-1) == 1)
         sq = sq.masked_fill(first, float("inf"))
         out.append(sq.topk(take, dim=-1, largest=False).values.sqrt())
-    d = torch.cat(out)[:, :k] if out else x.new_zeros(0, min(k, take))
-    if d.shape[1] < k:
-        d = torch.cat([d, d[:, -1:].expand(-1, k - d.shape[1])], dim=1)
+    d = torch.cat(out, dim=-2)[..., :k] if out else x.new_zeros(list(x.shape[:-1]) + [min(k, take)])
+    if d.shape[-1] < k:
+        d = torch.cat([d, d[..., -1:].expand(list(d.shape[:-1]) + [k - d.shape[-1]])], dim=-1)
     # A row with no neighbour but itself (a one-row reference): repeat what it has, else inf.
     finite = torch.isfinite(d)
     last = torch.where(finite, d, torch.zeros_like(d)).amax(-1, keepdim=True)
@@ -101,10 +106,12 @@ def _sorted_distances(x: Tensor, ref: Tensor, k: int) -> Tensor:
 
 
 def _typical(mean_distances: Tensor, fallback: Tensor) -> Tensor:
-    """Median of finite leave-one-out mean distances (``fallback`` if none), floored above 0."""
-    finite = mean_distances[torch.isfinite(mean_distances)]
-    value = finite.median() if finite.numel() else fallback
-    return value.clamp_min(1e-12)
+    """Median ``[...]`` of the finite leave-one-out mean distances ``[..., n]`` (``fallback``
+    where none is finite), floored above 0. Of an even count, the lower middle value."""
+    finite = torch.isfinite(mean_distances)
+    value = torch.where(finite, mean_distances, torch.full_like(mean_distances, float("nan")))
+    value = value.nanmedian(-1).values
+    return torch.where(finite.any(-1), value, fallback).clamp_min(1e-12)
 
 
 def _log_ratio(d: Tensor, scale: Tensor) -> Tensor:
@@ -195,45 +202,62 @@ class NeighbourProfile(nn.Module):
         *,
         config: ProfileConfig,
         eps: float = 1e-6,
-        seed: int = 0,
+        seed: int | list[int] = 0,
+        n_features: Tensor | None = None,
     ) -> NeighbourProfile:
         """Fit on one task: ``raw_support [n, d]`` the support normals as read, ``support_a``
         and ``pool_a [m, d]`` the support normals and the pool in the pipeline's scaling (the
         pool may be ``None``: the support then stands in for it). Pools above ``max_pool`` rows
-        are subsampled (:func:`bounded_reference` with ``seed``)."""
+        are subsampled (:func:`bounded_reference` with ``seed``).
+
+        Or on a batch of tasks at once (meta-training's episodes): every tensor with the same
+        leading dimensions ``[B, ...]``, features zero-padded to a common ``d`` (zero columns
+        change no distance), ``n_features [B]`` each task's own feature count for its
+        statistics and ``seed`` one seed per task. The references are then batched too, and
+        :meth:`forward` takes rows ``[B, N, d]``.
+        """
         k = config.neighbours
         raw = raw_support.to(torch.float64)
-        mean = raw.mean(0)
-        std = raw.std(0, correction=0)
+        mean = raw.mean(-2, keepdim=True)
+        std = population_std(raw, mean)
         std = torch.where(std < eps, torch.ones_like(std), std)
         sb = ((raw - mean) / std).clamp(-config.clip, config.clip)
+        mean, std = mean.squeeze(-2), std.squeeze(-2)
         sa = support_a.to(torch.float64)
-        pa = sa if pool_a is None or pool_a.shape[0] == 0 else pool_a.to(torch.float64)
-        pa = pa[bounded_reference(pa.shape[0], config.max_pool, seed)]
+        pa = sa if pool_a is None or pool_a.shape[-2] == 0 else pool_a.to(torch.float64)
+        pa = _bounded_rows(pa, config.max_pool, seed)
         s_b_self = _sorted_distances(sb, sb, k).mean(-1)
         s_a_self = _sorted_distances(sa, sa, k).mean(-1)
         p_self = _sorted_distances(pa, pa, k).mean(-1)
         s_a_pool = _sorted_distances(pa, sa, k).mean(-1)  # pool rows' distance to the support
         # One-normal supports have no leave-one-out distance: the pool's distance to it stands in.
-        sigma_sa = _typical(s_a_self, s_a_pool.median())
+        sigma_sa = _typical(s_a_self, s_a_pool.median(-1).values)
         scales = torch.stack(
             [
                 _typical(s_b_self, sigma_sa),
                 sigma_sa,
                 _typical(p_self, sigma_sa),
-            ]
+            ],
+            dim=-1,
         )
         p_of_support = _sorted_distances(sa, pa, k).mean(-1)
-        n, m, d = sa.shape[0], pa.shape[0], sa.shape[1]
+        n, m = sa.shape[-2], pa.shape[-2]
+        d = (
+            torch.full(scales.shape[:-1], float(sa.shape[-1]), dtype=torch.float64)
+            if n_features is None
+            else n_features.to(torch.float64)
+        )
+        counts = torch.full_like(d, 1.0)
         stats = torch.stack(
             [
-                torch.log(scales[2] / scales[1]),
-                _log_ratio(p_of_support, scales[2]).median(),
-                _log_ratio(s_a_pool, scales[1]).median(),
-                torch.log(scales.new_tensor(float(d))) / 5.0,
-                torch.log(scales.new_tensor(float(m + 1))) / 5.0,
-                torch.log(scales.new_tensor(float(n))) / 5.0,
-            ]
+                torch.log(scales[..., 2] / scales[..., 1]),
+                _log_ratio(p_of_support, scales[..., 2:3]).median(-1).values,
+                _log_ratio(s_a_pool, scales[..., 1:2]).median(-1).values,
+                torch.log(d) / 5.0,
+                torch.log(counts * float(m + 1)) / 5.0,
+                torch.log(counts * float(n)) / 5.0,
+            ],
+            dim=-1,
         )
         return NeighbourProfile(
             neighbours=k,
@@ -270,21 +294,36 @@ class NeighbourProfile(nn.Module):
         )
 
     def forward(self, raw: Tensor, scaled: Tensor) -> Tensor:
-        """Profiles ``[N, 3k + 6]`` (float32) of rows given as read (``raw [N, d]``) and in the
-        pipeline's scaling (``scaled [N, d]``)."""
+        """Profiles ``[..., N, 3k + 6]`` (float32) of rows given as read (``raw [..., N, d]``)
+        and in the pipeline's scaling (``scaled [..., N, d]``); leading dimensions as the
+        references' (a batch of tasks), or none."""
         k = self.neighbours
-        zb = (raw.to(torch.float64) * self.b_scale + self.b_shift).clamp(-self.clip, self.clip)
+        b_scale, b_shift = self.b_scale.unsqueeze(-2), self.b_shift.unsqueeze(-2)
+        zb = (raw.to(torch.float64) * b_scale + b_shift).clamp(-self.clip, self.clip)
         za = scaled.to(torch.float64)
+        scales = self.scales.unsqueeze(-2)
         columns = torch.cat(
             [
-                _log_ratio(_sorted_distances(zb, self.support_b, k), self.scales[0]),
-                _log_ratio(_sorted_distances(za, self.support_a, k), self.scales[1]),
-                _log_ratio(_sorted_distances(za, self.pool_a, k), self.scales[2]),
-                self.stats.expand(za.shape[0], self.stats.shape[0]),
+                _log_ratio(_sorted_distances(zb, self.support_b, k), scales[..., 0:1]),
+                _log_ratio(_sorted_distances(za, self.support_a, k), scales[..., 1:2]),
+                _log_ratio(_sorted_distances(za, self.pool_a, k), scales[..., 2:3]),
+                self.stats.unsqueeze(-2) + torch.zeros_like(za[..., :1]),
             ],
-            dim=1,
+            dim=-1,
         )
         return columns.to(torch.float32)
+
+
+def _bounded_rows(rows: Tensor, cap: int, seed: int | list[int]) -> Tensor:
+    """``rows [..., m, d]`` bounded to ``cap`` rows by :func:`bounded_reference`: one seed, or
+    one per task of a batch ``[B, m, d]`` (each task its own subsample)."""
+    if rows.shape[-2] <= cap:
+        return rows
+    if isinstance(seed, int):
+        return rows[..., bounded_reference(rows.shape[-2], cap, seed), :]
+    return torch.stack(
+        [task[bounded_reference(task.shape[0], cap, s)] for task, s in zip(rows, seed, strict=True)]
+    )
 
 
 __all__ = ["N_TASK_STATS", "NeighbourProfile", "ProfileConfig", "bounded_reference"]

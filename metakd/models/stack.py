@@ -101,6 +101,19 @@ def _apply_factors(z: Tensor, factors: tuple[Factor, ...], h: Tensor) -> Tensor:
     return z
 
 
+def append_factor(factors: tuple[Factor, ...], h: Tensor, g: Tensor) -> tuple[Factor, ...]:
+    """``factors`` plus the update ``(h [n, in], g [n, out])``, merged into the last factor.
+
+    ``Σ_k (x H_kᵀ) G_k`` equals ``(x [H_1; H_2]ᵀ) [G_1; G_2]``: one factor of stacked rows costs
+    two products per forward pass however many steps made it, where separate factors cost two
+    each (an inner loop's time on small tasks is the number of its operations).
+    """
+    if not factors:
+        return ((h, g),)
+    fh, fg = factors[-1]
+    return (*factors[:-1], (torch.cat([fh, h], dim=-2), torch.cat([fg, g], dim=-2)))
+
+
 def make_prefix(params: StackParams, x: Tensor, *, activation: Activation, layer: int) -> Prefix:
     """The rows ``x``'s :class:`Prefix` at ``layer``: run the layers below it, then one product."""
     h = x

@@ -243,6 +243,20 @@ class Teacher(nn.Module):
         order: support, then pool."""
         return ()
 
+    def reference_and_fit_scores(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> tuple[Reference, Tensor]:
+        """:meth:`reference` (same arguments) and the support rows' own leave-one-out
+        :meth:`fit_scores` ``[..., n]`` against it, what the inner loss reads. A teacher whose
+        reference already holds what those scores need overrides this to compute it once."""
+        reference = self.reference(out, x, normal_weight, pool_out, pool_x)
+        return reference, self.fit_scores(out, x, reference, leave_one_out=True)
+
     def store_reference(self, reference: Reference) -> None:
         """Keep a task's reference in ``memory`` for standalone scoring."""
 
@@ -442,8 +456,19 @@ def _expansion_distance(sq: Tensor, norms: Tensor) -> Tensor:
     a domain with repeated rows (ADBench mammography) an inner loop diverged to weights of 1e18
     whenever the thread count made two copies of a row embed a rounding error apart.
     """
-    floor = (1e-6 * norms + 1e-12).detach()
+    return _floored_sqrt(sq, (1e-6 * norms + 1e-12).detach())
+
+
+def _floored_sqrt(sq: Tensor, floor: Tensor) -> Tensor:
+    """``sqrt(max(sq, floor))``: the floor (no gradient) is :func:`_expansion_distance`'s."""
     return torch.maximum(sq, floor).sqrt()
+
+
+def _pairwise_sq(e: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Squared distances ``[..., N, M]`` of rows ``e [..., N, E]`` to ``ref [..., M, E]`` by the
+    norm expansion, and the ``‖e‖² + ‖r‖²`` they were computed from (its resolution)."""
+    norms = e.pow(2).sum(-1, keepdim=True) + ref.pow(2).sum(-1).unsqueeze(-2)
+    return norms - 2.0 * e @ ref.transpose(-1, -2), norms
 
 
 def _masked_knn(e: Tensor, ref: Tensor, valid: Tensor, k: int) -> Tensor:
@@ -451,21 +476,39 @@ def _masked_knn(e: Tensor, ref: Tensor, valid: Tensor, k: int) -> Tensor:
     ``ref [..., M, E]`` (``valid [..., M]`` 1/0). A row's first exact match in ``ref`` is itself
     and never its own neighbour, so reference rows score leave-one-out, during training and when
     scored again later. Masks only, so it runs under vmap."""
-    e_sq = e.pow(2).sum(-1, keepdim=True)
-    r_sq = ref.pow(2).sum(-1).unsqueeze(-2)
-    norms = e_sq + r_sq
-    sq = norms - 2.0 * e @ ref.transpose(-1, -2)
-    # float32 rounding of the norm expansion is ~1e-7 relative; distinct rows are far above 1e-5.
-    match = (sq.detach() <= 1e-5 * norms.detach()).to(sq.dtype)
-    first = match * (match.cumsum(-1) == 1).to(sq.dtype)
-    ok = valid.unsqueeze(-2) * (1.0 - first)
-    distance = _expansion_distance(sq, norms)
-    if distance.numel() == 0:  # no rows to score
-        return distance.sum(-1)
-    big = distance.detach().max() + 1.0
-    nearest, index = (distance + (1.0 - ok) * big).topk(min(k, sq.shape[-1]), largest=False)
-    keep = ok.gather(-1, index)
-    return (nearest * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+    sq, norms = _pairwise_sq(e, ref)
+    return _knn_mean(sq, norms, valid, k)
+
+
+def _knn_mean(sq: Tensor, norms: Tensor, valid: Tensor, k: int) -> Tensor:
+    """:func:`_masked_knn` from the squared distances and norms of :func:`_pairwise_sq` (or a
+    block of columns of them, ``valid`` then that block's).
+
+    The neighbours are chosen without gradient; only the chosen ``N × k`` squared distances are
+    taken from the differentiable ``N × M`` matrix, so the square root, its floor and everything
+    after them (and their second-order terms) run on ``k`` columns, not ``M``, and the top-k
+    itself is never differentiated.
+    """
+    if sq.shape[-1] == 0 or sq.shape[-2] == 0:  # no rows to score, or nothing to score against
+        return sq.sum(-1)
+    with torch.no_grad():
+        sq_, norms_ = sq.detach(), norms.detach()
+        # float32 rounding of the norm expansion is ~1e-7 relative; distinct rows are far above.
+        match = sq_ <= 1e-5 * norms_
+        first = match & (match.cumsum(-1) == 1)
+        ok = valid.unsqueeze(-2) * (~first).to(sq.dtype)
+        nearest = sq_.masked_fill(ok == 0, float("inf"))
+        index = nearest.topk(min(k, sq.shape[-1]), dim=-1, largest=False).indices
+        keep = ok.gather(-1, index)
+        floor = 1e-6 * norms_.gather(-1, index) + 1e-12
+    distance = _floored_sqrt(sq.gather(-1, index), floor)
+    return (distance * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+
+
+def _geometric_mean(d: Tensor, weight: Tensor) -> Tensor:
+    """Weighted geometric mean over the last dimension of distances ``d`` (floored above 0)."""
+    log_d = torch.log(d + 1e-12)
+    return torch.exp((log_d * weight).sum(-1) / weight.sum(-1).clamp_min(1.0))
 
 
 class ProfileNet(Teacher):
@@ -516,9 +559,7 @@ class ProfileNet(Teacher):
 
     def _scale(self, e: Tensor, weight: Tensor) -> Tensor:
         """Geometric mean of the rows' leave-one-out kNN distance among themselves (weighted)."""
-        d = _masked_knn(e, e, weight, self.neighbours)
-        log_d = torch.log(d + 1e-12)
-        return torch.exp((log_d * weight).sum(-1) / weight.sum(-1).clamp_min(1.0))
+        return _geometric_mean(_masked_knn(e, e, weight, self.neighbours), weight)
 
     def reference(
         self,
@@ -552,10 +593,14 @@ class ProfileNet(Teacher):
     def channels(self, out: Tensor, x: Tensor, reference: Reference) -> Tensor:
         """The five evidence channels ``[..., N, 5]`` (see the class docstring)."""
         ref, weight, pool_ref, pool_weight, scales = reference
-        profile = x[..., -self.profile_width :]
-        k = self.k
         s_phi = _masked_knn(out, ref, weight, self.neighbours)
         p_phi = _masked_knn(out, pool_ref, pool_weight, self.neighbours)
+        return self._channels(x, s_phi, p_phi, scales)
+
+    def _channels(self, x: Tensor, s_phi: Tensor, p_phi: Tensor, scales: Tensor) -> Tensor:
+        """:meth:`channels` from the rows' embedding distances to the support and the pool."""
+        profile = x[..., -self.profile_width :]
+        k = self.k
         return torch.stack(
             [
                 profile[..., :k].mean(-1),
@@ -567,15 +612,45 @@ class ProfileNet(Teacher):
             dim=-1,
         )
 
+    def _score(self, x: Tensor, channels: Tensor) -> Tensor:
+        """``(α + G t)ᵀ c + r(profile)`` of rows ``x`` with evidence ``channels [..., N, 5]``."""
+        profile = x[..., -self.profile_width :]
+        stats = profile[..., 3 * self.k :]
+        trust = self.base + stats @ self.gate.T  # [..., N, 5]
+        return (trust * channels).sum(-1) + self.residual(profile).squeeze(-1)
+
     def head(
         self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
     ) -> Tensor:
         # Leave-one-out needs no flag: a row's exact match in the reference is left out always.
-        profile = x[..., -self.profile_width :]
-        stats = profile[..., 3 * self.k :]
-        trust = self.base + stats @ self.gate.T  # [..., N, 5]
-        evidence = (trust * self.channels(out, x, reference)).sum(-1)
-        return evidence + self.residual(profile).squeeze(-1)
+        return self._score(x, self.channels(out, x, reference))
+
+    def reference_and_fit_scores(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> tuple[Reference, Tensor]:
+        """As :meth:`Teacher.reference_and_fit_scores`, from one distance matrix of the support
+        and pool rows among themselves: the support's own distances serve both its scale and
+        its ``s_φ`` channel, and the pool block both the pool's scale and the support's ``p_φ``.
+        """
+        if pool_out is None:
+            return super().reference_and_fit_scores(out, x, normal_weight)
+        n, k = out.shape[-2], self.neighbours
+        pool_weight = torch.ones_like(pool_out[..., 0])
+        sq, norms = _pairwise_sq(out, torch.cat([out, pool_out], dim=-2))
+        pool_sq, pool_norms = _pairwise_sq(pool_out, pool_out)
+        s_phi = _knn_mean(sq[..., :n], norms[..., :n], normal_weight, k)
+        p_phi = _knn_mean(sq[..., n:], norms[..., n:], pool_weight, k)
+        p_self = _knn_mean(pool_sq, pool_norms, pool_weight, k)
+        scales = torch.stack(
+            [_geometric_mean(s_phi, normal_weight), _geometric_mean(p_self, pool_weight)], dim=-1
+        )
+        reference = (out, normal_weight, pool_out, pool_weight, scales)
+        return reference, self._score(x, self._channels(x, s_phi, p_phi, scales))
 
 
 class AutoEncoder(Teacher):
