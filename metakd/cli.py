@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 import warnings
@@ -443,7 +444,7 @@ def _meta_train(
     if resume_dir is not None and out_dir is not None:
         raise ConfigError("give --resume RUN_DIR or --out, not both: a resumed run ends in RUN_DIR")
     if tasks_spec is not None:
-        overrides = [*overrides, f"tasks={tasks_spec}"]
+        overrides = [*overrides, f"tasks={json.dumps(tasks_spec)}"]
     out = Path(resume_dir or out_dir or _default_out("meta-train"))
     try:
         launched = launch_meta_train(
@@ -501,7 +502,12 @@ def _meta_train(
                 stacklevel=1,
             )
     else:
-        console.print("no usable meta-test tasks: no held-out AUROC to report")
+        console.print(
+            "no held-out tasks, so no held-out AUROC to report: a folder or manifest is "
+            "meta-trained on every task but the validation ones (--set split.test=0.2 holds some "
+            "out and reports on them)",
+            soft_wrap=True,
+        )
     console.print(f"teacher: {out / 'teacher.pt'}", soft_wrap=True)
 
 
@@ -940,13 +946,26 @@ def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> No
 
 
 @main.command("evaluate")
-@_TEACHER_OPTION
+@click.option(
+    "--teacher",
+    "teacher_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="teacher.pt from metakd meta-train (not with --folds).",
+)
 @click.option(
     "--tasks",
     "tasks_spec",
     default=None,
     metavar="PATH_OR_NAME",
     help="Collection to evaluate on (default: the teacher's own, its meta-test tasks).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Leave domains out: per fold of --tasks, meta-train a teacher on the other folds' "
+    "domains and evaluate it on the fold's (no --teacher).",
 )
 @click.option("--shots", default=None, metavar="K,K,...", help="Normal shots, e.g. 1,5,10,20.")
 @click.option("--anomaly-shots", default=None, metavar="A,A,...", help="Anomaly shots, e.g. 0,1,5.")
@@ -961,8 +980,9 @@ def _check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> No
 @_PROGRESS_OPTION
 @_tracking_options
 def evaluate_command(
-    teacher_path: str,
+    teacher_path: str | None,
     tasks_spec: str | None,
+    folds: int | None,
     shots: str | None,
     anomaly_shots: str | None,
     seeds: int | None,
@@ -975,13 +995,16 @@ def evaluate_command(
     **tracking: Any,
 ) -> None:
     """Benchmark the teacher's few-shot adaptation (teacher and distilled student) against
-    baselines on held-out tasks, on identical disjoint support / pool / query splits.
+    baselines on held-out tasks, on identical disjoint support / pool / query splits; or, with
+    --folds, leave the domains of --tasks out in turn (a teacher meta-trained per fold).
 
     Writes OUT/results.csv, OUT/summary.md and OUT/auroc_vs_shots.png.
     """
     every = list(overrides)
     if tasks_spec is not None:
-        every.append(f"tasks={tasks_spec}")
+        every.append(f"tasks={json.dumps(tasks_spec)}")
+    if folds is not None:
+        every.append(f"folds={folds}")
     for key, value in (("shots", shots), ("anomaly_shots", anomaly_shots)):
         if value is not None:
             every.append(f"{key}=[{value}]")
@@ -994,7 +1017,7 @@ def evaluate_command(
 
 
 def _evaluate(
-    teacher_path: str,
+    teacher_path: str | None,
     out_dir: str | None,
     config_path: str | None,
     overrides: list[str],
@@ -1004,18 +1027,27 @@ def _evaluate(
 ) -> None:
     from metakd.baselines import POOLED_CACHE
     from metakd.evaluate import load_evaluate_config, run_evaluation
+    from metakd.evaluate.domains import run_domain_evaluation
     from metakd.rundir import staged_run_dir
 
     out = Path(out_dir or _default_out("evaluate"))
     config = load_evaluate_config(config_path, overrides)
+    if (config.folds is None) == (teacher_path is None):
+        raise MetakdError(
+            "give --teacher (evaluate a meta-trained teacher) or --folds with --tasks (leave "
+            "domains out, a teacher meta-trained per fold), not both or neither"
+        )
     # The pooled pre-training of a previous run into the same --out is reused (it is keyed by
     # its own settings and recomputed when they differ).
     with staged_run_dir(
         out, command="evaluate", overwrite=overwrite, carry=(POOLED_CACHE,)
     ) as stage:
-        result = run_evaluation(
-            config, teacher_path=Path(teacher_path), out_dir=stage, progress=progress
-        )
+        if teacher_path is None:
+            result = run_domain_evaluation(config, out_dir=stage, progress=progress)
+        else:
+            result = run_evaluation(
+                config, teacher_path=Path(teacher_path), out_dir=stage, progress=progress
+            )
     from metakd.evaluate import headline_gaps
 
     console = _console()

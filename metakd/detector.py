@@ -41,7 +41,7 @@ from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
 from metakd.meta.losses import LossFn, inner_loss_fn
 from metakd.models.deploy import DeployedScorer, Preprocessor, ScoreHead
-from metakd.models.profile import NeighbourProfile, bounded_reference
+from metakd.models.profile import NeighbourProfile, bounded_reference, seeded_order
 from metakd.models.stack import StackParams
 from metakd.models.teachers import LogitScorer, Teacher, count_parameters, score_logits
 from metakd.persist import (
@@ -274,14 +274,25 @@ class FewShotDetector(BaseEstimator):
         # memory and time linear in the rows, not quadratic. Every pool row is still scored and
         # distilled on.
         reference_pool, kept = pool, None
-        if pool is not None and bundle.teacher.uses_reference:
+        pool_rows = bundle.model.pool_rows
+        if pool is not None and bundle.teacher.uses_reference and pool_rows is not None:
+            # The pool in a seeded random order: the profile's reference is its first max_pool
+            # rows, and the teacher's embedding reads its first pool_rows, as in meta-training.
+            order = seeded_order(len(pool), cfg.seed)
+            reference_pool = pool[order[: bundle.model.profile.max_pool]]
+            kept = order[:pool_rows]
+        elif pool is not None and bundle.teacher.uses_reference:
             kept = bounded_reference(len(pool), bundle.model.profile.max_pool, cfg.seed)
             if len(kept) < len(pool):
                 reference_pool = pool[kept]
         preprocess = self._fit_preprocess(bundle, support, labels, reference_pool, seed=cfg.seed)
         xs = preprocess(support)
         xp = preprocess(pool) if pool is not None else None
-        xr = xp if reference_pool is pool else preprocess(reference_pool)
+        if kept is None or (pool is not None and len(kept) == len(pool) and pool_rows is None):
+            xr = xp
+        else:
+            assert pool is not None  # kept is set only with a pool
+            xr = preprocess(pool[kept])
         return _Prepared(
             bundle, cfg, preprocess, support, labels, pool, in_support, xs, xp, xr, kept, tick
         )
@@ -418,7 +429,13 @@ class FewShotDetector(BaseEstimator):
         profile_config = bundle.model.input_profile()
         if profile_config is not None:
             profile = NeighbourProfile.fit_task(
-                support, labels == 0, pool, scale=scaler, config=profile_config, seed=seed
+                support,
+                labels == 0,
+                pool,
+                scale=scaler,
+                config=profile_config,
+                seed=seed,
+                scale_rows=bundle.model.pool_rows,
             )
         return Preprocessor(
             scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection, profile

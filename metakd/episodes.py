@@ -60,7 +60,17 @@ class EpisodeConfig:
         pool_size: ``P`` unlabelled rows (any label, hidden), disjoint from support and query.
             A pool in every episode by default: scaling is fitted on support and pool, exactly
             as ``metakd adapt`` does with the domain's unlabelled rows, so the teacher meets the
-            same statistics in meta-training as in deployment.
+            same statistics in meta-training as in deployment. With ``pool_size_max``, the
+            smallest pool.
+        pool_size_max: Draw each meta-batch's ``P`` log-uniformly from ``pool_size`` to this
+            (as far as its tasks' rows allow), so the pool evidence and the task statistics
+            are learned over the pool sizes ``metakd adapt`` meets (up to
+            ``model.profile.max_pool``); ``None``: always ``pool_size`` (and no pool at all
+            when ``pool_size`` is 0).
+        anomaly_shots_max: Draw each meta-batch's ``A`` uniformly from ``anomaly_shots`` to
+            this (as far as its tasks' anomalies allow), so one teacher learns to adapt with and
+            without labelled anomalies; ``None``: always ``anomaly_shots``. Validation and the
+            held-out report use ``anomaly_shots``.
         meta_batch: ``B`` tasks per meta-batch.
     """
 
@@ -70,6 +80,8 @@ class EpisodeConfig:
     query_anomaly_fraction: float = 0.25
     pool_size: int = 32
     meta_batch: int = 16
+    pool_size_max: int | None = 1024
+    anomaly_shots_max: int | None = 5
 
     def __post_init__(self) -> None:
         minimum = {
@@ -88,6 +100,18 @@ class EpisodeConfig:
                 "episode.query_anomaly_fraction must be in [0, 1], got "
                 f"{self.query_anomaly_fraction!r}"
             )
+        ranges = (
+            ("pool_size", self.pool_size, self.pool_size_max),
+            ("anomaly_shots", self.anomaly_shots, self.anomaly_shots_max),
+        )
+        for key, least, most in ranges:
+            if most is not None and (
+                isinstance(most, bool) or not isinstance(most, int) or most < least
+            ):
+                raise ConfigError(
+                    f"episode.{key}_max must be null or an integer >= episode.{key} ({least}), "
+                    f"got {most!r}"
+                )
 
     @property
     def query_anomalies(self) -> int:
@@ -134,7 +158,9 @@ class EpisodeBatch:
         support_y: ``[B, K + A]`` float32, 0 normal / 1 anomaly; the ``K`` normals come first.
         query_x: ``[B, Q, D]`` float32.
         query_y: ``[B, Q]`` float32, 0 / 1.
-        pool_x: ``[B, P, D]`` float32 (labels hidden), or ``None`` when ``P == 0``.
+        pool_x: ``[B, P', D]`` float32 (labels hidden), or ``None`` when ``P == 0``: the
+            pool rows the teacher reads, the first ``P'`` of ``pool_index`` (all ``P`` unless
+            the sampler's ``pool_rows`` bounds them).
         task_names: ``B`` task names (a task can repeat when ``B`` exceeds the task count).
         support_index: ``B`` int64 arrays ``[K + A]``: the support's row indices in its task.
         query_index: ``B`` int64 arrays ``[Q]``.
@@ -184,6 +210,9 @@ class EpisodeSampler:
             and pool) to its aligned features, as the ``profile`` teacher reads them.
         prior: Draw this share of each meta-batch as fresh tasks of the synthetic prior
             (:mod:`metakd.data.prior`); needs ``alignment: project``.
+        pool_rows: The teacher reads only the first (random) this many pool rows of an
+            episode (``model.pool_rows``), as ``metakd adapt`` gives it a seeded subsample;
+            scaling and the profile still use the whole pool. ``None``: all of them.
 
     Attributes:
         tasks: The usable tasks, in the given order.
@@ -206,6 +235,7 @@ class EpisodeSampler:
         seed: int,
         profile: ProfileConfig | None = None,
         prior: PriorConfig | None = None,
+        pool_rows: int | None = None,
     ) -> None:
         if not tasks:
             raise DataError("episodes", "no tasks to sample from")
@@ -213,6 +243,7 @@ class EpisodeSampler:
         self.scaling = scaling
         self.alignment = alignment
         self.profile = profile
+        self.pool_rows = pool_rows
         self.prior = prior if prior is not None and prior.weight > 0 else None
         self.n_features = check_feature_counts(
             {task.name: task.n_features for task in tasks}, alignment, where="episodes"
@@ -248,45 +279,97 @@ class EpisodeSampler:
         """
         return self.build(self.draw(batch_size))
 
-    def draw(self, batch_size: int | None = None) -> list[EpisodePlan]:
+    def draw(
+        self, batch_size: int | None = None, *, shape: tuple[int, int] | None = None
+    ) -> list[EpisodePlan]:
         """The plans of a meta-batch (see :meth:`sample`): every random choice, made in order
-        from :attr:`rng`; :meth:`build` then computes the features without randomness."""
+        from :attr:`rng`; :meth:`build` then computes the features without randomness.
+
+        The meta-batch's anomaly shots ``A`` and pool size ``P`` are drawn first, once for all
+        its episodes (``episode.anomaly_shots_max``, ``pool_size_max``; or given as ``shape``,
+        as the streams of one meta-batch share theirs), so they stack into tensors of one
+        shape; then its tasks, among those with anomalies enough for ``A``; each task's pool
+        is ``P`` rows or as many as it holds.
+        """
         size = self.config.meta_batch if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"batch_size must be >= 1, got {size}")
-        chosen = self.rng.choice(len(self.tasks), size=size, replace=size > len(self.tasks))
-        if self.prior is None:
-            return [self.plan(self.tasks[i], self.rng) for i in chosen]
-        from_prior = self.rng.random(size) < self.prior.weight
-        return [
-            self.plan(self._prior_task() if p else self.tasks[i], self.rng)
-            for i, p in zip(chosen, from_prior, strict=True)
+        anomaly_shots, pool_size = self.draw_shape(self.rng) if shape is None else shape
+        c = self.config
+        eligible = [
+            i
+            for i, t in enumerate(self.tasks)
+            if t.n_anomalies >= anomaly_shots + c.query_anomalies
         ]
+        if not eligible:  # A exceeds every task: the fewest anomaly shots instead
+            anomaly_shots = c.anomaly_shots
+            eligible = list(range(len(self.tasks)))
+        picks = self.rng.choice(len(eligible), size=size, replace=size > len(eligible))
+        chosen = [eligible[i] for i in picks]
+        if self.prior is None:
+            from_prior = np.zeros(size, dtype=bool)
+        else:
+            from_prior = self.rng.random(size) < self.prior.weight
+        plans = []
+        for i, p in zip(chosen, from_prior, strict=True):
+            task = self._prior_task(anomaly_shots, pool_size) if p else self.tasks[i]
+            # A task's pool is as large as the drawn size, or as its rows allow (on a grid of
+            # sizes, so the episodes of a meta-batch share few pool sizes and batch together).
+            room = task.n_rows - c.shots - anomaly_shots - c.query_size
+            rows = pool_size if pool_size <= room else _grid_size(room, c.pool_size)
+            plans.append(self.plan(task, self.rng, anomaly_shots=anomaly_shots, pool_size=rows))
+        return plans
 
-    def _prior_task(self) -> Task:
+    def draw_shape(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A meta-batch's ``(A, P)``: uniform in ``anomaly_shots..anomaly_shots_max`` and
+        log-uniform in ``pool_size..pool_size_max`` (each fixed without its maximum)."""
+        c = self.config
+        a, p = c.anomaly_shots, c.pool_size
+        if c.anomaly_shots_max is not None:
+            a = int(rng.integers(c.anomaly_shots, c.anomaly_shots_max + 1))
+        if c.pool_size_max is not None and c.pool_size > 0:
+            low, high = np.log(c.pool_size), np.log(c.pool_size_max + 1)
+            p = min(int(np.exp(rng.uniform(low, high))), c.pool_size_max)
+        return a, p
+
+    def _prior_task(self, anomaly_shots: int, pool_size: int) -> Task:
         assert self.prior is not None  # only drawn from when the prior is on (see sample)
         c = self.config
         return prior_task(
             self.rng,
             self.prior,
             normals=c.shots + c.query_normals,
-            anomalies=c.anomaly_shots + c.query_anomalies,
-            pool=c.pool_size,
+            anomalies=anomaly_shots + c.query_anomalies,
+            pool=pool_size,
             width=self.prior_width,
         )
 
     def episode(self, task: Task, rng: np.random.Generator) -> EpisodeBatch:
-        """One episode of ``task`` (``B = 1``) drawn with ``rng``.
+        """One episode of ``task`` (``B = 1``) drawn with ``rng``, of the episode shape's
+        smallest ``A`` and ``P``.
 
         ``task`` need not be one of :attr:`tasks` (e.g. a held-out test task), but it must fit
         the episode shape and the common feature width.
         """
         return self.build([self.plan(task, rng)])
 
-    def plan(self, task: Task, rng: np.random.Generator) -> EpisodePlan:
-        """Draw one episode's rows of ``task`` with ``rng`` (checked as :meth:`episode`)."""
+    def plan(
+        self,
+        task: Task,
+        rng: np.random.Generator,
+        *,
+        anomaly_shots: int | None = None,
+        pool_size: int | None = None,
+    ) -> EpisodePlan:
+        """Draw one episode's rows of ``task`` with ``rng`` (checked as :meth:`episode`), with
+        ``anomaly_shots`` and ``pool_size`` (default: the episode shape's smallest)."""
+        config = self.config
+        shots = config.anomaly_shots if anomaly_shots is None else anomaly_shots
+        pool_rows = config.pool_size if pool_size is None else pool_size
         if task not in self._usable:
-            shortfall = episode_shortfall(task, self.config)
+            shortfall = episode_shortfall(
+                task, dataclasses.replace(config, anomaly_shots=shots, pool_size=pool_rows)
+            )
             if shortfall is not None:
                 raise DataError(
                     task.name, f"cannot serve an episode ({_describe(self.config)}): {shortfall}"
@@ -298,29 +381,23 @@ class EpisodeSampler:
                     f"{self.n_features} (alignment: none)",
                 )
             check_feature_counts({task.name: task.n_features}, self.alignment, where=task.name)
-        config = self.config
         normals = np.flatnonzero(task.y == NORMAL)
         anomalies = np.flatnonzero(task.y == ANOMALY)
         picked_normals = rng.choice(
             normals, size=config.shots + config.query_normals, replace=False
         )
-        picked_anomalies = rng.choice(
-            anomalies, size=config.anomaly_shots + config.query_anomalies, replace=False
-        )
-        support = np.concatenate(
-            [picked_normals[: config.shots], picked_anomalies[: config.anomaly_shots]]
-        )
+        picked_anomalies = rng.choice(anomalies, size=shots + config.query_anomalies, replace=False)
+        support = np.concatenate([picked_normals[: config.shots], picked_anomalies[:shots]])
         # Shuffled so that a query's row order says nothing about its labels.
         query = rng.permutation(
-            np.concatenate(
-                [picked_normals[config.shots :], picked_anomalies[config.anomaly_shots :]]
-            )
+            np.concatenate([picked_normals[config.shots :], picked_anomalies[shots:]])
         )
-        if config.pool_size:
+        if pool_rows:
             free = np.ones(task.n_rows, dtype=bool)
             free[support] = False
             free[query] = False
-            pool = rng.choice(np.flatnonzero(free), size=config.pool_size, replace=False)
+            # In random order: the first rows are the pool the teacher's embedding reads.
+            pool = rng.choice(np.flatnonzero(free), size=pool_rows, replace=False)
         else:
             pool = np.zeros(0, dtype=np.int64)
         # The profile's pool-subsample seed, drawn only when there is a profile (as always).
@@ -333,31 +410,39 @@ class EpisodeSampler:
             seed=seed,
         )
 
-    def build(self, plans: Sequence[EpisodePlan]) -> EpisodeBatch:
-        """The episodes of ``plans`` as one batch, computed together.
+    def build(
+        self, plans: Sequence[EpisodePlan], *, teacher_pool: int | None = None
+    ) -> EpisodeBatch:
+        """The episodes of ``plans`` (of one support and query shape; pools may differ) as
+        one batch, computed together; the teacher reads the same number of pool rows in each
+        (the first, as many as the smallest pool holds, at most ``pool_rows``).
 
         Each episode's rows are scaled with its own support and pool statistics, aligned, and
         (with a profile) given their neighbourhood profiles, exactly as ``metakd adapt`` fits
         them per task; the tasks' rows are zero-padded to the widest task's features, which
         changes no statistic of a real feature and no distance, so every step is one batched
         operation (float64 where the profile needs it) instead of one per episode.
+        ``teacher_pool`` bounds the pool rows the teacher reads further (to stack batches).
         """
         if not plans:
             raise ValueError("build needs at least one episode plan")
         # Tasks of similar widths together (within 2×), so a narrow task is not padded to a
         # wide one's width: the synthetic prior's 2-128 features beside 1000-feature embeddings.
-        groups: dict[int, list[int]] = {}
+        # Episodes of one pool size together (a task's pool may be smaller than the batch's).
+        groups: dict[tuple[int, int], list[int]] = {}
         for b, plan in enumerate(plans):
-            groups.setdefault(int(plan.task.n_features - 1).bit_length(), []).append(b)
-        parts = [(index, self._features(plans, index)) for index in groups.values()]
+            key = (int(plan.task.n_features - 1).bit_length(), len(plan.pool))
+            groups.setdefault(key, []).append(b)
+        read = self.teacher_pool(min(len(plan.pool) for plan in plans), teacher_pool)
+        parts = [(index, self._features(plans, index, read)) for index in groups.values()]
         if len(parts) == 1:
             features = parts[0][1]
         else:
             features = torch.empty((len(plans), *parts[0][1].shape[1:]))
             for index, part in parts:
                 features[index] = part
-        n_s, n_q, n_p = (len(getattr(plans[0], part)) for part in ("support", "query", "pool"))
-        sx, qx, px = features.split([n_s, n_q, n_p], dim=1)
+        n_s, n_q = len(plans[0].support), len(plans[0].query)
+        sx, qx, px = features.split([n_s, n_q, read], dim=1)
 
         def labels(part: str) -> Tensor:
             y = np.stack([plan.task.y[getattr(plan, part)] for plan in plans])
@@ -368,16 +453,21 @@ class EpisodeSampler:
             support_y=labels("support"),
             query_x=qx.contiguous(),
             query_y=labels("query"),
-            pool_x=px.contiguous() if n_p else None,
+            pool_x=px.contiguous() if len(plans[0].pool) else None,
             task_names=[plan.task.name for plan in plans],
             support_index=[plan.support for plan in plans],
             query_index=[plan.query for plan in plans],
             pool_index=[plan.pool for plan in plans],
         )
 
-    def _features(self, plans: Sequence[EpisodePlan], index: list[int]) -> Tensor:
-        """Model inputs ``[len(index), K + A + Q + P, D]`` of the episodes ``plans[index]``:
-        support, query and pool rows, each episode's rows zero-padded to the group's width."""
+    def teacher_pool(self, pool_size: int, bound: int | None = None) -> int:
+        """How many of an episode's ``pool_size`` pool rows the teacher reads (the first)."""
+        return min([pool_size, *(b for b in (self.pool_rows, bound) if b is not None)])
+
+    def _features(self, plans: Sequence[EpisodePlan], index: list[int], read_pool: int) -> Tensor:
+        """Model inputs ``[len(index), K + A + Q + P', D]`` of the episodes ``plans[index]``:
+        support, query and the teacher's ``P'`` pool rows, each episode's rows zero-padded to
+        the group's width. Scaling and the profile are fitted on the whole pool."""
         chosen = [plans[b] for b in index]
         n_s, n_q, n_p = (len(getattr(chosen[0], part)) for part in ("support", "query", "pool"))
         widths = [plan.task.n_features for plan in chosen]
@@ -387,11 +477,12 @@ class EpisodeSampler:
         raw = torch.from_numpy(rows)
         raw_support, raw_pool = raw[:, :n_s], raw[:, n_s + n_q :]
         scaler = Scaler.fit(torch.cat([raw_support, raw_pool], dim=1), self.scaling)
+        read = n_s + n_q + read_pool  # rows the teacher reads
         scaled = scaler(raw)
-        features = self._align(scaled, widths)
+        features = self._align(scaled[:, :read], widths)
         if self.profile is None:
             return features
-        k = self.config.shots  # the support's normals come first
+        k = self.config.shots  # the support's normals come first, then its anomalies
         profile = NeighbourProfile.fit(
             raw_support[:, :k],
             scaled[:, :k],
@@ -399,8 +490,11 @@ class EpisodeSampler:
             config=self.profile,
             seed=[plan.seed for plan in chosen],
             n_features=torch.tensor(widths),
+            scale_rows=self.pool_rows,
+            raw_pool=raw_pool if n_p else None,
+            anomalies_a=scaled[:, k:n_s] if n_s > k else None,
         )
-        return torch.cat([features, profile(raw, scaled)], dim=-1)
+        return torch.cat([features, profile(raw[:, :read], scaled[:, :read])], dim=-1)
 
     def _align(self, scaled: Tensor, widths: list[int]) -> Tensor:
         """Rows ``[B, N, d]`` (zero-padded beyond each task's width) to the common width."""
@@ -410,7 +504,9 @@ class EpisodeSampler:
         # Each task's projection, zero rows below its width: the padding contributes nothing.
         matrices = torch.zeros(len(widths), scaled.shape[-1], self.alignment.width)
         for b, d in enumerate(widths):
-            matrices[b, :d] = projection_matrix(d, self.alignment.width, self.alignment.seed)
+            matrices[b, :d] = projection_matrix(
+                d, self.alignment.width, self.alignment.seed, orthonormal=self.alignment.orthonormal
+            )
         return scaled @ matrices
 
 
@@ -436,6 +532,14 @@ class EpisodePlan:
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Support, query and pool indices, in the order :class:`EpisodeBatch` stacks them."""
         return self.support, self.query, self.pool
+
+
+def _grid_size(rows: int, smallest: int) -> int:
+    """The largest pool size of the grid ``smallest · 2^(j/2)`` within ``rows`` (``rows`` if
+    below ``smallest``)."""
+    if rows <= smallest:
+        return rows
+    return int(smallest * 2 ** (math.floor(2 * math.log2(rows / smallest)) / 2))
 
 
 def _describe(config: EpisodeConfig) -> str:

@@ -35,7 +35,7 @@ from metakd.models.deploy import (
     StudentConfig,
     build_student,
 )
-from metakd.models.profile import NeighbourProfile
+from metakd.models.profile import LEGACY_EVIDENCES, NeighbourProfile
 from metakd.models.teachers import LogitScorer, ModelConfig, Teacher, build_teacher
 
 
@@ -71,7 +71,9 @@ class TeacherBundle:
                 algorithm=data["algorithm"],
                 rates=list(data["rates"]),
                 scaling=configio.from_dict(ScalingConfig, data["scaling"]),
-                alignment=configio.from_dict(AlignmentConfig, data["alignment"]),
+                alignment=configio.from_dict(
+                    AlignmentConfig, _ALIGNMENT_BEFORE_OPTIONS | data["alignment"]
+                ),
                 info=dict(data["info"]),
                 path=str(path),
                 window=data.get("window"),  # teachers saved before windows were kept: none
@@ -146,12 +148,17 @@ def load_detector_window(path: str | Path) -> dict[str, Any] | None:
 
 # Checkpoints written before an option existed behaved as with the option off: a key missing from
 # a stored config means that, whatever today's default is.
-_MODEL_BEFORE_OPTIONS = {"input_skip": False, "pool_neighbours": False}
+_MODEL_BEFORE_OPTIONS = {"input_skip": False, "pool_neighbours": False, "pool_rows": None}
 _STUDENT_BEFORE_OPTIONS = {"head": "linear", "input_skip": False}
+_ALIGNMENT_BEFORE_OPTIONS = {"orthonormal": False}
+_PROFILE_BEFORE_OPTIONS = {"evidences": LEGACY_EVIDENCES}
 
 
 def _stored_model_config(data: dict[str, Any]) -> ModelConfig:
-    return configio.from_dict(ModelConfig, _MODEL_BEFORE_OPTIONS | data)
+    stored = _MODEL_BEFORE_OPTIONS | data
+    if isinstance(stored.get("profile"), dict):
+        stored["profile"] = _PROFILE_BEFORE_OPTIONS | stored["profile"]
+    return configio.from_dict(ModelConfig, stored)
 
 
 def _stored_student_config(data: dict[str, Any]) -> StudentConfig:
@@ -186,6 +193,7 @@ def save_scorer(
                     {
                         "neighbours": p.profile.neighbours,
                         "clip": p.profile.clip,
+                        "evidences": list(p.profile.evidences),
                         "state": {k: v.detach().cpu() for k, v in p.profile.state_dict().items()},
                     }
                     if p.use_profile
@@ -218,6 +226,8 @@ def load_scorer(path: str | Path) -> DeployedScorer:
                 neighbours=int(stored["neighbours"]),
                 clip=float(stored["clip"]),
                 n_features=int(pre["center"].shape[0]),
+                # Detectors saved before evidences existed hold the three original ones.
+                evidences=stored.get("evidences"),
             )
             profile.load_references(stored["state"])
         preprocess = Preprocessor(

@@ -63,17 +63,44 @@ def fixed_episodes(
     per_task: int,
     seed: int,
     profile: ProfileConfig | None = None,
+    pool_rows: int | None = None,
 ) -> EpisodeBatch:
-    """``per_task`` episodes of every usable task, stacked into one batch (task-major order)."""
+    """``per_task`` episodes of every usable task, stacked into one batch (task-major order).
+
+    Each task's pool is as large as the episode shape allows (``pool_size_max``, as far as the
+    task's rows go: how ``metakd adapt`` meets a domain), with ``anomaly_shots`` (the smallest);
+    the teacher reads the same number of pool rows in every episode, so they stack.
+    """
     sampler = EpisodeSampler(
-        tasks, config, scaling=scaling, alignment=alignment, seed=seed, profile=profile
+        tasks,
+        config,
+        scaling=scaling,
+        alignment=alignment,
+        seed=seed,
+        profile=profile,
+        pool_rows=pool_rows,
     )
     rng = np.random.default_rng(seed)
-    plans = [sampler.plan(task, rng) for task in sampler.tasks for _ in range(per_task)]
+    need = config.shots + config.anomaly_shots + config.query_size
+    plans = [
+        sampler.plan(
+            task,
+            rng,
+            pool_size=config.pool_size
+            if config.pool_size_max is None or config.pool_size == 0
+            else min(config.pool_size_max, task.n_rows - need),
+        )
+        for task in sampler.tasks
+        for _ in range(per_task)
+    ]
+    read = sampler.teacher_pool(min(len(plan.pool) for plan in plans))
     # Built in meta-batch-sized blocks: batched like training's, memory bounded however many.
     block = max(1, config.meta_batch)
     return stack_episodes(
-        [sampler.build(plans[i : i + block]) for i in range(0, len(plans), block)]
+        [
+            sampler.build(plans[i : i + block], teacher_pool=read)
+            for i in range(0, len(plans), block)
+        ]
     )
 
 
@@ -135,7 +162,11 @@ def build_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLear
     torch.manual_seed(seed)
     teacher = build_teacher(input_dim, config.model)
     return learner_class(config.meta.algorithm)(
-        teacher, inner=config.inner, meta=config.meta, anomaly_shots=config.episode.anomaly_shots
+        teacher,
+        inner=config.inner,
+        meta=config.meta,
+        # The most any meta-batch holds: its inner loss must serve supports with anomalies.
+        anomaly_shots=max(config.episode.anomaly_shots, config.episode.anomaly_shots_max or 0),
     )
 
 
@@ -242,11 +273,19 @@ class EpisodeStreams:
         if self.streams == 1:
             batch = self.sampler.sample()
             return batch, dict(self.sampler.rng.bit_generator.state)
-        parts = []
-        for stream in self.owned:
+        # The streams of a meta-batch share its shape (anomaly shots, pool size), drawn from
+        # the iteration's own generator, so their episodes stack.
+        shape = self.sampler.draw_shape(np.random.default_rng([self.seed, iteration]))
+        plans = {}
+        for stream in range(self.streams):
             self.sampler.rng = np.random.default_rng([self.seed, stream, iteration])
-            parts.append(self.sampler.sample(self.per_stream))
-        return stack_episodes(parts), None
+            plans[stream] = self.sampler.draw(self.per_stream, shape=shape)
+        # As many pool rows for the teacher in every stream's episodes, at any world size: the
+        # fewest of the whole meta-batch (drawing every stream's rows is cheap; only this
+        # rank's are built).
+        read = self.sampler.teacher_pool(min(len(p.pool) for part in plans.values() for p in part))
+        built = [self.sampler.build(plans[stream], teacher_pool=read) for stream in self.owned]
+        return stack_episodes(built), None
 
 
 _STEP_METRICS = ("outer_loss", "support_loss_before", "support_loss_after", "query_auroc")
@@ -335,6 +374,7 @@ def _meta_train(
         seed=config.seed,
         profile=config.model.input_profile(),
         prior=config.prior,
+        pool_rows=config.model.pool_rows,
     )
     val_batch = _held_out(
         val_tasks, config, alignment, per_task=config.val_episodes, seed=config.seed + 1
@@ -349,7 +389,7 @@ def _meta_train(
     if group is not None:
         group.broadcast_(list(learner.state_dict().values()))
     optimiser = torch.optim.Adam(
-        learner.parameters(), lr=config.meta.meta_lr, weight_decay=config.meta.weight_decay
+        learner.param_groups(), lr=config.meta.meta_lr, weight_decay=config.meta.weight_decay
     )
     episodes = EpisodeStreams(
         sampler, seed=config.seed, streams=streams, rank=rank, world_size=world
@@ -678,6 +718,7 @@ def _held_out(
                 per_task=per_task,
                 seed=seed,
                 profile=config.model.input_profile(),
+                pool_rows=config.model.pool_rows,
             )
     except DataError:
         return None

@@ -63,8 +63,8 @@ def test_tasks_show_directory(npz_dir):
     assert list(rows) == ["1_alpha", "2_beta", "3_delta", "10_gamma", "20_eps"]
     assert rows["1_alpha"][1:] == ["60", "4", "6 (10.0%)", "yes"]
     assert rows["20_eps"][1:] == ["60", "4", "10 (16.7%)", "yes"]
-    assert sorted(row[0] for row in rows.values()) == ["test", "train", "train", "train", "val"]
-    assert "5 tasks (train 3, val 1, test 1)" in result.stdout
+    assert sorted(row[0] for row in rows.values()) == ["train", "train", "train", "train", "val"]
+    assert "5 tasks (train 4, val 1, test 0)" in result.stdout
 
 
 def test_tasks_show_usable_depends_on_shots(npz_dir):

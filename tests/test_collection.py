@@ -51,7 +51,8 @@ def test_directory_of_npz_files(npz_dir):
     assert collection.name == "npz_tasks"
     assert collection.feature_counts == dict.fromkeys(names, 4)
     assert collection.task("2_beta").n_anomalies == 7
-    assert {k: len(v) for k, v in collection.splits.items()} == {"train": 3, "val": 1, "test": 1}
+    # A folder's default split: every task but the validation one is meta-trained on.
+    assert {k: len(v) for k, v in collection.splits.items()} == {"train": 4, "val": 1, "test": 0}
     assert_partition(collection)
     collection.check_alignment()
 

@@ -15,7 +15,14 @@ from metakd.episodes import EpisodeBatch, EpisodeConfig, EpisodeSampler, episode
 from metakd.errors import ConfigError, DataError
 
 CONFIG = EpisodeConfig(
-    shots=5, anomaly_shots=2, query_size=8, query_anomaly_fraction=0.25, pool_size=6, meta_batch=3
+    shots=5,
+    anomaly_shots=2,
+    query_size=8,
+    query_anomaly_fraction=0.25,
+    pool_size=6,
+    meta_batch=3,
+    pool_size_max=None,
+    anomaly_shots_max=None,
 )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from metakd import configio
@@ -23,6 +25,7 @@ from metakd.baselines import (
     load_or_pretrain_pooled,
 )
 from metakd.checkpoint import load_checkpoint
+from metakd.cli import main
 from metakd.config import TrainConfig
 from metakd.data.builtin import digits_collection
 from metakd.data.task import Task
@@ -364,3 +367,55 @@ def test_failed_runs_are_counted_and_never_best() -> None:
     table = "\n".join(_metric_table(summary, "auroc", 0))
     assert "**0.700 ± 0.000**" in table and "0.990 ± " in table and "(failed 1/3)" in table
     assert "**0.990" not in table
+
+
+def test_leave_domains_out_meta_trains_a_teacher_per_fold(npz_dir: Path, tmp_path: Path) -> None:
+    """`metakd evaluate --tasks DIR --folds 2`: every domain is held out once, by a teacher
+    meta-trained on the other fold's domains, never on its own."""
+    from metakd.evaluate.domains import fold_splits
+
+    out = tmp_path / "domains"
+    args = [
+        "evaluate",
+        "--tasks",
+        str(npz_dir),
+        "--folds",
+        "2",
+        "--shots",
+        "5",
+        "--anomaly-shots",
+        "0",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--tracking",
+        "disabled",
+        "--set",
+        "methods=[metakd-teacher,knn-support]",
+        "--set",
+        "pool_size=8",
+        "--set",
+        "min_query_per_class=2",
+        "--set",
+        'train=["iterations=4", "val_every=2", "model.hidden=[8]", "model.embedding_dim=4", '
+        '"episode.meta_batch=2", "episode.query_size=8", "episode.pool_size_max=null"]',
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "results.csv")
+    names = ["1_alpha", "2_beta", "3_delta", "10_gamma", "20_eps"]
+    assert sorted(set(table["task"])) == sorted(names)
+    for fold, split in enumerate(fold_splits(names, 2, seed=0)):
+        teacher = torch.load(out / f"fold{fold}" / "teacher" / "teacher.pt", weights_only=True)
+        splits = teacher["info"]["splits"]
+        assert splits["test"] == split["test"] and set(table[table["fold"] == fold]["task"]) == set(
+            split["test"]
+        )
+        assert not set(splits["train"]) & set(split["test"]), "never trained on its held-out"
+    assert (out / "summary.md").read_text().startswith("Leave-domains-out: 2 folds")
+    refused = CliRunner().invoke(
+        main, ["evaluate", "--tasks", str(npz_dir), "--out", str(tmp_path / "x")]
+    )
+    assert refused.exit_code == 2 and "--teacher" in refused.output

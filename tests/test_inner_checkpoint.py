@@ -11,6 +11,7 @@ from metakd.config import load_train_config
 from metakd.errors import ConfigError
 from metakd.meta import inner
 from metakd.meta.learners import AdaptationPlan, InnerConfig, MetaConfig, build_learner
+from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import ModelConfig, build_teacher
 
 B, N, Q, P, STEPS, LR = 3, 6, 8, 5, 3, 0.3
@@ -46,7 +47,7 @@ def _meta_gradients(
     kind: str, algorithm: str, *, checkpoint: bool, pool_weight: float
 ) -> tuple[Tensor, list[Tensor]]:
     """``(meta-loss, its gradient w.r.t. every meta-parameter)`` of a small learner."""
-    d = 25 if kind == "profile" else 5  # the profile teacher reads 21 profile columns
+    d = 4 + ProfileConfig().width if kind == "profile" else 5  # + the profile teacher's columns
     torch.manual_seed(0)
     teacher = build_teacher(
         d, ModelConfig(kind=kind, hidden=[7, 6], embedding_dim=3, activation="tanh")

@@ -180,6 +180,10 @@ EXPECTED_FAILED_CHECKS = {
     "check_estimators_overwrite_params": "compares joblib hashes of the parameters before and "
     "after fit, and a torch module (in the TeacherBundle) hashes differently in a deep copy; "
     "test_fit_leaves_the_teacher_unchanged checks its weights instead",
+    "check_methods_subset_invariance": "holds scores of subsets to 1e-7 relative; in float32 a "
+    "matmul's rounding may depend on its row count (the kernel it picks): with the orthonormal "
+    "projection 1 of 40 probabilities moved by 7.6e-7 (it passed with the Gaussian one by "
+    "chance); test_batch_invariance_within_float32_rounding holds every score to 1e-5",
 }
 
 

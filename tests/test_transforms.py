@@ -168,6 +168,24 @@ def test_projection_preserves_distances_and_unit_variance():
     assert ratio.min().item() > 0.85 and ratio.max().item() < 1.15
 
 
+@pytest.mark.parametrize("d", [8, 60, 64, 70, 1000])
+def test_orthonormal_projection_is_well_conditioned_where_gaussian_is_not(d: int) -> None:
+    """Orthonormal columns (d >= width) or rows scaled by sqrt(width / d) (d < width): singular
+    values all equal, so distances keep their ratios; unit-variance outputs either way."""
+    width = 64
+    matrix = projection_matrix(d, width, 0).double()
+    singular = torch.linalg.svdvals(matrix)
+    expected = max(1.0, (width / d) ** 0.5)
+    torch.testing.assert_close(singular, torch.full_like(singular, expected))
+    x = torch.randn(500, d, generator=torch.Generator().manual_seed(d))
+    assert align_features(x, AlignmentConfig(kind="project", width=width)).var().item() == (
+        pytest.approx(1.0, abs=0.15)
+    )
+    if d == width:  # the plain Gaussian matrix of teachers saved before: condition ~870
+        gaussian = torch.linalg.svdvals(projection_matrix(d, width, 0, orthonormal=False))
+        assert gaussian.max() / gaussian.min() > 100
+
+
 def test_pad_and_none():
     x = torch.randn(4, 3)
     padded = align_features(x, AlignmentConfig(kind="pad", width=5))

@@ -36,6 +36,8 @@ from metakd.data.windows import WindowConfig, window_task
 from metakd.errors import ConfigError, DataError, MetakdError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Share of a built-in collection's tasks held out for the report (when it has no fixed split).
+BUILTIN_TEST_SHARE = 0.2
 MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -46,8 +48,12 @@ class SplitConfig:
 
     Attributes:
         seed: Seed of the shuffle behind the fraction split.
-        val: Fraction of tasks for validation.
-        test: Fraction of tasks for test.
+        val: Fraction of tasks for validation (at least one when positive): the best
+            meta-training iterate is chosen on them.
+        test: Fraction of tasks held out for meta-train's closing report (and ``metakd
+            evaluate``'s default tasks). 0 by default: a user's folder or manifest is
+            meta-trained on every domain but the validation ones; set it to hold some out
+            (the report names them). The built-in collections keep their own held-out tasks.
         train_tasks: Task names or globs for meta-train. Explicit lists replace the fractions:
             each list takes its matching tasks, the remaining tasks go to train when
             ``train_tasks`` is not given and are an error otherwise.
@@ -57,7 +63,7 @@ class SplitConfig:
 
     seed: int = 0
     val: float = 0.2
-    test: float = 0.2
+    test: float = 0.0
     train_tasks: list[str] | None = None
     val_tasks: list[str] | None = None
     test_tasks: list[str] | None = None
@@ -326,7 +332,9 @@ def _load_builtin(
     if split is None and builtin.split is not None:
         splits = {key: list(names) for key, names in builtin.split.items()}
     else:
-        splits = split_tasks([t.name for t in tasks], split or SplitConfig(), where=source)
+        # A built-in holds tasks out by default: the main job reports on them.
+        default = SplitConfig(test=BUILTIN_TEST_SHARE)
+        splits = split_tasks([t.name for t in tasks], split or default, where=source)
     return TaskCollection(
         name=name,
         tasks=tasks,

@@ -68,11 +68,18 @@ class AlignmentConfig:
         width: Output feature count for ``project`` and ``pad``.
         seed: Seed of the projection matrices; each is derived from ``(seed, d)`` so
             meta-training and adaptation agree.
+        orthonormal: See the field's docstring.
     """
 
     kind: Literal["none", "project", "pad"] = "none"
     width: int = 64
     seed: int = 0
+    orthonormal: bool = True
+    """``project``: orthonormalise the Gaussian matrix (its columns, or its rows for tasks with
+    fewer features than ``width``, scaled so each output has unit variance). A plain Gaussian
+    matrix distorts distances where ``d`` is near ``width``: the 64 × 64 one at seed 0 has a
+    condition number of ~870, and an SVDD teacher on the 64-feature digits lost 0.04 held-out
+    AUROC to it. False: plain Gaussian entries, as teachers saved before this option."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("none", "project", "pad"):
@@ -170,24 +177,35 @@ def projection_matrix(
     width: int,
     seed: int,
     *,
+    orthonormal: bool = True,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """The fixed random projection ``[n_features, width]`` with entries ``N(0, 1/n_features)``.
+    """The fixed random projection ``[n_features, width]``: entries ``N(0, 1/n_features)``,
+    orthonormalised with ``orthonormal`` (see :class:`AlignmentConfig`).
 
     Generated on the CPU from a seed derived from ``(seed, n_features, width)``, so it is
     identical across calls, processes and devices.
     """
-    return _cpu_projection(n_features, width, seed).to(device=device, dtype=dtype, copy=True)
+    matrix = _cpu_projection(n_features, width, seed, orthonormal)
+    return matrix.to(device=device, dtype=dtype, copy=True)
 
 
 @functools.lru_cache(maxsize=128)
-def _cpu_projection(n_features: int, width: int, seed: int) -> Tensor:
+def _cpu_projection(n_features: int, width: int, seed: int, orthonormal: bool) -> Tensor:
     # Never handed out without a copy or a non-mutating op: the cache shares it between calls.
     state = np.random.SeedSequence([seed, n_features, width]).generate_state(1, dtype=np.uint64)
     generator = torch.Generator().manual_seed(int(state[0]))
     matrix = torch.randn(n_features, width, generator=generator, dtype=torch.float32)
-    return matrix / float(np.sqrt(n_features))
+    if not orthonormal:
+        return matrix / float(np.sqrt(n_features))
+    # In float64, signs fixed by R's diagonal: the same matrix wherever LAPACK runs.
+    tall = n_features >= width
+    q, r = torch.linalg.qr((matrix if tall else matrix.T).double())
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)
+    # Unit-variance outputs for standardised rows: orthonormal columns already give them; d < w
+    # orthonormal rows give d/w, so they are scaled by sqrt(w/d) (distances by that constant).
+    return (q if tall else q.T * float(np.sqrt(width / n_features))).float()
 
 
 def align_features(x: Tensor, config: AlignmentConfig) -> Tensor:
@@ -208,8 +226,8 @@ def align_features(x: Tensor, config: AlignmentConfig) -> Tensor:
                 f"raise the width to at least {d} or use kind: project"
             )
         return torch.nn.functional.pad(x, (0, config.width - d))
-    matrix = _cpu_projection(d, config.width, config.seed).to(device=x.device, dtype=x.dtype)
-    return x @ matrix
+    matrix = _cpu_projection(d, config.width, config.seed, config.orthonormal)
+    return x @ matrix.to(device=x.device, dtype=x.dtype)
 
 
 def check_feature_counts(

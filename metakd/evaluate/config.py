@@ -98,6 +98,15 @@ class EvaluateConfig:
     teacher's own collection with its recorded split, i.e. its held-out meta-test tasks."""
     split: Literal["test", "val", "train", "all"] = "test"
     """Which tasks of the collection to evaluate on (``all``: every task)."""
+    folds: int | None = None
+    """Leave domains out (:mod:`~metakd.evaluate.domains`): deal ``tasks`` into this many folds
+    and, per fold, meta-train a teacher on the other folds' tasks (``train_config``,
+    ``train``) and evaluate it on the fold's; null: evaluate the given teacher."""
+    train_config: str | None = None
+    """With ``folds``: a ``metakd meta-train`` config file for each fold's teacher (null: the
+    defaults; its tasks and split are the fold's)."""
+    train: list[str] = field(default_factory=list)
+    """With ``folds``: ``key=value`` overrides of that meta-train config."""
     shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     """Normal support sizes ``K``."""
     anomaly_shots: list[int] = field(default_factory=lambda: [0, 1, 5])
@@ -144,6 +153,11 @@ class EvaluateConfig:
                 raise ConfigError(f"{key} must be integers >= {low}, got {values!r}")
             if len(set(values)) != len(values):
                 raise ConfigError(f"{key} lists a value twice: {values!r}")
+        if self.folds is not None:
+            if isinstance(self.folds, bool) or self.folds < 2:
+                raise ConfigError(f"folds must be an integer >= 2 or null, got {self.folds!r}")
+            if self.tasks is None:
+                raise ConfigError("folds (leave domains out) needs tasks: the collection to fold")
         minimum = {"seeds": 1, "pool_size": 0, "query_max": 2, "min_query_per_class": 1}
         for key, low in minimum.items():
             value = getattr(self, key)

@@ -3,18 +3,28 @@
 The detectors that transfer best to unseen domains score a row relative to references of that
 domain: kNN to the few normals (AnomalyDINO), density among the unlabelled rows (MuSc), and in
 LUNAR (Goodge et al., AAAI 2022) a network reads a row's sorted neighbour distances. A profile
-holds, for each row, the sorted distances to its ``k`` nearest
+holds, for each row, its *evidences* (``ProfileConfig.evidences``):
 
-* support normals, features standardised on the support only (``s_B``),
-* support normals, features scaled on support and pool (``s_A``; the pipeline's scaling),
-* unlabelled pool rows, in that same space (``p``; a density),
+* ``support_b``: the sorted distances to its ``k`` nearest support normals, features
+  standardised on the support only;
+* ``support_a``: the same with features scaled on support and pool (the pipeline's scaling);
+* ``pool``: to its ``k`` nearest unlabelled pool rows in that space (a density);
+* ``raw_pool``: the same in the rows' own units, unscaled (PyOD-style kNN; on image embeddings
+  the scaling's per-feature weights can hide what the embedding's geometry shows);
+* ``cosine_support``, ``cosine_pool``: ``k`` nearest by angle (``1 − cos``) in the rows' own
+  units, how embeddings are usually compared;
+* ``gaussian_support``: the Mahalanobis distance to a Ledoit–Wolf-shrunk Gaussian of the support
+  normals (scaled), where joint deviations matter more than any one neighbour;
+* ``anomalies``: with labelled anomalies in the support, ``log(d_normal / d_anomaly)`` from the
+  nearest support normal and the nearest labelled anomaly (0 without any);
 
-each divided by its task's typical value (the median, over the reference rows themselves, of
-their leave-one-out mean distance) and taken as ``log(d / σ + 0.01)``; then six task statistics
-that say which evidence to trust (MetaOD-style meta-features, Zhao et al., NeurIPS 2021): how the
-pool's scale compares to the support's, how typical the support is in the pool, how far the pool
-lies from the support, and the feature count, pool size and support size. None of it depends on
-the domain's feature count or units, so one teacher reads profiles of any task.
+each distance divided by its task's typical value (the median, over the reference rows
+themselves, of their leave-one-out value) and taken as ``log(d / σ + 0.01)``; then task
+statistics that say which evidence to trust (MetaOD-style meta-features, Zhao et al., NeurIPS
+2021): how the pool's scale compares to the support's, how typical the support is in the pool,
+how far the pool lies from the support, the feature count, pool size and support size, and
+(with ``anomalies``) the number of labelled anomalies. None of it depends on the domain's
+feature count or units, so one teacher reads profiles of any task.
 
 A row that is itself in a reference set (a support row, a pool row being scored) is scored
 leave-one-out: its first exact match in that set is not its own neighbour. An exact match is
@@ -26,7 +36,7 @@ Everything is computed in float64 in row blocks, never an ``N × M`` matrix wide
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,9 +44,25 @@ from torch import Tensor, nn
 
 from metakd.data.transforms import population_std
 from metakd.errors import ConfigError
+from metakd.models.evidence import ShrunkGaussian, both_distances, sorted_distances
 
-#: Task statistics after the ``3k`` per-row columns.
+#: Task statistics of the three original evidences (``anomalies`` adds one).
 N_TASK_STATS = 6
+#: Every evidence, in profile column order; the first three are the original profile's.
+EVIDENCES = (
+    "support_b",
+    "support_a",
+    "pool",
+    "raw_pool",
+    "cosine_support",
+    "cosine_pool",
+    "gaussian_support",
+    "anomalies",
+)
+#: The evidences of profiles saved before ``profile.evidences`` existed.
+LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
+#: Evidences given as one value per row (the others as ``k`` sorted distances).
+_SCALAR = ("gaussian_support", "anomalies")
 
 
 @dataclass
@@ -52,6 +78,9 @@ class ProfileConfig:
     way; every pool row is still scored and distilled on."""
     clip: float = 10.0
     """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
+    evidences: list[str] = field(default_factory=lambda: list(EVIDENCES))
+    """The evidences a profile holds (module docstring), in this order; the first three must be
+    ``support_b, support_a, pool``. Teachers saved before this option hold those three."""
 
     def __post_init__(self) -> None:
         if isinstance(self.neighbours, bool) or self.neighbours < 1:
@@ -60,11 +89,31 @@ class ProfileConfig:
             raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
         if not self.clip > 0:
             raise ConfigError(f"profile.clip must be positive, got {self.clip!r}")
+        unknown = [e for e in self.evidences if e not in EVIDENCES]
+        if unknown or len(set(self.evidences)) < len(self.evidences):
+            raise ConfigError(
+                f"profile.evidences: {unknown or 'repeated'} (each at most once, of "
+                f"{', '.join(EVIDENCES)})"
+            )
+        if list(self.evidences[:3]) != LEGACY_EVIDENCES:
+            raise ConfigError(
+                f"profile.evidences must start with {', '.join(LEGACY_EVIDENCES)}, got "
+                f"{self.evidences}"
+            )
+
+    def columns(self) -> list[tuple[str, int]]:
+        """Each evidence with its number of columns (``k`` sorted distances, or one value)."""
+        return [(e, 1 if e in _SCALAR else self.neighbours) for e in self.evidences]
+
+    @property
+    def n_stats(self) -> int:
+        """Task statistics after the evidence columns."""
+        return N_TASK_STATS + ("anomalies" in self.evidences)
 
     @property
     def width(self) -> int:
-        """Columns of a profile row: ``3k`` distances and the task statistics."""
-        return 3 * self.neighbours + N_TASK_STATS
+        """Columns of a profile row: every evidence's, then the task statistics."""
+        return sum(count for _, count in self.columns()) + self.n_stats
 
 
 def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
@@ -75,34 +124,9 @@ def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
     return torch.randperm(rows, generator=generator)[:cap].sort().values
 
 
-def _sorted_distances(x: Tensor, ref: Tensor, k: int) -> Tensor:
-    """``[..., N, k]`` ascending distances of rows ``x [..., N, d]`` to ``ref [..., M, d]``
-    (float64; leading dimensions are batches of tasks), the first exact match of each row left
-    out; fewer than ``k`` neighbours repeat the farthest one, none at all give ``inf``."""
-    ref_sq = ref.pow(2).sum(-1).unsqueeze(-2)
-    out: list[Tensor] = []
-    take = min(k + 1, ref.shape[-2])
-    batch = 1
-    for size in x.shape[:-2]:
-        batch *= size
-    # Bounds memory at block_rows × M × 8 bytes (summed over the batch of tasks).
-    block_rows = max(1, 2048 // max(1, batch))
-    for start in range(0, x.shape[-2], block_rows):
-        block = x[..., start : start + block_rows, :]
-        block_sq = block.pow(2).sum(-1, keepdim=True)
-        sq = (block_sq + ref_sq - 2.0 * block @ ref.transpose(-1, -2)).clamp_min(0.0)
-        # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
-        match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
-        first = match & (match.cumsum(-1) == 1)
-        sq = sq.masked_fill(first, float("inf"))
-        out.append(sq.topk(take, dim=-1, largest=False).values.sqrt())
-    d = torch.cat(out, dim=-2)[..., :k] if out else x.new_zeros(list(x.shape[:-1]) + [min(k, take)])
-    if d.shape[-1] < k:
-        d = torch.cat([d, d[..., -1:].expand(list(d.shape[:-1]) + [k - d.shape[-1]])], dim=-1)
-    # A row with no neighbour but itself (a one-row reference): repeat what it has, else inf.
-    finite = torch.isfinite(d)
-    last = torch.where(finite, d, torch.zeros_like(d)).amax(-1, keepdim=True)
-    return torch.where(finite | ~finite.any(-1, keepdim=True), d, last)
+def seeded_order(rows: int, seed: int) -> Tensor:
+    """A seeded random order of ``rows`` rows (its first ``n`` are a random subsample)."""
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
 
 
 def _typical(mean_distances: Tensor, fallback: Tensor) -> Tensor:
@@ -121,6 +145,33 @@ def _log_ratio(d: Tensor, scale: Tensor) -> Tensor:
     return torch.log(d / scale + 0.01)
 
 
+def _mahalanobis(
+    x: Tensor, mean: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
+) -> Tensor:
+    """:meth:`ShrunkGaussian.distance` from its stored parts (scriptable)."""
+    v = x - mean
+    proj = v @ u.transpose(-1, -2)
+    quad = (proj @ inverse * proj).sum(-1)
+    explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
+    return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()
+
+
+def _nearest(x: Tensor, ref: Tensor) -> Tensor:
+    """Distance ``[..., N]`` to the nearest row of ``ref`` (leave-one-out; ``inf`` if none)."""
+    if ref.numel() == 0:  # none (an empty reference is stored as a 0-element buffer)
+        return torch.full(x.shape[:-1], float("inf"), dtype=x.dtype, device=x.device)
+    return sorted_distances(x, ref, 1)[..., 0]
+
+
+def _anomaly_evidence(za: Tensor, normals: Tensor, anomalies: Tensor) -> Tensor:
+    """``[..., N, 1]`` ``log(d_normal / d_anomaly)``: positive nearer a labelled anomaly than
+    any normal; 0 without a labelled anomaly (or without a neighbour of either kind)."""
+    to_normal, to_anomaly = _nearest(za, normals), _nearest(za, anomalies)
+    ratio = torch.log((to_normal + 1e-12) / (to_anomaly + 1e-12))
+    both = torch.isfinite(to_normal) & torch.isfinite(to_anomaly)
+    return torch.where(both, ratio, torch.zeros_like(ratio)).unsqueeze(-1)
+
+
 class NeighbourProfile(nn.Module):
     """The fitted references of one task; ``forward`` maps rows to their profiles.
 
@@ -129,8 +180,11 @@ class NeighbourProfile(nn.Module):
 
     Args (as stored): ``support_b [n, d]`` support normals standardised on the support,
     ``b_shift``/``b_scale [d]`` that standardisation, ``support_a [n, d]`` and ``pool_a [m, d]``
-    the support normals and pool reference in the pipeline's scaling, ``scales [3]`` the
-    normalisers ``σ`` of ``s_B``, ``s_A``, ``p``, ``stats [6]`` the task statistics.
+    the support normals and pool reference in the pipeline's scaling, ``raw_support``,
+    ``raw_pool`` the same as read, ``anomalies_a [A, d]`` the labelled anomalies (scaled),
+    ``g_*`` the support normals' shrunk Gaussian (:class:`~metakd.models.evidence.ShrunkGaussian`;
+    no rows with fewer than 2 normals), ``scales`` one normaliser ``σ`` per evidence but
+    ``anomalies``, ``stats`` the task statistics. References an evidence does not use are empty.
     """
 
     if TYPE_CHECKING:
@@ -141,58 +195,51 @@ class NeighbourProfile(nn.Module):
         b_scale: Tensor
         support_a: Tensor
         pool_a: Tensor
+        raw_support: Tensor
+        raw_pool: Tensor
+        anomalies_a: Tensor
+        g_mean: Tensor
+        g_u: Tensor
+        g_inverse: Tensor
+        g_a: Tensor
+        g_isotropic: Tensor
         scales: Tensor
         stats: Tensor
 
     def __init__(
-        self,
-        *,
-        neighbours: int,
-        clip: float,
-        support_b: Tensor,
-        b_shift: Tensor,
-        b_scale: Tensor,
-        support_a: Tensor,
-        pool_a: Tensor,
-        scales: Tensor,
-        stats: Tensor,
+        self, *, neighbours: int, clip: float, evidences: list[str], buffers: dict[str, Tensor]
     ) -> None:
         super().__init__()
         self.neighbours = int(neighbours)
         self.clip = float(clip)
-        for name, value in (
-            ("support_b", support_b),
-            ("b_shift", b_shift),
-            ("b_scale", b_scale),
-            ("support_a", support_a),
-            ("pool_a", pool_a),
-            ("scales", scales),
-            ("stats", stats),
-        ):
+        self.evidences = list(evidences)
+        for name in _BUFFERS:
+            value = buffers.get(name, torch.zeros(0))
             self.register_buffer(name, value.detach().to(torch.float64).clone())
 
     @staticmethod
-    def empty(*, neighbours: int, clip: float, n_features: int) -> NeighbourProfile:
-        """A placeholder of the right buffer names, to ``load_state_dict`` a stored one into."""
-        z = torch.zeros(0, n_features)
-        v = torch.zeros(n_features)
+    def empty(
+        *, neighbours: int, clip: float, n_features: int, evidences: list[str] | None = None
+    ) -> NeighbourProfile:
+        """A placeholder of the right buffer names, to :meth:`load_references` a stored one
+        into (``evidences``: the stored profile's; ``None``: one saved before they existed)."""
         return NeighbourProfile(
             neighbours=neighbours,
             clip=clip,
-            support_b=z,
-            b_shift=v,
-            b_scale=v,
-            support_a=z,
-            pool_a=z,
-            scales=torch.zeros(3),
-            stats=torch.zeros(N_TASK_STATS),
+            evidences=LEGACY_EVIDENCES if evidences is None else evidences,
+            buffers={},
         )
 
     def load_references(self, state: dict[str, Tensor]) -> None:
-        """``load_state_dict`` for stored references of any size."""
+        """Load stored references of any size. A profile saved before ``evidences`` existed
+        holds only the buffers of those three (the others stay empty)."""
+        needed = _LEGACY_BUFFERS if self.evidences == LEGACY_EVIDENCES else _BUFFERS
+        missing = [name for name in needed if name not in state]
+        unknown = [name for name in state if name not in _BUFFERS]
+        if missing or unknown:
+            raise KeyError(f"profile references: missing {missing}, unknown {unknown}")
         for name, value in state.items():
-            setattr(self, name, torch.empty_like(value, dtype=torch.float64))
-        self.load_state_dict(state)
+            setattr(self, name, value.detach().to(torch.float64).clone())
 
     @staticmethod
     def fit(
@@ -204,19 +251,28 @@ class NeighbourProfile(nn.Module):
         eps: float = 1e-6,
         seed: int | list[int] = 0,
         n_features: Tensor | None = None,
+        scale_rows: int | None = None,
+        raw_pool: Tensor | None = None,
+        anomalies_a: Tensor | None = None,
     ) -> NeighbourProfile:
         """Fit on one task: ``raw_support [n, d]`` the support normals as read, ``support_a``
         and ``pool_a [m, d]`` the support normals and the pool in the pipeline's scaling (the
-        pool may be ``None``: the support then stands in for it). Pools above ``max_pool`` rows
-        are subsampled (:func:`bounded_reference` with ``seed``).
+        pool may be ``None``: the support then stands in for it), ``raw_pool`` the pool as
+        read and ``anomalies_a [A, d]`` the support's labelled anomalies, scaled (``None``:
+        none). Pools above ``max_pool`` rows are subsampled (:func:`bounded_reference` with
+        ``seed``).
 
         Or on a batch of tasks at once (meta-training's episodes): every tensor with the same
         leading dimensions ``[B, ...]``, features zero-padded to a common ``d`` (zero columns
         change no distance), ``n_features [B]`` each task's own feature count for its
         statistics and ``seed`` one seed per task. The references are then batched too, and
         :meth:`forward` takes rows ``[B, N, d]``.
+
+        ``scale_rows``: the pool's typical distances and the pool's statistics are measured on
+        its first this many rows (a random subsample: the caller's pool is in random order),
+        against the whole pool: a cost linear, not quadratic, in the pool. ``None``: all rows.
         """
-        k = config.neighbours
+        k, evidences = config.neighbours, list(config.evidences)
         raw = raw_support.to(torch.float64)
         mean = raw.mean(-2, keepdim=True)
         std = population_std(raw, mean)
@@ -224,51 +280,87 @@ class NeighbourProfile(nn.Module):
         sb = ((raw - mean) / std).clamp(-config.clip, config.clip)
         mean, std = mean.squeeze(-2), std.squeeze(-2)
         sa = support_a.to(torch.float64)
-        pa = sa if pool_a is None or pool_a.shape[-2] == 0 else pool_a.to(torch.float64)
+        no_pool = pool_a is None or pool_a.shape[-2] == 0
+        pa = sa if pool_a is None or no_pool else pool_a.to(torch.float64)
         pa = _bounded_rows(pa, config.max_pool, seed)
-        s_b_self = _sorted_distances(sb, sb, k).mean(-1)
-        s_a_self = _sorted_distances(sa, sa, k).mean(-1)
-        p_self = _sorted_distances(pa, pa, k).mean(-1)
-        s_a_pool = _sorted_distances(pa, sa, k).mean(-1)  # pool rows' distance to the support
+        sampled = pa if scale_rows is None else pa[..., :scale_rows, :]
+        s_b_self = sorted_distances(sb, sb, k).mean(-1)
+        s_a_self = sorted_distances(sa, sa, k).mean(-1)
+        p_self = sorted_distances(sampled, pa, k).mean(-1)
+        s_a_pool = sorted_distances(sampled, sa, k).mean(-1)  # pool rows' distance to support
         # One-normal supports have no leave-one-out distance: the pool's distance to it stands in.
         sigma_sa = _typical(s_a_self, s_a_pool.median(-1).values)
-        scales = torch.stack(
-            [
-                _typical(s_b_self, sigma_sa),
-                sigma_sa,
-                _typical(p_self, sigma_sa),
-            ],
-            dim=-1,
-        )
-        p_of_support = _sorted_distances(sa, pa, k).mean(-1)
+        scales = [_typical(s_b_self, sigma_sa), sigma_sa, _typical(p_self, sigma_sa)]
         n, m = sa.shape[-2], pa.shape[-2]
         d = (
-            torch.full(scales.shape[:-1], float(sa.shape[-1]), dtype=torch.float64)
+            torch.full(sigma_sa.shape, float(sa.shape[-1]), dtype=torch.float64)
             if n_features is None
             else n_features.to(torch.float64)
         )
+        buffers = {
+            "support_b": sb,
+            "b_shift": -mean / std,
+            "b_scale": 1.0 / std,
+            "support_a": sa,
+            "pool_a": pa,
+        }
+        rp = raw if raw_pool is None or no_pool else raw_pool.to(torch.float64)
+        rp = _bounded_rows(rp, config.max_pool, seed)
+        raw_sampled = rp if scale_rows is None else rp[..., :scale_rows, :]
+        if {"raw_pool", "cosine_support", "cosine_pool"} & set(evidences):
+            buffers |= {"raw_support": raw, "raw_pool": rp}
+        if {"raw_pool", "cosine_pool"} & set(evidences):
+            # The sampled pool rows' own neighbours in the raw pool, both ways at once.
+            raw_self, cos_p = both_distances(
+                raw_sampled,
+                rp,
+                k,
+                euclidean="raw_pool" in evidences,
+                cosine="cosine_pool" in evidences,
+            )
+        for evidence in evidences[3:]:
+            if evidence == "raw_pool":
+                own = sorted_distances(raw, raw, k).mean(-1)
+                scales.append(_typical(raw_self.mean(-1), _typical(own, torch.ones_like(sigma_sa))))
+            elif evidence == "cosine_support":
+                cos_self = sorted_distances(raw, raw, k, "cosine").mean(-1)
+                cos_pool = sorted_distances(raw_sampled, raw, k, "cosine").mean(-1)
+                scales.append(_typical(cos_self, cos_pool.median(-1).values))
+            elif evidence == "cosine_pool":
+                cos_s = sorted_distances(raw, raw, k, "cosine").mean(-1)
+                scales.append(_typical(cos_p.mean(-1), _typical(cos_s, torch.ones_like(sigma_sa))))
+            elif evidence == "gaussian_support":
+                if n >= 2:
+                    gaussian = ShrunkGaussian(sa, d)
+                    buffers |= {
+                        "g_mean": gaussian.mean,
+                        "g_u": gaussian.u,
+                        "g_inverse": gaussian.inverse,
+                        "g_a": gaussian.a,
+                        "g_isotropic": gaussian.isotropic.to(torch.float64),
+                    }
+                    loo = ShrunkGaussian.leave_one_out(sa, d)
+                    scales.append(_typical(loo, gaussian.distance(sampled).median(-1).values))
+                else:  # no Gaussian of one row: the evidence is neutral (log 1)
+                    scales.append(torch.ones_like(sigma_sa))
+        if "anomalies" in evidences and anomalies_a is not None and anomalies_a.shape[-2] > 0:
+            buffers["anomalies_a"] = anomalies_a.to(torch.float64)
         counts = torch.full_like(d, 1.0)
-        stats = torch.stack(
-            [
-                torch.log(scales[..., 2] / scales[..., 1]),
-                _log_ratio(p_of_support, scales[..., 2:3]).median(-1).values,
-                _log_ratio(s_a_pool, scales[..., 1:2]).median(-1).values,
-                torch.log(d) / 5.0,
-                torch.log(counts * float(m + 1)) / 5.0,
-                torch.log(counts * float(n)) / 5.0,
-            ],
-            dim=-1,
-        )
+        scale = torch.stack(scales, dim=-1)
+        stats = [
+            torch.log(scale[..., 2] / scale[..., 1]),
+            _log_ratio(sorted_distances(sa, pa, k).mean(-1), scale[..., 2:3]).median(-1).values,
+            _log_ratio(s_a_pool, scale[..., 1:2]).median(-1).values,
+            torch.log(d) / 5.0,
+            torch.log(counts * float(m + 1)) / 5.0,
+            torch.log(counts * float(n)) / 5.0,
+        ]
+        if "anomalies" in evidences:
+            labelled = 0 if anomalies_a is None else anomalies_a.shape[-2]
+            stats.append(torch.log(counts * float(labelled + 1)) / 5.0)
+        buffers |= {"scales": scale, "stats": torch.stack(stats, dim=-1)}
         return NeighbourProfile(
-            neighbours=k,
-            clip=config.clip,
-            support_b=sb,
-            b_shift=-mean / std,
-            b_scale=1.0 / std,
-            support_a=sa,
-            pool_a=pa,
-            scales=scales,
-            stats=stats,
+            neighbours=k, clip=config.clip, evidences=evidences, buffers=buffers
         )
 
     @staticmethod
@@ -280,38 +372,86 @@ class NeighbourProfile(nn.Module):
         scale: Callable[[Tensor], Tensor],
         config: ProfileConfig,
         seed: int,
+        scale_rows: int | None = None,
     ) -> NeighbourProfile:
         """:meth:`fit` from one task's rows as read: ``support [n, d]`` with ``normal [n]``
-        (bool) marking its normals, the pool ``[m, d]`` (or ``None``, or empty), and ``scale``
-        the task's fitted pipeline scaling. Meta-training and ``metakd adapt`` both call this."""
-        normals = support[normal]
+        (bool) marking its normals (the others are labelled anomalies), the pool ``[m, d]`` (or
+        ``None``, or empty), and ``scale`` the task's fitted pipeline scaling. ``metakd adapt``
+        calls this; meta-training calls :meth:`fit` on a batch of episodes."""
+        normals, anomalies = support[normal], support[~normal]
+        has_pool = pool is not None and pool.shape[0] > 0
         return NeighbourProfile.fit(
             normals,
             scale(normals),
-            scale(pool) if pool is not None and pool.shape[0] > 0 else None,
+            scale(pool) if pool is not None and has_pool else None,
             config=config,
             seed=seed,
+            scale_rows=scale_rows,
+            raw_pool=pool if has_pool else None,
+            anomalies_a=scale(anomalies) if anomalies.shape[0] > 0 else None,
         )
 
     def forward(self, raw: Tensor, scaled: Tensor) -> Tensor:
-        """Profiles ``[..., N, 3k + 6]`` (float32) of rows given as read (``raw [..., N, d]``)
+        """Profiles ``[..., N, width]`` (float32) of rows given as read (``raw [..., N, d]``)
         and in the pipeline's scaling (``scaled [..., N, d]``); leading dimensions as the
         references' (a batch of tasks), or none."""
         k = self.neighbours
+        x = raw.to(torch.float64)
         b_scale, b_shift = self.b_scale.unsqueeze(-2), self.b_shift.unsqueeze(-2)
-        zb = (raw.to(torch.float64) * b_scale + b_shift).clamp(-self.clip, self.clip)
+        zb = (x * b_scale + b_shift).clamp(-self.clip, self.clip)
         za = scaled.to(torch.float64)
         scales = self.scales.unsqueeze(-2)
-        columns = torch.cat(
-            [
-                _log_ratio(_sorted_distances(zb, self.support_b, k), scales[..., 0:1]),
-                _log_ratio(_sorted_distances(za, self.support_a, k), scales[..., 1:2]),
-                _log_ratio(_sorted_distances(za, self.pool_a, k), scales[..., 2:3]),
-                self.stats.unsqueeze(-2) + torch.zeros_like(za[..., :1]),
-            ],
-            dim=-1,
-        )
-        return columns.to(torch.float32)
+        columns = [
+            _log_ratio(sorted_distances(zb, self.support_b, k), scales[..., 0:1]),
+            _log_ratio(sorted_distances(za, self.support_a, k), scales[..., 1:2]),
+            _log_ratio(sorted_distances(za, self.pool_a, k), scales[..., 2:3]),
+        ]
+        raw_pool, cosine_pool = "raw_pool" in self.evidences, "cosine_pool" in self.evidences
+        pool_near = [x.new_zeros(0), x.new_zeros(0)]
+        if raw_pool or cosine_pool:
+            pool_near = both_distances(x, self.raw_pool, k, euclidean=raw_pool, cosine=cosine_pool)
+        for i, evidence in enumerate(self.evidences[3:]):
+            sigma = scales[..., 3 + i : 4 + i]
+            if evidence == "raw_pool":
+                columns.append(_log_ratio(pool_near[0], sigma))
+            elif evidence == "cosine_support":
+                near = sorted_distances(x, self.raw_support, k, "cosine")
+                columns.append(_log_ratio(near, sigma))
+            elif evidence == "cosine_pool":
+                columns.append(_log_ratio(pool_near[1], sigma))
+            elif evidence == "gaussian_support":
+                if self.g_u.numel() > 0:
+                    g = _mahalanobis(
+                        za, self.g_mean, self.g_u, self.g_inverse, self.g_a, self.g_isotropic
+                    )
+                    columns.append(_log_ratio(g.unsqueeze(-1), sigma))
+                else:  # fitted on one normal: neutral
+                    columns.append(_log_ratio(sigma + torch.zeros_like(za[..., :1]), sigma))
+            elif evidence == "anomalies":
+                columns.append(_anomaly_evidence(za, self.support_a, self.anomalies_a))
+        columns.append(self.stats.unsqueeze(-2) + torch.zeros_like(za[..., :1]))
+        return torch.cat(columns, dim=-1).to(torch.float32)
+
+
+#: Every reference a profile may hold, and those of a profile saved before ``evidences``.
+_BUFFERS = (
+    "support_b",
+    "b_shift",
+    "b_scale",
+    "support_a",
+    "pool_a",
+    "raw_support",
+    "raw_pool",
+    "anomalies_a",
+    "g_mean",
+    "g_u",
+    "g_inverse",
+    "g_a",
+    "g_isotropic",
+    "scales",
+    "stats",
+)
+_LEGACY_BUFFERS = ("support_b", "b_shift", "b_scale", "support_a", "pool_a", "scales", "stats")
 
 
 def _bounded_rows(rows: Tensor, cap: int, seed: int | list[int]) -> Tensor:
@@ -326,4 +466,12 @@ def _bounded_rows(rows: Tensor, cap: int, seed: int | list[int]) -> Tensor:
     )
 
 
-__all__ = ["N_TASK_STATS", "NeighbourProfile", "ProfileConfig", "bounded_reference"]
+__all__ = [
+    "EVIDENCES",
+    "LEGACY_EVIDENCES",
+    "N_TASK_STATS",
+    "NeighbourProfile",
+    "ProfileConfig",
+    "bounded_reference",
+    "seeded_order",
+]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.errors import ConfigError
-from metakd.models.profile import N_TASK_STATS, ProfileConfig
+from metakd.models.profile import ProfileConfig
 from metakd.models.stack import ACTIVATIONS, StackParams, stack_forward
 
 TeacherKind = Literal["profile", "knn", "mlp", "svdd", "autoencoder", "gaussian", "vae", "ganomaly"]
@@ -139,6 +139,13 @@ class ModelConfig:
     more rows than the support and mostly normal; ``c`` learns how far to trust it, which depends
     on how contaminated pools are across tasks (large ``c`` ignores it)."""
 
+    pool_rows: int | None = 32
+    """Pool rows a teacher's embedding reads (the ``profile`` teacher's pool evidence in its
+    learned metric, ``knn``'s pool neighbours): a random subsample of the pool, in
+    meta-training and in ``metakd adapt`` alike, so an adapted teacher meets the reference it
+    was meta-trained with whatever the size of the domain's pool (and its inner loop costs the
+    same). The profile's own pool evidence still reads up to ``profile.max_pool`` rows, and
+    every pool row is still scored. Null: every pool row (teachers saved before this option)."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     """Neighbourhood profile of the ``profile`` teacher (unused by the other kinds)."""
     residual_hidden: int = 32
@@ -165,6 +172,8 @@ class ModelConfig:
             raise ConfigError(f"embedding_dim must be positive, got {self.embedding_dim}")
         if self.neighbours < 1:
             raise ConfigError(f"neighbours must be positive, got {self.neighbours}")
+        if self.pool_rows is not None and (isinstance(self.pool_rows, bool) or self.pool_rows < 1):
+            raise ConfigError(f"model.pool_rows must be >= 1 or null, got {self.pool_rows!r}")
 
 
 class Teacher(nn.Module):
@@ -242,6 +251,11 @@ class Teacher(nn.Module):
         :attr:`uses_pool`). Leave-one-out scoring (:meth:`head`) takes the reference rows in this
         order: support, then pool."""
         return ()
+
+    def trust_parameters(self) -> list[nn.Parameter]:
+        """The few parameters that weigh the teacher's evidences against each other, given
+        their own outer step size (``meta.trust_lr``); none by default."""
+        return []
 
     def reference_and_fit_scores(
         self,
@@ -515,9 +529,10 @@ class ProfileNet(Teacher):
     """Scores a row from its neighbourhood profile plus a meta-learned metric (LUNAR-style).
 
     Rows arrive as ``[aligned features, profile]`` (:mod:`metakd.models.profile`). With channels
-    ``c = [s_B, s_A, p, s_φ, p_φ]`` (the profile's mean log-normalised distances to the support
-    normals in two scalings and to the pool, then the same to the support normals and the pool
-    in the learned embedding ``φ`` of the whole row, normalised by the reference rows' own
+    ``c = [e_1 … e_E, s_φ, p_φ]`` (the mean of each profile evidence's log-normalised columns:
+    ``s_B, s_A, p`` the distances to the support normals in two scalings and to the pool, then
+    those ``profile.evidences`` adds; then the distances to the support normals and the pool in
+    the learned embedding ``φ`` of the whole row, normalised by the reference rows' own
     leave-one-out geometric mean), the score is the logit
 
         score = (α + G t)ᵀ c + r(profile),
@@ -545,10 +560,20 @@ class ProfileNet(Teacher):
                 f"profile teacher: input_dim {input_dim} must exceed the profile's "
                 f"{self.profile_width} columns"
             )
-        self.k = config.profile.neighbours
         self.neighbours = config.neighbours
-        self.base = nn.Parameter(torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0]))
-        self.gate = nn.Parameter(torch.zeros(5, N_TASK_STATS))
+        # Each evidence's columns in the profile; the task statistics follow them.
+        self.evidence_columns: list[tuple[int, int]] = []
+        start = 0
+        for _, count in config.profile.columns():
+            self.evidence_columns.append((start, start + count))
+            start += count
+        self.stats_start = start
+        # Evidences, then the embedding's support and pool distances; the hedge
+        # (support_b + pool) / 2 to start with, every other evidence untrusted.
+        evidences = config.profile.evidences
+        base = [0.5 if e in ("support_b", "pool") else 0.0 for e in evidences] + [0.0, 0.0]
+        self.base = nn.Parameter(torch.tensor(base))
+        self.gate = nn.Parameter(torch.zeros(len(base), config.profile.n_stats))
         residual_in = nn.Linear(self.profile_width, config.residual_hidden)
         residual_out = nn.Linear(config.residual_hidden, 1)
         nn.init.zeros_(residual_out.weight)
@@ -556,6 +581,10 @@ class ProfileNet(Teacher):
         self.residual = nn.Sequential(residual_in, nn.Tanh(), residual_out)
         self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
         self.register_buffer("memory_scale", torch.ones(2))
+
+    def trust_parameters(self) -> list[nn.Parameter]:
+        """``α`` and ``G``: the trust in each evidence, and how task statistics move it."""
+        return [self.base, self.gate]
 
     def _scale(self, e: Tensor, weight: Tensor) -> Tensor:
         """Geometric mean of the rows' leave-one-out kNN distance among themselves (weighted)."""
@@ -600,12 +629,10 @@ class ProfileNet(Teacher):
     def _channels(self, x: Tensor, s_phi: Tensor, p_phi: Tensor, scales: Tensor) -> Tensor:
         """:meth:`channels` from the rows' embedding distances to the support and the pool."""
         profile = x[..., -self.profile_width :]
-        k = self.k
+        evidence = [profile[..., a:b].mean(-1) for a, b in self.evidence_columns]
         return torch.stack(
             [
-                profile[..., :k].mean(-1),
-                profile[..., k : 2 * k].mean(-1),
-                profile[..., 2 * k : 3 * k].mean(-1),
+                *evidence,
                 torch.log(s_phi / scales[..., 0:1] + 0.01),
                 torch.log(p_phi / scales[..., 1:2] + 0.01),
             ],
@@ -615,7 +642,7 @@ class ProfileNet(Teacher):
     def _score(self, x: Tensor, channels: Tensor) -> Tensor:
         """``(α + G t)ᵀ c + r(profile)`` of rows ``x`` with evidence ``channels [..., N, 5]``."""
         profile = x[..., -self.profile_width :]
-        stats = profile[..., 3 * self.k :]
+        stats = profile[..., self.stats_start :]
         trust = self.base + stats @ self.gate.T  # [..., N, 5]
         return (trust * channels).sum(-1) + self.residual(profile).squeeze(-1)
 

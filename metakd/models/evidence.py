@@ -1,0 +1,144 @@
+"""Distance kernels behind the neighbourhood profile's evidences (float64, batched, no gradient).
+
+* :func:`sorted_distances`: the ``k`` nearest reference rows of each row, Euclidean or cosine,
+  a row's first exact match in the reference left out (leave-one-out wherever a row is scored
+  against a reference that holds it).
+* :class:`ShrunkGaussian`: the Mahalanobis distance to a Ledoit–Wolf-shrunk Gaussian (Ledoit &
+  Wolf 2004), computed through the ``n × n`` Gram matrix of its rows (Woodbury), so a few rows in
+  a thousand dimensions cost ``O(n² d)``, never a ``d × d`` matrix; with each fitted row's
+  leave-one-out distance.
+
+Every function takes leading batch dimensions (a batch of tasks zero-padded to one width: zero
+columns change no distance and no covariance; the shrinkage target's mean variance is taken over
+each task's own ``n_features``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Metric = Literal["euclidean", "cosine"]
+
+
+def sorted_distances(x: Tensor, ref: Tensor, k: int, metric: str = "euclidean") -> Tensor:
+    """``[..., N, k]`` ascending distances of rows ``x [..., N, d]`` to ``ref [..., M, d]``
+    (float64; leading dimensions are batches of tasks), the first exact match of each row left
+    out; fewer than ``k`` neighbours repeat the farthest one, none at all give ``inf``.
+
+    ``metric``: ``euclidean``, or ``cosine`` (``1 - cos``, rows of zero norm as if orthogonal
+    to every row).
+    """
+    return both_distances(x, ref, k, euclidean=metric != "cosine", cosine=metric == "cosine")[
+        0 if metric != "cosine" else 1
+    ]
+
+
+def both_distances(
+    x: Tensor, ref: Tensor, k: int, euclidean: bool = True, cosine: bool = True
+) -> list[Tensor]:
+    """:func:`sorted_distances` Euclidean and cosine (each an empty tensor unless asked for),
+    from one product of the rows with the reference, the costly part."""
+    ref_sq = ref.pow(2).sum(-1).unsqueeze(-2)
+    ref_norm = ref_sq.sqrt().clamp_min(1e-300)
+    euclid: list[Tensor] = []
+    angle: list[Tensor] = []
+    take = min(k + 1, ref.shape[-2])
+    batch = 1
+    for size in x.shape[:-2]:
+        batch *= size
+    # Bounds memory at block_rows × M × 8 bytes (summed over the batch of tasks).
+    block_rows = max(1, 2048 // max(1, batch))
+    for start in range(0, x.shape[-2], block_rows):
+        block = x[..., start : start + block_rows, :]
+        block_sq = block.pow(2).sum(-1, keepdim=True)
+        dot = block @ ref.transpose(-1, -2)
+        sq = (block_sq + ref_sq - 2.0 * dot).clamp_min(0.0)
+        # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
+        match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
+        first = match & (match.cumsum(-1) == 1)
+        if euclidean:
+            near = sq.masked_fill(first, float("inf")).topk(take, dim=-1, largest=False).values
+            euclid.append(near.sqrt())
+        if cosine:
+            cos = 1.0 - dot / (block_sq.sqrt().clamp_min(1e-300) * ref_norm)
+            cos = cos.clamp_min(0.0).masked_fill(first, float("inf"))
+            angle.append(cos.topk(take, dim=-1, largest=False).values)
+    first_kind = _finish(euclid, x, k, take) if euclidean else x.new_zeros(0)
+    second_kind = _finish(angle, x, k, take) if cosine else x.new_zeros(0)
+    return [first_kind, second_kind]
+
+
+def _finish(parts: list[Tensor], x: Tensor, k: int, take: int) -> Tensor:
+    """``k`` columns from the blocks' ``take`` nearest (see :func:`sorted_distances`)."""
+    d = (
+        torch.cat(parts, dim=-2)[..., :k]
+        if parts
+        else x.new_zeros(list(x.shape[:-1]) + [min(k, take)])
+    )
+    if d.shape[-1] < k:
+        d = torch.cat([d, d[..., -1:].expand(list(d.shape[:-1]) + [k - d.shape[-1]])], dim=-1)
+    # A row with no neighbour but itself (a one-row reference): repeat what it has, else inf.
+    finite = torch.isfinite(d)
+    last = torch.where(finite, d, torch.zeros_like(d)).amax(-1, keepdim=True)
+    return torch.where(finite | ~finite.any(-1, keepdim=True), d, last)
+
+
+class ShrunkGaussian:
+    """A Gaussian of rows ``x [..., n, d]`` with the Ledoit–Wolf shrunk covariance
+    ``Σ = λ μ I + (1 − λ) S``: ``S`` the sample covariance, ``μ = tr(S) / d`` (``d`` each task's
+    ``n_features``), ``λ`` the shrinkage that minimises the expected Frobenius error.
+
+    Held as the centred rows ``U``, ``a = λ μ`` and ``L = (a n / (1 − λ)) I + U Uᵀ`` inverted:
+    ``d²(x) = (‖v‖² − (U v)ᵀ L⁻¹ (U v)) / a`` for ``v = x − mean``. Needs ``n ≥ 2``.
+    """
+
+    def __init__(self, x: Tensor, n_features: Tensor) -> None:
+        n = x.shape[-2]
+        self.mean = x.mean(-2, keepdim=True)
+        u = x - self.mean
+        gram = u @ u.transpose(-1, -2)  # [..., n, n]
+        trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)  # n · tr(S)
+        frob = gram.pow(2).sum((-1, -2))  # n² ‖S‖²_F
+        mu = trace / (n * n_features)
+        # δ² = ‖S − μI‖²_F; β² = (1/n²) Σ_i ‖x_i x_iᵀ − S‖²_F; λ = min(β² / δ², 1).
+        delta = frob / n**2 - trace.pow(2) / (n**2 * n_features)
+        beta = (torch.diagonal(gram, dim1=-2, dim2=-1).pow(2).sum(-1) - frob / n) / n**2
+        shrink = torch.where(delta > 0, (beta / delta.clamp_min(1e-300)).clamp(0.0, 1.0), 1.0)
+        self.a = (shrink * mu).clamp_min(1e-12)  # [...]
+        # (1 − λ) S = (1 − λ)/n UᵀU: Woodbury through the n × n system.
+        ratio = self.a * n / (1.0 - shrink).clamp_min(1e-12)
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        system = ratio[..., None, None] * eye + gram
+        self.u = u
+        self.inverse = torch.linalg.inv(system)
+        # λ = 1 (no usable covariance): the isotropic distance alone.
+        self.isotropic = shrink >= 1.0 - 1e-12
+
+    def distance(self, x: Tensor) -> Tensor:
+        """Mahalanobis distances ``[..., N]`` of rows ``x [..., N, d]``."""
+        v = x - self.mean
+        proj = v @ self.u.transpose(-1, -2)  # [..., N, n]
+        quad = (proj @ self.inverse * proj).sum(-1)
+        explained = torch.where(self.isotropic[..., None], torch.zeros_like(quad), quad)
+        sq = (v.pow(2).sum(-1) - explained) / self.a[..., None]
+        return sq.clamp_min(0.0).sqrt()
+
+    @staticmethod
+    def leave_one_out(x: Tensor, n_features: Tensor) -> Tensor:
+        """``[..., n]``: each row's distance to the Gaussian of the other ``n − 1`` rows (for
+        rows that are themselves in the fit, as kNN scores them); ``inf`` with fewer than 3
+        rows."""
+        n = x.shape[-2]
+        if n < 3:
+            return torch.full(x.shape[:-1], float("inf"), dtype=x.dtype, device=x.device)
+        keep = ~torch.eye(n, dtype=torch.bool, device=x.device)
+        others = x.unsqueeze(-3).expand(*x.shape[:-2], n, n, x.shape[-1])
+        others = others[..., keep, :].reshape(*x.shape[:-2], n, n - 1, x.shape[-1])
+        fitted = ShrunkGaussian(others, n_features.unsqueeze(-1))
+        return fitted.distance(x.unsqueeze(-2)).squeeze(-1)
+
+
+__all__ = ["Metric", "ShrunkGaussian", "both_distances", "sorted_distances"]
