@@ -69,7 +69,7 @@ def instrument() -> None:
     _patch(train, "_held_out", "val/test episodes")
     _patch(train, "few_shot_auroc", "validate / test report")
     _patch(train, "knn_auroc", "validate / test report")
-    _patch(train, "_outer_step", "outer step")
+    _patch(train, "outer_step", "outer step")
     _patch(train, "_save", "checkpoints")
     _patch(ResumeState, "save", "checkpoints")
     for name in ("__init__", "log", "summary", "log_artifact", "finish"):

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import ClassifierTags, Tags
@@ -35,6 +34,7 @@ from metakd.checkpoint import load_checkpoint
 from metakd.config import resolve_device
 from metakd.data.readers import ReadOptions, match_columns
 from metakd.data.transforms import Scaler, align_features
+from metakd.detect.validation import as_labels, as_rows
 from metakd.distill import DistillConfig, distill
 from metakd.errors import InputError, MetakdError
 from metakd.meta.inner import PoolTerm, adapt, reference_scores
@@ -104,47 +104,6 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
-
-
-def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
-    if scipy.sparse.issparse(x):
-        raise InputError(f"{name}: sparse input is not supported; pass a dense array")
-    raw = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-    if raw.dtype.kind == "c":
-        raise InputError(f"{name}: Complex data not supported (complex values)")
-    try:
-        values = raw.astype(np.float32)  # a copy: callers' arrays may be read-only
-    except TypeError as err:  # an object that is no number at all (a dict, say)
-        raise TypeError(f"{name}: rows must be numeric ({err})") from None
-    except ValueError as err:  # text that is no number
-        raise InputError(f"{name}: rows must be numeric ({err})") from None
-    if values.ndim == 2 and values.shape[1] == 0:
-        # scikit-learn's wording, which its estimator checks look for.
-        raise InputError(
-            f"{name}: 0 feature(s) (shape={values.shape}) while a minimum of 1 is required."
-        )
-    if values.ndim == 1:
-        raise InputError(
-            f"{name}: expected a 2-d array of rows [n, d], got shape {values.shape}. Reshape your "
-            "data either using array.reshape(-1, 1) if your data has a single feature or "
-            "array.reshape(1, -1) if it contains a single sample."
-        )
-    if values.ndim != 2 or values.shape[0] == 0:
-        raise InputError(
-            f"{name}: expected a non-empty 2-d array of rows [n, d], got shape {values.shape}"
-        )
-    t = torch.from_numpy(values)
-    if not torch.isfinite(t).all():
-        raise InputError(f"{name}: contains NaN or infinite values")
-    return t
-
-
-def _as_labels(y: np.ndarray | Tensor) -> Tensor:
-    try:
-        values = np.asarray(y, dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"support labels must be 0 (normal) or 1 (anomaly): {err}") from None
-    return torch.tensor(values)  # a copy, as in _as_rows
 
 
 class FewShotDetector(BaseEstimator):
@@ -623,8 +582,8 @@ def _check_inputs(
     """``(support [n, d], labels [n], pool [m, d] or None, in_support)`` as float32 copies,
     checked; rows of ``X`` labelled -1 or NaN are the first rows of the pool, ``in_support``
     (``[len(X)]`` bool) marks the others."""
-    rows = _as_rows("support", X)
-    labels = torch.zeros(rows.shape[0]) if y is None else _as_labels(y)
+    rows = as_rows("support", X)
+    labels = torch.zeros(rows.shape[0]) if y is None else as_labels(y)
     if labels.shape != (rows.shape[0],):
         raise InputError(
             f"support labels: expected {rows.shape[0]} labels, got shape {tuple(labels.shape)}"
@@ -635,7 +594,7 @@ def _check_inputs(
     if bool(unlabelled.any()):
         extra = rows[unlabelled]
         if unlabeled is not None:
-            given = _as_rows("unlabeled", unlabeled)
+            given = as_rows("unlabeled", unlabeled)
             if given.shape[1] != extra.shape[1]:
                 raise InputError(
                     f"unlabeled rows have {given.shape[1]} features but the support has "
@@ -651,7 +610,7 @@ def _check_inputs(
             f"support: at least one normal row (label 0) is needed; got {_samples(len(labels))}, "
             "none labelled 0"
         )
-    pool = _as_rows("unlabeled", unlabeled) if unlabeled is not None else None
+    pool = as_rows("unlabeled", unlabeled) if unlabeled is not None else None
     if pool is None and int((labels == 0).sum()) < MIN_NORMALS_WITHOUT_POOL:
         raise InputError(
             f"support: {_samples(int((labels == 0).sum()))} labelled normal and no unlabelled rows; "
@@ -868,7 +827,7 @@ def fit_many(
 def decision_scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
     """Scores ``[N]`` of rows ``X [N, d]`` under a scorer (higher = more anomalous); a NaN or
     infinite score is an error, never a row called normal."""
-    x = _as_rows("data", X)
+    x = as_rows("data", X)
     if x.shape[1] != scorer.preprocess.input_dim:
         raise InputError(
             f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}"

@@ -32,6 +32,7 @@ from metakd.episodes import EpisodeBatch, EpisodeConfig, EpisodeSampler
 from metakd.errors import ConfigError, DataError
 from metakd.meta.learners import MetaLearner, MetaStats, learner_class
 from metakd.meta.losses import auroc
+from metakd.meta.outer import outer_step
 from metakd.models.profile import ProfileConfig
 from metakd.models.teachers import build_teacher
 from metakd.prefetch import Prefetch
@@ -609,7 +610,7 @@ def _meta_train(
                         raise pending
                     shared = dict(zip(_STEP_METRICS, means.cpu(), strict=True))
                 assert batch is not None and stats is not None
-                stepped = _outer_step(learner, optimiser, grad_clip=config.meta.grad_clip)
+                stepped = outer_step(learner.parameters(), optimiser, grad_clip=config.meta.grad_clip)
                 skipped += not stepped
                 elapsed = time.perf_counter() - tick
                 try:
@@ -678,22 +679,6 @@ def _step_metrics(stats: MetaStats, batch: EpisodeBatch) -> dict[str, Tensor]:
         "support_loss_after": stats.support_loss_after.mean(),
         "query_auroc": auroc(stats.query_scores.detach(), batch.query_y).mean(),
     }
-
-
-def _outer_step(
-    learner: MetaLearner, optimiser: torch.optim.Optimizer, *, grad_clip: float
-) -> bool:
-    """The outer step on the meta-gradient in ``.grad``; returns whether it was taken: a step
-    whose meta-gradient is not finite (an inner loop that diverged on some task) is skipped, so
-    one bad batch cannot turn every meta-parameter into NaN."""
-    norm = torch.nn.utils.clip_grad_norm_(
-        learner.parameters(), grad_clip if grad_clip > 0 else float("inf")
-    )
-    if not torch.isfinite(norm):
-        optimiser.zero_grad(set_to_none=True)
-        return False
-    optimiser.step()
-    return True
 
 
 def _mean_inner_lr(learner: MetaLearner) -> float:

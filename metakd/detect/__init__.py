@@ -1,0 +1,1 @@
+"""Adapting a teacher to one domain: the checks, preprocessing, inner loop and estimator."""
