@@ -153,7 +153,7 @@ def kinds_table(seconds: float) -> None:
     fastest call of each window)."""
     from metakd.config import TrainConfig
     from metakd.models.teachers import teacher_kinds
-    from metakd.train import build_learner
+    from metakd.train import init_learner
 
     defaults = TrainConfig()
     episode, width, raw = defaults.episode, 64, 1000
@@ -176,7 +176,7 @@ def kinds_table(seconds: float) -> None:
                 if kind == "mlp@1000"
                 else width + config.model.profile.width * (name == "profile")
             )
-            learner = build_learner(config, d, seed=0)
+            learner = init_learner(config, d, seed=0)
             g = torch.Generator().manual_seed(0)
             b, q, p = episode.meta_batch, episode.query_size, episode.pool_size
             sx = torch.randn(b, episode.shots, d, generator=g)

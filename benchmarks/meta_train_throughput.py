@@ -95,7 +95,7 @@ def meta_gradient_only(tasks: str, seconds: float, extra: list[str]) -> float:
     from metakd.config import load_train_config
     from metakd.data.collection import load_collection
     from metakd.episodes import EpisodeSampler
-    from metakd.train import build_learner
+    from metakd.train import init_learner
 
     try:
         from metakd.threads import torch_threads
@@ -117,7 +117,7 @@ def meta_gradient_only(tasks: str, seconds: float, extra: list[str]) -> float:
             prior=config.prior,
         )
     batches = [sampler.sample() for _ in range(4)]
-    learner = build_learner(config, batches[0].support_x.shape[-1], seed=config.seed)
+    learner = init_learner(config, batches[0].support_x.shape[-1], seed=config.seed)
     times = []
     # meta-train's own thread count: `threads` (null: 1), or torch's default before it existed.
     threads = getattr(config, "threads", None) or (

@@ -61,7 +61,7 @@ def _patch(owner: Any, name: str, part: str) -> None:
 
 def instrument() -> None:
     """Wrap the parts of meta-training in timers (the names of the current code base)."""
-    import metakd.train as train
+    import metakd.train.loop as train
     from metakd import tracking
     from metakd.resume import ResumeState
 

@@ -15,8 +15,8 @@ from metakd.data.prior import PriorConfig
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.episodes import EpisodeConfig
 from metakd.errors import ConfigError
-from metakd.meta.learners import InnerConfig, MetaConfig
-from metakd.models.teachers import ModelConfig
+from metakd.meta.learners import InnerConfig, MetaConfig, learner_class
+from metakd.models.teachers import ModelConfig, check_kind
 from metakd.tracking import TrackingConfig
 
 
@@ -82,6 +82,11 @@ class TrainConfig:
     """Run tracking (W&B mode, project, ...); metrics.jsonl is always written."""
 
     def __post_init__(self) -> None:
+        check_kind(self.model.kind)
+        try:
+            learner_class(self.meta.algorithm)
+        except ConfigError as err:
+            raise ConfigError(f"config 'meta': {err}") from None
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.val_every < 1:

@@ -1,5 +1,12 @@
-"""Fixtures that write tiny task files into ``tmp_path`` and build small in-memory tasks; helpers
-(``from conftest import ...``) that build a tiny teacher bundle and a seeded meta-batch."""
+"""The suite's fixtures: tiny task files written into ``tmp_path``, small in-memory tasks, a
+teacher bundle written as ``teacher.pt``, float64 as the default dtype, and one tiny teacher
+meta-trained once per session. Builders and oracles that tests call directly are in
+``tests/helpers.py`` (``from helpers import ...``).
+
+The test folders mirror ``metakd``'s packages (``tests/cli`` for ``metakd.cli`` and the
+end-to-end command tests, ``tests/meta``, ``tests/models``, ...); ``tests/core`` holds the tests
+of its top-level modules. Test file names are unique across folders (pytest's default import
+mode imports each by its base name)."""
 
 from __future__ import annotations
 
@@ -10,18 +17,16 @@ import os
 # Tests that need another count set it themselves (meta-train's determinism at threads=2).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import TINY_TRAIN, TrainedRun, sets  # noqa: E402
 
-from metakd.data.task import Task
-from metakd.data.transforms import AlignmentConfig, ScalingConfig
-from metakd.meta.learners import InnerConfig
-from metakd.models.teachers import ModelConfig, TeacherKind, build_teacher
-from metakd.persist import TeacherBundle
+from metakd.data.task import Task  # noqa: E402
+from metakd.persist import TeacherBundle  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -29,47 +34,6 @@ WriteTable = Callable[..., Path]
 WriteNpz = Callable[..., Path]
 MakeTask = Callable[..., Task]
 WriteTeacher = Callable[[TeacherBundle, Path], Path]
-
-
-def episode_batch(
-    features: int, *, tasks: int = 3, support: int = 6, query: int = 8, pool: int = 5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A seeded meta-batch ``(support_x [T, S, F], support_y [T, S], query_x [T, Q, F],
-    query_y [T, Q], pool_x [T, P, F])`` of standard-normal rows, the last support row of each
-    task labelled anomalous and the query alternating normal / anomalous."""
-    g = torch.Generator().manual_seed(1)
-    sx = torch.randn(tasks, support, features, generator=g)
-    sy = torch.zeros(tasks, support)
-    sy[:, -1] = 1
-    qx = torch.randn(tasks, query, features, generator=g)
-    qy = (torch.arange(query) % 2).to(torch.float64).expand(tasks, query).contiguous()
-    px = torch.randn(tasks, pool, features, generator=g)
-    return sx, sy, qx, qy, px
-
-
-def tiny_bundle(
-    features: int,
-    *,
-    kind: TeacherKind = "knn",
-    inner_steps: int = 1,
-    alignment: AlignmentConfig | None = None,
-) -> TeacherBundle:
-    """An untrained, seeded teacher of ``kind`` (8 hidden units, embedding 4, k = 3, input skip)
-    for rows of ``features`` columns (after ``alignment``; the profile kind adds its profile's),
-    as ``metakd adapt`` loads one: for tests of adaptation, scoring and the estimator API."""
-    torch.manual_seed(0)
-    model = ModelConfig(kind=kind, hidden=[8], embedding_dim=4, neighbours=3, input_skip=True)
-    width = features + (model.profile.width if kind == "profile" else 0)
-    return TeacherBundle(
-        teacher=build_teacher(width, model).eval(),
-        model=model,
-        inner=InnerConfig(steps=inner_steps, lr=0.05),
-        algorithm="maml",
-        rates=[],
-        scaling=ScalingConfig(),
-        alignment=alignment if alignment is not None else AlignmentConfig(),
-        info={},
-    )
 
 
 @pytest.fixture
@@ -179,3 +143,28 @@ def write_teacher() -> WriteTeacher:
         return path
 
     return write
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    """float64 as torch's default dtype for the test (the meta-gradient oracles' precision)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One tiny ``profile`` teacher, meta-trained once per session by ``metakd meta-train`` on the
+    synthetic collection (``helpers.TINY_TRAIN``: 20 iterations): its run folder, shared by every
+    test that needs a trained teacher but not a particular one. Read it, never write into it
+    (copy it where a test needs the folder itself among its files)."""
+    from click.testing import CliRunner
+
+    from metakd.cli import main
+
+    run = tmp_path_factory.mktemp("tiny-teacher") / "run"
+    args = ["meta-train", "--tasks", "synthetic", "--out", str(run), "--no-progress"]
+    result = CliRunner().invoke(main, [*args, *sets(TINY_TRAIN)])
+    assert result.exit_code == 0, result.output
+    return TrainedRun(run, result.output)

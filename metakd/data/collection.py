@@ -14,102 +14,53 @@ validation and test. ``load_collection`` accepts, in this order of lookup:
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import re
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
-import metakd
-from metakd.configio import from_dict, read_yaml
 from metakd.data.builtin import BUILTIN_COLLECTIONS
-from metakd.data.readers import SUPPORTED_SUFFIXES, ReadOptions, read_task
+from metakd.data.manifests import (
+    MANIFEST_SUFFIXES,
+    CollectionSpec,
+    find_manifest,
+    manifest_dirs,
+    manifest_entries,
+    read_manifest,
+    universal_alignment,
+)
+from metakd.data.readers import ReadOptions, read_task, supported_suffixes
+from metakd.data.splits import SPLITS, SplitConfig, natural_key, split_tasks
 from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig, check_feature_counts
 from metakd.data.windows import WindowConfig, window_task
-from metakd.errors import ConfigError, DataError, MetakdError
+from metakd.errors import ConfigError, DataError
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Share of a built-in collection's tasks held out for the report (when it has no fixed split).
 BUILTIN_TEST_SHARE = 0.2
-MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
-
-@dataclass
-class SplitConfig:
-    """How tasks are divided into meta-train / validation / test.
-
-    Attributes:
-        seed: Seed of the shuffle behind the fraction split.
-        val: Fraction of tasks for validation (at least one when positive): the best
-            meta-training iterate is chosen on them.
-        test: Fraction of tasks held out for meta-train's closing report (and ``metakd
-            evaluate``'s default tasks). 0 by default: a user's folder or manifest is
-            meta-trained on every domain but the validation ones; set it to hold some out
-            (the report names them). The built-in collections keep their own held-out tasks.
-        train_tasks: Task names or globs for meta-train. Explicit lists replace the fractions:
-            each list takes its matching tasks, the remaining tasks go to train when
-            ``train_tasks`` is not given and are an error otherwise.
-        val_tasks: Task names or globs for validation.
-        test_tasks: Task names or globs for test.
-    """
-
-    seed: int = 0
-    val: float = 0.2
-    test: float = 0.0
-    train_tasks: list[str] | None = None
-    val_tasks: list[str] | None = None
-    test_tasks: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("val", "test"):
-            value = getattr(self, key)
-            if not 0 <= value < 1:
-                raise ConfigError(f"split.{key} must be in [0, 1), got {value!r}")
-        if self.val + self.test >= 1:
-            raise ConfigError(
-                f"split.val + split.test must be below 1 (got {self.val} + {self.test}): "
-                "meta-training needs tasks"
-            )
-
-    @property
-    def explicit(self) -> bool:
-        """Whether task lists, not fractions, define the split."""
-        return any(
-            patterns is not None for patterns in (self.train_tasks, self.val_tasks, self.test_tasks)
-        )
-
-
-@dataclass
-class CollectionSpec:
-    """A task collection manifest (the YAML schema, see ``tasks/README.md``).
-
-    Attributes:
-        name: Collection name; defaults to the manifest's file name.
-        description: One line shown by ``metakd tasks list``.
-        files: Task files or globs (``**`` recurses), relative to the manifest's folder.
-        read: How each file is read.
-        window: Sliding windows applied to every task (time series), or ``None``.
-        split: Task split.
-        alignment: Feature alignment to the teacher's input width; by default the universal
-            one (:func:`universal_alignment`), so tasks of any width mix and the teacher
-            adapts later to tasks of any width.
-    """
-
-    name: str = ""
-    description: str = ""
-    files: list[str] = field(default_factory=list)
-    read: ReadOptions = field(default_factory=ReadOptions)
-    window: WindowConfig | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
-    alignment: AlignmentConfig = field(default_factory=lambda: universal_alignment())
+# Also the names now in splits.py and manifests.py: code importing them from here keeps working.
+__all__ = [
+    "BUILTIN_TEST_SHARE",
+    "MANIFEST_SUFFIXES",
+    "SPLITS",
+    "CollectionSpec",
+    "SplitConfig",
+    "TaskCollection",
+    "find_manifest",
+    "list_collections",
+    "load_collection",
+    "manifest_dirs",
+    "natural_key",
+    "read_manifest",
+    "split_tasks",
+    "task_names",
+    "universal_alignment",
+]
 
 
 @dataclass
@@ -236,52 +187,11 @@ def load_collection(
             split=split or SplitConfig(),
             alignment=alignment or universal_alignment(),
         )
-    manifests = ", ".join(name for name, _ in _manifest_entries()) or "none"
+    manifests = ", ".join(name for name, _ in manifest_entries()) or "none"
     raise ConfigError(
         f"'{text}' is not a built-in collection ({', '.join(BUILTIN_COLLECTIONS)}), a manifest "
         f"in tasks/ ({manifests}), or an existing file or directory"
     )
-
-
-def read_manifest(path: str | Path) -> CollectionSpec:
-    """Parse a manifest into a :class:`CollectionSpec`; errors name the file and the key."""
-    path = Path(path)
-    data = read_yaml(path)
-    # Converted on its own: through the Optional field, configio would report only that the
-    # value is "not a WindowConfig | None" and drop the key at fault.
-    window = data.pop("window", None)
-    try:
-        spec = from_dict(CollectionSpec, data)
-        if window is not None:
-            if not isinstance(window, dict):
-                raise ConfigError(f"config key 'window': expected a mapping, got {window!r}")
-            spec.window = from_dict(WindowConfig, window, prefix="window.")
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    if not spec.files:
-        raise ConfigError(f"{path}: 'files' lists no task files")
-    return spec
-
-
-def manifest_dirs() -> list[Path]:
-    """Existing ``tasks/`` folders searched for manifests: the current directory's, then the one
-    beside the installed package (a source checkout)."""
-    candidates = [Path.cwd() / "tasks", Path(metakd.__file__).resolve().parent.parent / "tasks"]
-    found: list[Path] = []
-    for candidate in candidates:
-        if candidate.is_dir() and all(not _same(candidate, f) for f in found):
-            found.append(candidate)
-    return found
-
-
-def find_manifest(name: str, tasks_dirs: Sequence[Path] | None = None) -> Path | None:
-    """The manifest ``<name>.yaml`` (or ``.yml``) in the first tasks folder holding one."""
-    for folder in manifest_dirs() if tasks_dirs is None else tasks_dirs:
-        for suffix in MANIFEST_SUFFIXES:
-            candidate = folder / f"{name}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 def list_collections(tasks_dir: Path | None = None) -> list[tuple[str, str]]:
@@ -295,32 +205,7 @@ def list_collections(tasks_dir: Path | None = None) -> list[tuple[str, str]]:
     """
     entries = [(name, builtin.description) for name, builtin in BUILTIN_COLLECTIONS.items()]
     dirs = manifest_dirs() if tasks_dir is None else [tasks_dir]
-    return entries + [(name, description) for name, description in _manifest_entries(dirs)]
-
-
-def _manifest_entries(dirs: Sequence[Path] | None = None) -> list[tuple[str, str]]:
-    entries: dict[str, str] = {}
-    for folder in manifest_dirs() if dirs is None else dirs:
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in MANIFEST_SUFFIXES)
-        for path in paths:
-            if path.stem in entries or path.stem in BUILTIN_COLLECTIONS:
-                continue  # shadowed by an earlier folder or a built-in, as in load_collection
-            try:
-                entries[path.stem] = read_manifest(path).description
-            except MetakdError as err:
-                entries[path.stem] = f"invalid manifest: {err}"
-    return list(entries.items())
-
-
-def universal_alignment() -> AlignmentConfig:
-    """What a collection without alignment settings gets: a fixed projection to 64 features.
-
-    The ``profile`` teacher reads exact neighbour distances in each task's own space beside
-    these 64 columns, so the projection costs it nothing on wide tasks, while any task, of any
-    width, can be meta-trained on or adapted to. ``alignment: {kind: none}`` keeps features as
-    they are (then every task must share one width).
-    """
-    return AlignmentConfig(kind="project", width=64, seed=0)
+    return entries + [(name, description) for name, description in manifest_entries(dirs)]
 
 
 def _load_builtin(
@@ -408,86 +293,6 @@ def task_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def split_tasks(names: Sequence[str], config: SplitConfig, *, where: str) -> dict[str, list[str]]:
-    """Divide task names into train/val/test.
-
-    By fractions: the naturally sorted names are shuffled with ``default_rng(config.seed)``;
-    the first ``round(test * n)`` go to test, the next ``round(val * n)`` to val (each at least
-    one when its fraction is positive), the rest to train. With fewer than 3 tasks all go to
-    train, with a warning. Explicit lists: see :class:`SplitConfig`.
-
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}``, each in natural order.
-    """
-    ordered = sorted(names, key=natural_key)
-    if config.explicit:
-        splits = _explicit_split(ordered, config, where=where)
-    elif len(ordered) < 3:
-        if config.val > 0 or config.test > 0:
-            warnings.warn(
-                f"{where}: only {len(ordered)} task(s), all used for meta-training (no val/test)",
-                stacklevel=2,
-            )
-        splits = {"train": list(ordered), "val": [], "test": []}
-    else:
-        n = len(ordered)
-        n_test = _split_count(config.test, n)
-        n_val = _split_count(config.val, n)
-        if n_test + n_val >= n:
-            raise DataError(
-                where,
-                f"split.val = {config.val} and split.test = {config.test} leave no meta-training "
-                f"task out of {n}",
-            )
-        shuffled = [ordered[i] for i in np.random.default_rng(config.seed).permutation(n)]
-        splits = {
-            "test": shuffled[:n_test],
-            "val": shuffled[n_test : n_test + n_val],
-            "train": shuffled[n_test + n_val :],
-        }
-    if not splits["train"]:
-        raise DataError(where, "no task is assigned to the train split")
-    return {key: sorted(splits[key], key=natural_key) for key in SPLITS}
-
-
-def _explicit_split(
-    names: Sequence[str], config: SplitConfig, *, where: str
-) -> dict[str, list[str]]:
-    lists = {"train": config.train_tasks, "val": config.val_tasks, "test": config.test_tasks}
-    owner: dict[str, str] = {}
-    splits: dict[str, list[str]] = {key: [] for key in SPLITS}
-    for key, patterns in lists.items():
-        for pattern in patterns or []:
-            matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-            if not matched:
-                raise DataError(where, f"split.{key}_tasks: '{pattern}' matches no task")
-            for n in matched:
-                if owner.get(n, key) != key:
-                    raise DataError(
-                        where,
-                        f"task '{n}' is listed in both split.{owner[n]}_tasks and "
-                        f"split.{key}_tasks",
-                    )
-                if n not in owner:
-                    owner[n] = key
-                    splits[key].append(n)
-    rest = [n for n in names if n not in owner]
-    if rest and config.train_tasks is not None:
-        raise DataError(
-            where,
-            f"tasks in no split list: {', '.join(rest)}; list them or drop split.train_tasks "
-            "so the rest go to train",
-        )
-    splits["train"].extend(rest)
-    return splits
-
-
-def _split_count(fraction: float, n: int) -> int:
-    if fraction == 0:
-        return 0
-    return max(1, int(np.floor(fraction * n + 0.5)))
-
-
 def _expand_files(patterns: Sequence[str], *, base: Path, where: str) -> list[Path]:
     files: list[Path] = []
     seen: set[str] = set()
@@ -513,22 +318,18 @@ def _expand_files(patterns: Sequence[str], *, base: Path, where: str) -> list[Pa
 
 
 def _directory_files(folder: Path) -> list[Path]:
+    suffixes = supported_suffixes()
     files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES),
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
         key=lambda p: natural_key(p.name),
     )
     if not files:
         raise DataError(
             str(folder),
-            f"no task files ({', '.join(SUPPORTED_SUFFIXES)}) directly in this directory; for "
+            f"no task files ({', '.join(suffixes)}) directly in this directory; for "
             "files in subdirectories write a manifest with a glob such as '**/*.csv'",
         )
     return files
-
-
-def natural_key(text: str) -> list[int | str]:
-    """Sort key ordering embedded numbers numerically: ``2_x`` before ``10_x``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 def _is_bare_name(text: str) -> bool:
@@ -542,10 +343,3 @@ def _is_bare_name(text: str) -> bool:
             "..",
         )
     )
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False

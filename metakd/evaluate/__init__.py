@@ -5,39 +5,35 @@ a task's rows are split into a labelled support, an unlabelled pool and a labell
 disjoint (:mod:`~metakd.evaluate.splits`). Every method sees only the support and the pool, and
 fits any scaling on those; the query is scored once and only enters AUROC and AUPRC. metakd
 adapts (and distils) exactly as ``metakd adapt`` does (:class:`~metakd.detector.FewShotDetector`);
-the baselines of :mod:`metakd.baselines` run on the very same splits.
+the baselines of :mod:`metakd.evaluate.baselines` run on the very same splits.
 
 Outputs in ``out_dir``: ``results.csv`` (one row per task × setting × seed × method),
 ``summary.md`` (means with 95 % t-intervals over task × seed runs, best per setting in bold),
 ``auroc_vs_shots.png``, ``config.yaml`` and ``metrics.jsonl`` (plus a W&B run when tracking is on).
 
-One module per role:
+One module per role, each importing only those listed before it (no cycles):
 
-* :mod:`~metakd.evaluate.config`: :class:`EvaluateConfig` and its sections;
 * :mod:`~metakd.evaluate.splits`: the disjoint splits;
-* :mod:`~metakd.evaluate.methods`: the registry every method (ours and the baselines)
-  registers in, by name and in report order;
-* :mod:`~metakd.evaluate.ours`: metakd's own methods;
+* :mod:`~metakd.evaluate.settings`: the config sections methods read (``baselines:``,
+  ``pretrain:``);
+* :mod:`~metakd.evaluate.methods`: what a method is (:class:`Detector`, :class:`Method`, the
+  contexts its factory gets) and :class:`MethodRegistry`;
 * :mod:`~metakd.evaluate.tasks`: which tasks are evaluated (and the teacher's own);
+* :mod:`~metakd.evaluate.baselines`: the baselines, one module per kind, each declaring its
+  methods;
+* :mod:`~metakd.evaluate.ours`: metakd's own methods;
+* :mod:`~metakd.evaluate.registry`: :data:`REGISTRY`, every method by name in report order;
+* :mod:`~metakd.evaluate.config`: :class:`EvaluateConfig` (checks ``methods:`` against it);
+* :mod:`~metakd.evaluate.report`: statistics, ``summary.md`` and the plot;
 * :mod:`~metakd.evaluate.run`: the run loop;
-* :mod:`~metakd.evaluate.report`: statistics, ``summary.md`` and the plot.
+* :mod:`~metakd.evaluate.domains`: leave-domains-out (a teacher meta-trained per fold).
 """
 
 from __future__ import annotations
 
-from metakd.evaluate.config import (
-    BaselineConfig,
-    EvaluateConfig,
-    PretrainConfig,
-    load_evaluate_config,
-)
-from metakd.evaluate.methods import (
-    REGISTRY,
-    Method,
-    MethodContext,
-    Setup,
-    register_method,
-)
+from metakd.evaluate.config import EvaluateConfig, load_evaluate_config
+from metakd.evaluate.methods import Detector, Method, MethodContext, MethodRegistry, Setup
+from metakd.evaluate.registry import REGISTRY, register_method
 from metakd.evaluate.report import (
     SUMMARY_COLUMNS,
     _metric_table,  # noqa: F401  (imported by the tests from here)
@@ -48,14 +44,15 @@ from metakd.evaluate.report import (
     summary_markdown,
 )
 from metakd.evaluate.run import RESULT_COLUMNS, EvaluationResult, run_evaluation
+from metakd.evaluate.settings import BaselineConfig, PretrainConfig
 from metakd.evaluate.splits import Split, SplitCounts, draw_split, split_counts, split_seed
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
     """The method-name tuples of the former module, now derived from :data:`REGISTRY`.
 
-    Computed on access, not at import: the registry fills when its providers (the baselines)
-    are imported, and they import this package.
+    Computed on access, not at import, so that they include methods registered later
+    (:func:`register_method`).
     """
     if name == "METHODS":  # every method, in report order
         return REGISTRY.names()
@@ -77,10 +74,12 @@ __all__ = [
     "RESULT_COLUMNS",
     "SUMMARY_COLUMNS",
     "BaselineConfig",
+    "Detector",
     "EvaluateConfig",
     "EvaluationResult",
     "Method",
     "MethodContext",
+    "MethodRegistry",
     "PretrainConfig",
     "Setup",
     "Split",

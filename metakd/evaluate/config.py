@@ -1,92 +1,22 @@
-"""The configuration of ``metakd evaluate``: :class:`EvaluateConfig` and its sections.
+"""The configuration of ``metakd evaluate``: :class:`EvaluateConfig`.
 
-The baselines' sections (:class:`BaselineConfig`, :class:`PretrainConfig`) are defined here, not
-in :mod:`metakd.baselines`, because the baselines import this package to register themselves:
-the config must load without them.
+It sits above the method registry, against which it checks ``methods:``; the sections the
+methods read when built (``baselines:``, ``pretrain:``) are defined below the registry, in
+:mod:`~metakd.evaluate.settings`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from metakd import configio
-from metakd.detector import AdaptConfig
+from metakd.detect import AdaptConfig
 from metakd.errors import ConfigError
-from metakd.evaluate.methods import REGISTRY
+from metakd.evaluate.registry import REGISTRY
+from metakd.evaluate.settings import BaselineConfig, PretrainConfig
+from metakd.evaluate.tasks import TaskSplit
 from metakd.tracking import TrackingConfig
-
-
-@dataclass
-class BaselineConfig:
-    """Hyper-parameters of the classical baselines (fixed, not tuned per task: no labels exist
-    to tune them on in the few-shot setting)."""
-
-    knn_k: int = 5
-    """Neighbours of PyOD's kNN (its default); capped by the rows it is fitted on:
-    ``min(k, n - 1)``, as PyOD scores its training rows leave-one-out."""
-    lof_k: int = 20
-    """Neighbours of PyOD's LOF (its default); capped as ``knn_k``."""
-    iforest_trees: int = 100
-    """Trees of PyOD's Isolation Forest (its default)."""
-    logreg_c: float = 1.0
-    """Inverse L2 strength of the logistic regression."""
-    devnet_hidden: int = 20
-    """Hidden width of DevNet's network (the paper's default one-hidden-layer net)."""
-    devnet_steps: int = 200
-    """DevNet optimiser steps."""
-    devnet_batch_size: int = 64
-    """Rows per DevNet step, half of them labelled anomalies (DevNet's balanced batches)."""
-    devnet_lr: float = 1e-3
-    """DevNet RMSprop step size."""
-    devnet_margin: float = 5.0
-    """DevNet's deviation margin ``a``."""
-
-    def __post_init__(self) -> None:
-        for key in (
-            "knn_k",
-            "lof_k",
-            "iforest_trees",
-            "devnet_hidden",
-            "devnet_steps",
-            "devnet_batch_size",
-        ):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")
-        for key in ("logreg_c", "devnet_lr", "devnet_margin"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"baselines.{key} must be positive, got {getattr(self, key)!r}")
-
-
-@dataclass
-class PretrainConfig:
-    """Pooled (non-meta) multi-task pretraining behind the ``pooled-finetune`` baseline."""
-
-    iterations: int = 300
-    """Optimiser steps, each on one batch of episodes of the meta-train tasks."""
-    lr: float = 1e-3
-    """Adam step size."""
-    loss: Literal["ranking", "bce"] = "ranking"
-    """Loss on the episodes' labelled query rows: the pairwise ranking loss (the default outer
-    loss of meta-training, so only the inner loop differs) or class-balanced BCE on logit-scale
-    scores. BCE on a distance teacher's log-distances keeps inflating the anomalies' distances;
-    on MVTec its fine-tuned SVDD scores overflowed in 1 of 9 one-class runs, ranking in none."""
-    seed: int = 0
-    """Seeds the initialisation and the episode sampling."""
-
-    def __post_init__(self) -> None:
-        if (
-            isinstance(self.iterations, bool)
-            or not isinstance(self.iterations, int)
-            or self.iterations < 1
-        ):
-            raise ConfigError(
-                f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"pretrain.lr must be positive, got {self.lr!r}")
 
 
 @dataclass
@@ -96,7 +26,7 @@ class EvaluateConfig:
     tasks: str | None = None
     """Task collection to evaluate on (built-in name, manifest, directory or file); null uses the
     teacher's own collection with its recorded split, i.e. its held-out meta-test tasks."""
-    split: Literal["test", "val", "train", "all"] = "test"
+    split: TaskSplit = "test"
     """Which tasks of the collection to evaluate on (``all``: every task)."""
     folds: int | None = None
     """Leave domains out (:mod:`~metakd.evaluate.domains`): deal ``tasks`` into this many folds
@@ -124,7 +54,7 @@ class EvaluateConfig:
     """A setting is skipped (with a warning) for a task whose query would hold fewer normal or
     anomalous rows than this: AUROC over fewer anomalies says little."""
     methods: list[str] | None = None
-    """Methods to run (the names of :data:`~metakd.evaluate.methods.REGISTRY`); null runs all
+    """Methods to run (the names of :data:`~metakd.evaluate.registry.REGISTRY`); null runs all
     (without those needing a student when ``adapt.student`` is false, and without those needing
     the pool when ``pool_size`` is 0)."""
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -212,4 +142,4 @@ def load_evaluate_config(
     return configio.load(EvaluateConfig, path, overrides)
 
 
-__all__ = ["BaselineConfig", "EvaluateConfig", "PretrainConfig", "load_evaluate_config"]
+__all__ = ["EvaluateConfig", "load_evaluate_config"]

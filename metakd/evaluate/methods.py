@@ -1,12 +1,15 @@
-"""The registry of evaluated methods: each registers by name beside the detector it builds.
+"""What an evaluated method is: the :class:`Detector` it builds, its declaration and a registry.
 
-A method is a name, a report group and a factory that builds a
-:class:`~metakd.baselines.Detector` for one split, plus what it needs (labelled anomalies, an
-unlabelled pool, a distilled student) and an optional one-off preparation run once per
-evaluation before any split (e.g. pretraining). The run loop and the report know methods only
-through :data:`REGISTRY`, so adding a baseline is one detector class and one
-:func:`register_method` line beside it, in :mod:`metakd.baselines` or in a new module of this
-package (every module of ``metakd.evaluate`` is imported before the registry is first read).
+A method is a name, a report group and a factory that builds a :class:`Detector` for one
+split, plus what it needs (labelled anomalies, an unlabelled pool, a distilled student) and an
+optional one-off preparation run once per evaluation before any split (e.g. pretraining). Each
+module that provides methods declares them as a ``METHODS`` tuple of :class:`Method` right
+below the classes they build; :mod:`~metakd.evaluate.registry` lists those modules in its
+:data:`~metakd.evaluate.registry.REGISTRY`, through which alone the run loop and the report
+know methods.
+
+This module imports no other module of ``metakd.evaluate`` but the config sections a factory
+reads (:mod:`~metakd.evaluate.settings`): the providers import it, and it imports none of them.
 
 Report order (tables, plot legend, ``results.csv`` rows of a run): by group (:data:`GROUPS`),
 then in registration order within a group.
@@ -14,20 +17,33 @@ then in registration order within a group.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
+import numpy as np
+from rich.progress import Progress
 
-    from metakd.baselines import Detector
-    from metakd.data.collection import TaskCollection
-    from metakd.evaluate.config import EvaluateConfig
-    from metakd.persist import TeacherBundle
+from metakd.data.collection import TaskCollection
+from metakd.detect import AdaptConfig
+from metakd.evaluate.settings import BaselineConfig, PretrainConfig
+from metakd.persist import TeacherBundle
+
+
+class Detector(ABC):
+    """A few-shot detector: ``fit`` on support (+ pool), then score rows (higher = anomalous)."""
+
+    @abstractmethod
+    def fit(self, X: np.ndarray, y: np.ndarray, unlabeled: np.ndarray | None = None) -> Detector:
+        """Fit on support rows ``X [n, d]`` with labels ``y [n]`` (0/1) and optional unlabelled
+        rows ``unlabeled [m, d]`` of the same task. Returns ``self``."""
+
+    @abstractmethod
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Anomaly scores ``[N]`` of rows ``X [N, d]`` (higher = more anomalous)."""
+
 
 Group = Literal["ours", "ablation", "transfer", "support", "pool", "labelled"]
 """What a method builds on: ``ours`` (metakd), ``ablation`` (metakd with a part switched off),
@@ -40,11 +56,6 @@ GROUPS: tuple[Group, ...] = get_args(Group)
 #: Groups that use the meta-trained teacher; every other group holds baselines.
 TEACHER_GROUPS: tuple[Group, ...] = ("ours", "ablation")
 
-#: Modules whose import registers methods. They are imported on the registry's first use, not
-#: by this package's ``__init__``: the baselines import this module to register, and an import
-#: in the other direction at load time would be a cycle.
-PROVIDERS: tuple[str, ...] = ("metakd.evaluate.ours", "metakd.baselines")
-
 
 @dataclass(frozen=True)
 class Setup:
@@ -52,7 +63,7 @@ class Setup:
 
     Attributes:
         method: the method being prepared (for messages).
-        config: the evaluation config.
+        pretrain: the config's ``pretrain:`` section.
         bundle: the meta-trained teacher.
         teacher_path: its ``teacher.pt``.
         collection: the collection of the evaluation tasks.
@@ -61,7 +72,7 @@ class Setup:
     """
 
     method: str
-    config: EvaluateConfig
+    pretrain: PretrainConfig
     bundle: TeacherBundle
     teacher_path: Path
     collection: TaskCollection
@@ -74,26 +85,26 @@ class MethodContext:
     """What a method's factory may use to build its detector for one split.
 
     Attributes:
-        config: the evaluation config.
         bundle: the meta-trained teacher.
+        adapt: the config's ``adapt:`` section (adaptation and distillation).
+        baselines: the config's ``baselines:`` section.
+        seed: seed of stochastic methods in this repetition: the config's ``seed`` plus
+            ``repetition``.
         repetition: the split's seed index ``s``.
-        selected: the names of every method of this evaluation (in report order).
+        selected: every method of this evaluation (in report order).
         prepared: what this method's ``prepare`` returned (``None`` without one).
         shared: per-split store for a fit that several methods share (one adaptation gives
             both the student's and the teacher's scores); keyed by the sharing module.
     """
 
-    config: EvaluateConfig
     bundle: TeacherBundle
+    adapt: AdaptConfig
+    baselines: BaselineConfig
+    seed: int
     repetition: int
-    selected: tuple[str, ...]
+    selected: tuple[Method, ...]
     prepared: Any = None
     shared: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        """Seed of stochastic methods in this repetition: ``config.seed + repetition``."""
-        return self.config.seed + self.repetition
 
 
 @runtime_checkable
@@ -109,13 +120,13 @@ class OwnFitTime(Protocol):
         ...
 
 
-Factory = Callable[[MethodContext], "Detector"]
+Factory = Callable[[MethodContext], Detector]
 Prepare = Callable[[Setup], Any]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One registered method.
+    """One method's declaration.
 
     Attributes:
         name: the name in configs (``methods:``), ``results.csv`` and the report.
@@ -127,6 +138,9 @@ class Method:
         headline: the method whose gap to the best baseline the report leads with.
         prepare: called once per evaluation before any split; its result reaches ``build``
             as :attr:`MethodContext.prepared`.
+
+    Raises:
+        ValueError: the name is empty or the group unknown.
     """
 
     name: str
@@ -138,6 +152,14 @@ class Method:
     headline: bool = False
     prepare: Prepare | None = None
 
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a method needs a name")
+        if self.group not in GROUPS:
+            raise ValueError(
+                f"method {self.name!r}: unknown group {self.group!r} (known: {GROUPS})"
+            )
+
     @property
     def is_baseline(self) -> bool:
         """Whether the method does without the meta-trained teacher."""
@@ -148,13 +170,30 @@ class MethodRegistry:
     """Methods by name, listed in report order.
 
     Args:
-        providers: modules imported on first use, whose import registers their methods.
+        methods: the methods to start with, in registration order.
+
+    Raises:
+        ValueError: as :meth:`add`.
     """
 
-    def __init__(self, providers: tuple[str, ...]) -> None:
-        self._providers = providers
-        self._loaded = False
+    def __init__(self, methods: Iterable[Method] = ()) -> None:
         self._methods: dict[str, Method] = {}
+        for method in methods:
+            self.add(method)
+
+    def add(self, method: Method) -> Method:
+        """Add a declared method and return it.
+
+        Raises:
+            ValueError: the name is already taken, or a second method claims the headline.
+        """
+        if method.name in self._methods:
+            raise ValueError(f"method {method.name!r} is registered twice")
+        taken = [m.name for m in self._methods.values() if m.headline]
+        if method.headline and taken:
+            raise ValueError(f"method {method.name!r}: {taken[0]} is already the headline")
+        self._methods[method.name] = method
+        return method
 
     def register(
         self,
@@ -168,49 +207,27 @@ class MethodRegistry:
         headline: bool = False,
         prepare: Prepare | None = None,
     ) -> Method:
-        """Register a method (see :class:`Method` for the arguments) and return it.
+        """Declare and add a method (see :class:`Method` for the arguments) and return it.
 
         Raises:
             ValueError: the name is empty or already taken, the group is unknown, or a second
                 method claims the headline.
         """
-        if not name:
-            raise ValueError("a method needs a name")
-        if name in self._methods:
-            raise ValueError(f"method {name!r} is registered twice")
-        if group not in GROUPS:
-            raise ValueError(f"method {name!r}: unknown group {group!r} (known: {GROUPS})")
-        taken = [m.name for m in self._methods.values() if m.headline]
-        if headline and taken:
-            raise ValueError(f"method {name!r}: {taken[0]} is already the headline")
-        method = Method(
-            name=name,
-            group=group,
-            build=build,
-            needs_anomalies=needs_anomalies,
-            needs_pool=needs_pool,
-            needs_student=needs_student,
-            headline=headline,
-            prepare=prepare,
+        return self.add(
+            Method(
+                name=name,
+                group=group,
+                build=build,
+                needs_anomalies=needs_anomalies,
+                needs_pool=needs_pool,
+                needs_student=needs_student,
+                headline=headline,
+                prepare=prepare,
+            )
         )
-        self._methods[name] = method
-        return method
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        # Set first: a provider's import may consult the registry.
-        self._loaded = True
-        for module in self._providers:
-            importlib.import_module(module)
-        import metakd.evaluate as package  # a new baseline module here registers itself
-
-        for found in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package.__name__}.{found.name}")
 
     def methods(self) -> tuple[Method, ...]:
         """Every method, in report order."""
-        self._load()
         # sorted is stable: registration order is kept within a group.
         return tuple(sorted(self._methods.values(), key=lambda m: GROUPS.index(m.group)))
 
@@ -228,7 +245,6 @@ class MethodRegistry:
         Raises:
             KeyError: no such method.
         """
-        self._load()
         return self._methods[name]
 
     def headline(self) -> Method:
@@ -237,29 +253,22 @@ class MethodRegistry:
         Raises:
             LookupError: no method is registered as the headline.
         """
-        self._load()
         for method in self._methods.values():
             if method.headline:
                 return method
         raise LookupError("no method is registered as the headline")
 
 
-#: The methods of ``metakd evaluate``.
-REGISTRY = MethodRegistry(PROVIDERS)
-#: Register a method in :data:`REGISTRY` (see :meth:`MethodRegistry.register`).
-register_method = REGISTRY.register
-
-
 __all__ = [
     "GROUPS",
-    "PROVIDERS",
-    "REGISTRY",
     "TEACHER_GROUPS",
+    "Detector",
+    "Factory",
     "Group",
     "Method",
     "MethodContext",
     "MethodRegistry",
     "OwnFitTime",
+    "Prepare",
     "Setup",
-    "register_method",
 ]

@@ -1,8 +1,9 @@
-"""metakd's own methods in the evaluation, registered like any baseline.
+"""metakd's own methods in the evaluation, declared like any baseline.
 
 ``metakd-student`` and ``metakd-teacher`` are the two detectors of one adaptation of the
-meta-trained teacher, exactly as ``metakd adapt`` runs it (:class:`~metakd.detector.FewShotDetector`,
-distilling only when the student is evaluated): they share one fit per split.
+meta-trained teacher, exactly as ``metakd adapt`` runs it
+(:class:`~metakd.detector.FewShotDetector`, distilling only when the student is evaluated): they
+share one fit per split.
 ``teacher-no-adapt`` is the ablation that scores with the meta-trained teacher unadapted.
 """
 
@@ -15,9 +16,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from metakd.baselines import Detector, TeacherDetector
-from metakd.detector import AdaptConfig, FewShotDetector
-from metakd.evaluate.methods import REGISTRY, MethodContext, register_method
+from metakd.detect import AdaptConfig, FewShotDetector
+from metakd.evaluate.baselines.transfer import TeacherDetector
+from metakd.evaluate.methods import Detector, Method, MethodContext
 from metakd.persist import TeacherBundle
 
 #: Key of the shared adaptation in :attr:`MethodContext.shared`.
@@ -49,11 +50,9 @@ def _adaptation(context: MethodContext) -> _Adaptation:
     """The split's shared adaptation, created on first use."""
     if _SHARED not in context.shared:
         # Distil only when a method that scores with the student runs: it is the costly part.
-        distil = any(REGISTRY.get(name).needs_student for name in context.selected)
+        distil = any(method.needs_student for method in context.selected)
         config = dataclasses.replace(
-            context.config.adapt,
-            student=distil,
-            seed=context.config.adapt.seed + context.repetition,
+            context.adapt, student=distil, seed=context.adapt.seed + context.repetition
         )
         context.shared[_SHARED] = _Adaptation(context.bundle, config=config)
     adaptation: _Adaptation = context.shared[_SHARED]
@@ -95,26 +94,28 @@ class MetakdDetector(Detector):
 
 
 def _unadapted(context: MethodContext) -> Detector:
-    adapt = context.config.adapt
+    adapt = context.adapt
     # Zero inner steps: the meta-trained teacher unadapted (still on the split's own scaling).
     return TeacherDetector(
         context.bundle, config=dataclasses.replace(adapt, inner=adapt.inner | {"steps": 0})
     )
 
 
-register_method(
-    "metakd-student",
-    group="ours",
-    needs_student=True,
-    headline=True,
-    build=lambda context: MetakdDetector(_adaptation(context), output="student"),
+METHODS: tuple[Method, ...] = (
+    Method(
+        "metakd-student",
+        group="ours",
+        needs_student=True,
+        headline=True,
+        build=lambda context: MetakdDetector(_adaptation(context), output="student"),
+    ),
+    Method(
+        "metakd-teacher",
+        group="ours",
+        build=lambda context: MetakdDetector(_adaptation(context), output="teacher"),
+    ),
+    Method("teacher-no-adapt", group="ablation", build=_unadapted),
 )
-register_method(
-    "metakd-teacher",
-    group="ours",
-    build=lambda context: MetakdDetector(_adaptation(context), output="teacher"),
-)
-register_method("teacher-no-adapt", group="ablation", build=_unadapted)
 
 
-__all__ = ["MetakdDetector"]
+__all__ = ["METHODS", "MetakdDetector"]

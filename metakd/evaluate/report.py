@@ -18,7 +18,7 @@ from scipy import stats
 from metakd.checkpoint import atomic_write_bytes
 from metakd.data.task import Task
 from metakd.evaluate.config import EvaluateConfig
-from metakd.evaluate.methods import REGISTRY
+from metakd.evaluate.registry import REGISTRY
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "anomaly_shots",

@@ -2,7 +2,7 @@
 
 Every method sees only a split's support and pool, and fits any scaling on those; the query is
 scored once and only enters AUROC and AUPRC. Methods are built through
-:data:`~metakd.evaluate.methods.REGISTRY`, so this loop names none of them.
+:data:`~metakd.evaluate.registry.REGISTRY`, so this loop names none of them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from metakd.checkpoint import atomic_write_text
 from metakd.data.task import ANOMALY, Task
 from metakd.errors import DataError
 from metakd.evaluate.config import EvaluateConfig
-from metakd.evaluate.methods import REGISTRY, Method, MethodContext, OwnFitTime, Setup
+from metakd.evaluate.methods import Method, MethodContext, OwnFitTime, Setup
+from metakd.evaluate.registry import REGISTRY
 from metakd.evaluate.report import method_means, plot_auroc_vs_shots, summarise, summary_markdown
 from metakd.evaluate.splits import Split, draw_split, split_counts, split_seed
 from metakd.evaluate.tasks import evaluation_tasks, load_tasks, teacher_collection_spec
@@ -103,7 +104,9 @@ def _run_evaluation(
     collection = load_tasks(
         config.tasks or teacher_collection_spec(bundle), bundle, what="evaluation tasks"
     )
-    tasks = evaluation_tasks(config, bundle, collection)
+    tasks = evaluation_tasks(
+        bundle, collection, split=config.split, teachers_own=config.tasks is None
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", configio.dump_yaml(config))
 
@@ -126,7 +129,7 @@ def _run_evaluation(
                 m.name: m.prepare(
                     Setup(
                         method=m.name,
-                        config=config,
+                        pretrain=config.pretrain,
                         bundle=bundle,
                         teacher_path=teacher_path,
                         collection=collection,
@@ -224,7 +227,10 @@ def _plan(
                     min_query_per_class=config.min_query_per_class,
                 )
                 if isinstance(counts, str):
-                    line = f"{task.name}: skipping shots={shots}, anomaly_shots={anomaly_shots}: {counts}"
+                    line = (
+                        f"{task.name}: skipping shots={shots}, "
+                        f"anomaly_shots={anomaly_shots}: {counts}"
+                    )
                     warnings.warn(line, stacklevel=4)  # the caller of run_evaluation
                     skipped.append(line)
                     continue
@@ -264,10 +270,12 @@ def _evaluate_split(
     where = f"{task.name} K={len(ys) - anomaly_shots} A={anomaly_shots} seed {repetition}"
     # One context per split: methods that share a fit (the student and the teacher) meet there.
     context = MethodContext(
-        config=config,
         bundle=bundle,
+        adapt=config.adapt,
+        baselines=config.baselines,
+        seed=config.seed + repetition,
         repetition=repetition,
-        selected=tuple(m.name for m in methods),
+        selected=tuple(methods),
     )
     records: list[dict[str, Any]] = []
     for method in methods:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 from metakd.data.collection import TaskCollection, load_collection
 from metakd.data.task import Task
 from metakd.errors import ConfigError, DataError, MetakdError
-from metakd.evaluate.config import EvaluateConfig
 from metakd.persist import TeacherBundle
+
+TaskSplit = Literal["test", "val", "train", "all"]
+"""Which tasks of a collection an evaluation runs on (``all``: every task)."""
 
 
 def teacher_collection_spec(bundle: TeacherBundle) -> str | None:
@@ -55,32 +58,41 @@ def same_source(a: str, b: str) -> bool:
 
 
 def evaluation_tasks(
-    config: EvaluateConfig,
     bundle: TeacherBundle,
     collection: TaskCollection,
+    *,
+    split: TaskSplit,
+    teachers_own: bool,
 ) -> list[Task]:
     """The tasks to evaluate on, checked against the teacher's input width and training tasks.
 
     Warns (attributed to the caller of ``run_evaluation``) when some were meta-trained or
     validated on.
 
+    Args:
+        bundle: the teacher.
+        collection: the evaluation's collection.
+        split: which of its tasks.
+        teachers_own: ``collection`` is the one the teacher's checkpoint records (the config
+            names no ``tasks``): its split is the one recorded there.
+
     Raises:
         DataError: no task in the chosen split, or a task's width the teacher cannot take.
     """
     recorded = bundle.info.get("splits") or {}
-    if config.tasks is None:
+    if teachers_own:
         # The teacher's own collection: use its recorded split, not today's split settings.
-        if config.split == "all":
+        if split == "all":
             names = [t.name for t in collection.tasks]
         else:
-            names = list(recorded.get(config.split, []))
+            names = list(recorded.get(split, []))
         tasks = [collection.task(name) for name in names]
     else:
-        tasks = collection.tasks if config.split == "all" else collection.split(config.split)
+        tasks = collection.tasks if split == "all" else collection.split(split)
     if not tasks:
         raise DataError(
             collection.source,
-            f"no tasks in the '{config.split}' split to evaluate on (set split: or pass other tasks)",
+            f"no tasks in the '{split}' split to evaluate on (set split: or pass other tasks)",
         )
     teacher_source = str(bundle.info.get("tasks", ""))
     if teacher_source and same_source(collection.source, teacher_source):
@@ -157,6 +169,7 @@ def meta_train_tasks(
 
 __all__ = [
     "MetaTrainTasks",
+    "TaskSplit",
     "evaluation_tasks",
     "load_tasks",
     "meta_train_tasks",

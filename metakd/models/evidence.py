@@ -7,6 +7,8 @@
   Wolf 2004), computed through the ``n × n`` Gram matrix of its rows (Woodbury), so a few rows in
   a thousand dimensions cost ``O(n² d)``, never a ``d × d`` matrix; with each fitted row's
   leave-one-out distance.
+* :func:`typical_scale`, :func:`log_ratio`: a task's typical distance and a distance on its
+  scale; :func:`mahalanobis`, :func:`anomaly_evidence`: the scalar evidences from stored parts.
 
 Every function takes leading batch dimensions (a batch of tasks zero-padded to one width: zero
 columns change no distance and no covariance; the shrinkage target's mean variance is taken over
@@ -141,4 +143,57 @@ class ShrunkGaussian:
         return fitted.distance(x.unsqueeze(-2)).squeeze(-1)
 
 
-__all__ = ["Metric", "ShrunkGaussian", "both_distances", "sorted_distances"]
+def typical_scale(mean_distances: Tensor, fallback: Tensor) -> Tensor:
+    """Median ``[...]`` of the finite leave-one-out mean distances ``[..., n]`` (``fallback``
+    where none is finite), floored above 0. Of an even count, the lower middle value."""
+    finite = torch.isfinite(mean_distances)
+    value = torch.where(finite, mean_distances, torch.full_like(mean_distances, float("nan")))
+    value = value.nanmedian(-1).values
+    return torch.where(finite.any(-1), value, fallback).clamp_min(1e-12)
+
+
+def log_ratio(d: Tensor, scale: Tensor) -> Tensor:
+    # A row without any neighbour (inf) is as typical as the reference's own rows (log 1).
+    d = torch.where(torch.isfinite(d), d, scale)
+    # The floor: a duplicate row (distance 0) is very normal, but not infinitely so.
+    return torch.log(d / scale + 0.01)
+
+
+def mahalanobis(
+    x: Tensor, mean: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
+) -> Tensor:
+    """:meth:`ShrunkGaussian.distance` from its stored parts (scriptable)."""
+    v = x - mean
+    proj = v @ u.transpose(-1, -2)
+    quad = (proj @ inverse * proj).sum(-1)
+    explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
+    return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()
+
+
+def nearest_distance(x: Tensor, ref: Tensor) -> Tensor:
+    """Distance ``[..., N]`` to the nearest row of ``ref`` (leave-one-out; ``inf`` if none)."""
+    if ref.numel() == 0:  # none (an empty reference is stored as a 0-element buffer)
+        return torch.full(x.shape[:-1], float("inf"), dtype=x.dtype, device=x.device)
+    return sorted_distances(x, ref, 1)[..., 0]
+
+
+def anomaly_evidence(za: Tensor, normals: Tensor, anomalies: Tensor) -> Tensor:
+    """``[..., N, 1]`` ``log(d_normal / d_anomaly)``: positive nearer a labelled anomaly than
+    any normal; 0 without a labelled anomaly (or without a neighbour of either kind)."""
+    to_normal, to_anomaly = nearest_distance(za, normals), nearest_distance(za, anomalies)
+    ratio = torch.log((to_normal + 1e-12) / (to_anomaly + 1e-12))
+    both = torch.isfinite(to_normal) & torch.isfinite(to_anomaly)
+    return torch.where(both, ratio, torch.zeros_like(ratio)).unsqueeze(-1)
+
+
+__all__ = [
+    "Metric",
+    "ShrunkGaussian",
+    "anomaly_evidence",
+    "both_distances",
+    "log_ratio",
+    "mahalanobis",
+    "nearest_distance",
+    "sorted_distances",
+    "typical_scale",
+]

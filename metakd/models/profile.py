@@ -44,7 +44,15 @@ from torch import Tensor, nn
 
 from metakd.data.transforms import population_std
 from metakd.errors import ConfigError
-from metakd.models.evidence import ShrunkGaussian, both_distances, sorted_distances
+from metakd.models.evidence import (
+    ShrunkGaussian,
+    anomaly_evidence,
+    both_distances,
+    log_ratio,
+    mahalanobis,
+    sorted_distances,
+    typical_scale,
+)
 
 #: Task statistics of the three original evidences (``anomalies`` adds one).
 N_TASK_STATS = 6
@@ -127,49 +135,6 @@ def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
 def seeded_order(rows: int, seed: int) -> Tensor:
     """A seeded random order of ``rows`` rows (its first ``n`` are a random subsample)."""
     return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-
-
-def _typical(mean_distances: Tensor, fallback: Tensor) -> Tensor:
-    """Median ``[...]`` of the finite leave-one-out mean distances ``[..., n]`` (``fallback``
-    where none is finite), floored above 0. Of an even count, the lower middle value."""
-    finite = torch.isfinite(mean_distances)
-    value = torch.where(finite, mean_distances, torch.full_like(mean_distances, float("nan")))
-    value = value.nanmedian(-1).values
-    return torch.where(finite.any(-1), value, fallback).clamp_min(1e-12)
-
-
-def _log_ratio(d: Tensor, scale: Tensor) -> Tensor:
-    # A row without any neighbour (inf) is as typical as the reference's own rows (log 1).
-    d = torch.where(torch.isfinite(d), d, scale)
-    # The floor: a duplicate row (distance 0) is very normal, but not infinitely so.
-    return torch.log(d / scale + 0.01)
-
-
-def _mahalanobis(
-    x: Tensor, mean: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
-) -> Tensor:
-    """:meth:`ShrunkGaussian.distance` from its stored parts (scriptable)."""
-    v = x - mean
-    proj = v @ u.transpose(-1, -2)
-    quad = (proj @ inverse * proj).sum(-1)
-    explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
-    return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()
-
-
-def _nearest(x: Tensor, ref: Tensor) -> Tensor:
-    """Distance ``[..., N]`` to the nearest row of ``ref`` (leave-one-out; ``inf`` if none)."""
-    if ref.numel() == 0:  # none (an empty reference is stored as a 0-element buffer)
-        return torch.full(x.shape[:-1], float("inf"), dtype=x.dtype, device=x.device)
-    return sorted_distances(x, ref, 1)[..., 0]
-
-
-def _anomaly_evidence(za: Tensor, normals: Tensor, anomalies: Tensor) -> Tensor:
-    """``[..., N, 1]`` ``log(d_normal / d_anomaly)``: positive nearer a labelled anomaly than
-    any normal; 0 without a labelled anomaly (or without a neighbour of either kind)."""
-    to_normal, to_anomaly = _nearest(za, normals), _nearest(za, anomalies)
-    ratio = torch.log((to_normal + 1e-12) / (to_anomaly + 1e-12))
-    both = torch.isfinite(to_normal) & torch.isfinite(to_anomaly)
-    return torch.where(both, ratio, torch.zeros_like(ratio)).unsqueeze(-1)
 
 
 class NeighbourProfile(nn.Module):
@@ -289,8 +254,8 @@ class NeighbourProfile(nn.Module):
         p_self = sorted_distances(sampled, pa, k).mean(-1)
         s_a_pool = sorted_distances(sampled, sa, k).mean(-1)  # pool rows' distance to support
         # One-normal supports have no leave-one-out distance: the pool's distance to it stands in.
-        sigma_sa = _typical(s_a_self, s_a_pool.median(-1).values)
-        scales = [_typical(s_b_self, sigma_sa), sigma_sa, _typical(p_self, sigma_sa)]
+        sigma_sa = typical_scale(s_a_self, s_a_pool.median(-1).values)
+        scales = [typical_scale(s_b_self, sigma_sa), sigma_sa, typical_scale(p_self, sigma_sa)]
         n, m = sa.shape[-2], pa.shape[-2]
         d = (
             torch.full(sigma_sa.shape, float(sa.shape[-1]), dtype=torch.float64)
@@ -321,14 +286,18 @@ class NeighbourProfile(nn.Module):
         for evidence in evidences[3:]:
             if evidence == "raw_pool":
                 own = sorted_distances(raw, raw, k).mean(-1)
-                scales.append(_typical(raw_self.mean(-1), _typical(own, torch.ones_like(sigma_sa))))
+                scales.append(
+                    typical_scale(raw_self.mean(-1), typical_scale(own, torch.ones_like(sigma_sa)))
+                )
             elif evidence == "cosine_support":
                 cos_self = sorted_distances(raw, raw, k, "cosine").mean(-1)
                 cos_pool = sorted_distances(raw_sampled, raw, k, "cosine").mean(-1)
-                scales.append(_typical(cos_self, cos_pool.median(-1).values))
+                scales.append(typical_scale(cos_self, cos_pool.median(-1).values))
             elif evidence == "cosine_pool":
                 cos_s = sorted_distances(raw, raw, k, "cosine").mean(-1)
-                scales.append(_typical(cos_p.mean(-1), _typical(cos_s, torch.ones_like(sigma_sa))))
+                scales.append(
+                    typical_scale(cos_p.mean(-1), typical_scale(cos_s, torch.ones_like(sigma_sa)))
+                )
             elif evidence == "gaussian_support":
                 if n >= 2:
                     gaussian = ShrunkGaussian(sa, d)
@@ -340,7 +309,7 @@ class NeighbourProfile(nn.Module):
                         "g_isotropic": gaussian.isotropic.to(torch.float64),
                     }
                     loo = ShrunkGaussian.leave_one_out(sa, d)
-                    scales.append(_typical(loo, gaussian.distance(sampled).median(-1).values))
+                    scales.append(typical_scale(loo, gaussian.distance(sampled).median(-1).values))
                 else:  # no Gaussian of one row: the evidence is neutral (log 1)
                     scales.append(torch.ones_like(sigma_sa))
         if "anomalies" in evidences and anomalies_a is not None and anomalies_a.shape[-2] > 0:
@@ -349,8 +318,8 @@ class NeighbourProfile(nn.Module):
         scale = torch.stack(scales, dim=-1)
         stats = [
             torch.log(scale[..., 2] / scale[..., 1]),
-            _log_ratio(sorted_distances(sa, pa, k).mean(-1), scale[..., 2:3]).median(-1).values,
-            _log_ratio(s_a_pool, scale[..., 1:2]).median(-1).values,
+            log_ratio(sorted_distances(sa, pa, k).mean(-1), scale[..., 2:3]).median(-1).values,
+            log_ratio(s_a_pool, scale[..., 1:2]).median(-1).values,
             torch.log(d) / 5.0,
             torch.log(counts * float(m + 1)) / 5.0,
             torch.log(counts * float(n)) / 5.0,
@@ -402,9 +371,9 @@ class NeighbourProfile(nn.Module):
         za = scaled.to(torch.float64)
         scales = self.scales.unsqueeze(-2)
         columns = [
-            _log_ratio(sorted_distances(zb, self.support_b, k), scales[..., 0:1]),
-            _log_ratio(sorted_distances(za, self.support_a, k), scales[..., 1:2]),
-            _log_ratio(sorted_distances(za, self.pool_a, k), scales[..., 2:3]),
+            log_ratio(sorted_distances(zb, self.support_b, k), scales[..., 0:1]),
+            log_ratio(sorted_distances(za, self.support_a, k), scales[..., 1:2]),
+            log_ratio(sorted_distances(za, self.pool_a, k), scales[..., 2:3]),
         ]
         raw_pool, cosine_pool = "raw_pool" in self.evidences, "cosine_pool" in self.evidences
         pool_near = [x.new_zeros(0), x.new_zeros(0)]
@@ -413,22 +382,22 @@ class NeighbourProfile(nn.Module):
         for i, evidence in enumerate(self.evidences[3:]):
             sigma = scales[..., 3 + i : 4 + i]
             if evidence == "raw_pool":
-                columns.append(_log_ratio(pool_near[0], sigma))
+                columns.append(log_ratio(pool_near[0], sigma))
             elif evidence == "cosine_support":
                 near = sorted_distances(x, self.raw_support, k, "cosine")
-                columns.append(_log_ratio(near, sigma))
+                columns.append(log_ratio(near, sigma))
             elif evidence == "cosine_pool":
-                columns.append(_log_ratio(pool_near[1], sigma))
+                columns.append(log_ratio(pool_near[1], sigma))
             elif evidence == "gaussian_support":
                 if self.g_u.numel() > 0:
-                    g = _mahalanobis(
+                    g = mahalanobis(
                         za, self.g_mean, self.g_u, self.g_inverse, self.g_a, self.g_isotropic
                     )
-                    columns.append(_log_ratio(g.unsqueeze(-1), sigma))
+                    columns.append(log_ratio(g.unsqueeze(-1), sigma))
                 else:  # fitted on one normal: neutral
-                    columns.append(_log_ratio(sigma + torch.zeros_like(za[..., :1]), sigma))
+                    columns.append(log_ratio(sigma + torch.zeros_like(za[..., :1]), sigma))
             elif evidence == "anomalies":
-                columns.append(_anomaly_evidence(za, self.support_a, self.anomalies_a))
+                columns.append(anomaly_evidence(za, self.support_a, self.anomalies_a))
         columns.append(self.stats.unsqueeze(-2) + torch.zeros_like(za[..., :1]))
         return torch.cat(columns, dim=-1).to(torch.float32)
 

@@ -9,6 +9,7 @@ module in it); ``meta.algorithm`` is checked against the registry, so nothing el
 - ``anil``: :mod:`.anil` (Raghu et al. 2020)
 - ``metasgd``: :mod:`.metasgd` (Li et al. 2017)
 - ``reptile``: :mod:`.reptile` (Nichol et al. 2018)
+- ``pooled``: :mod:`.pooled` (no inner loop while training: the transfer-learning ablation)
 """
 
 import importlib
@@ -25,6 +26,7 @@ from metakd.meta.learners.base import (
 )
 from metakd.meta.learners.maml import FOMAML, MAML
 from metakd.meta.learners.metasgd import MetaSGD
+from metakd.meta.learners.pooled import Pooled
 from metakd.meta.learners.registry import (
     LEARNERS,
     build_learner,
@@ -50,6 +52,7 @@ __all__ = [
     "MetaConfig",
     "MetaLearner",
     "MetaSGD",
+    "Pooled",
     "MetaStats",
     "Reptile",
     "build_learner",

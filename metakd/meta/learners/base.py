@@ -82,7 +82,8 @@ class MetaConfig:
 
     algorithm: Algorithm = "maml"
     """A registered meta-learner: ``maml`` (second order), ``fomaml``, ``anil`` (inner loop on the
-    head only), ``metasgd`` (learned per-parameter inner rates) or ``reptile``."""
+    head only), ``metasgd`` (learned per-parameter inner rates) or ``reptile`` (checked by
+    ``TrainConfig`` and :func:`~metakd.meta.learners.learner_class`)."""
     meta_lr: float = 5e-4
     """Adam step size of the outer optimiser. Small: with few meta-train tasks a large step
     memorises them (held-out AUROC falls below a random initialisation's)."""
@@ -105,10 +106,8 @@ class MetaConfig:
     only for runs of thousands of iterations."""
 
     def __post_init__(self) -> None:
-        # Imported here: the registry module imports this one.
-        from metakd.meta.learners.registry import learner_class
-
-        learner_class(self.algorithm)  # a ConfigError naming the known ones
+        # The name is checked against the registry where a run's config is assembled
+        # (``TrainConfig``), above both, and again when a learner is built.
         if not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
             raise ConfigError(f"meta_lr must be a positive number, got {self.meta_lr}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
@@ -261,16 +260,18 @@ class MetaLearner(nn.Module, abc.ABC):
         loss: Callable[[Tensor, Tensor], Tensor],
         first_order: bool,
         pool: PoolTerm | None,
+        steps: int | None = None,
     ) -> tuple[StackParams, Tensor]:
         """The one inner loop (:func:`metakd.meta.inner.adapt`) on rows ``x``, labels ``y``, with
-        this learner's teacher and step count: ``(adapted params, loss before)``."""
+        this learner's teacher and ``steps`` (``None``: ``inner.steps``): ``(adapted params, loss
+        before)``."""
         return adapt(
             params,
             x,
             y,
             teacher=self.teacher,
             loss=loss,
-            steps=self.inner.steps,
+            steps=self.inner.steps if steps is None else steps,
             lr=plan.lr,
             first_order=first_order,
             layers=plan.layers,
@@ -289,8 +290,10 @@ class MetaLearner(nn.Module, abc.ABC):
         *,
         plan: AdaptationPlan,
         first_order: bool,
+        steps: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One task: adapt on its support, then ``(query scores, support loss before, after)``."""
+        """One task: adapt on its support (``steps``: as :meth:`_adapt`), then ``(query scores,
+        support loss before, after)``."""
         adapted, before = self._adapt(
             params,
             sx,
@@ -300,6 +303,7 @@ class MetaLearner(nn.Module, abc.ABC):
             loss=self.inner_loss,
             first_order=first_order,
             pool=self.inner.pool_term(),
+            steps=steps,
         )
         q_scores, s_scores = task_scores(
             adapted, qx, teacher=self.teacher, support_x=sx, support_y=sy, pool_x=px

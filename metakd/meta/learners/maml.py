@@ -31,6 +31,9 @@ class MAML(MetaLearner):
         anomaly_shots: whether supports carry labelled anomalies (chooses the ``auto`` loss).
     """
 
+    training_steps: int | None = None
+    """Inner steps inside :meth:`meta_loss` (``None``: ``inner.steps``, as adaptation takes)."""
+
     def __init__(
         self, teacher: Teacher, *, inner: InnerConfig, meta: MetaConfig, anomaly_shots: int
     ) -> None:
@@ -63,7 +66,14 @@ class MAML(MetaLearner):
 
         def task(params: StackParams, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, px):
             q_scores, before, after = self._adapt_and_score(
-                params, sx, sy, qx, px, plan=plan, first_order=self.inner.first_order
+                params,
+                sx,
+                sy,
+                qx,
+                px,
+                plan=plan,
+                first_order=self.inner.first_order,
+                steps=self.training_steps,
             )
             outer = self.outer_loss(score_logits(self.teacher, q_scores), qy)
             return outer, before, after, q_scores

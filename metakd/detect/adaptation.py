@@ -1,0 +1,219 @@
+"""The inner loop on one domain (or a batch of domains of one shape), from checked rows to an adapted teacher with its reference and scores."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metakd import configio
+from metakd.data.transforms import Scaler, align_features
+from metakd.detect.config import SCORE_BLOCK_ROWS, AdaptConfig
+from metakd.errors import InputError
+from metakd.meta.inner import PoolTerm, adapt, reference_scores
+from metakd.meta.learners import AdaptationPlan, InnerConfig
+from metakd.meta.losses import LossFn, inner_loss_fn
+from metakd.models.deploy import Preprocessor
+from metakd.models.profile import NeighbourProfile
+from metakd.models.stack import StackParams
+from metakd.models.teachers import Teacher, score_logits
+from metakd.persist import (
+    TeacherBundle,
+)
+
+
+@dataclass
+class _Adapted:
+    """The adapted teacher (its reference stored) and its logit-scale scores of the support and
+    pool rows themselves, leave-one-out where a row is in the reference."""
+
+    teacher: Teacher
+    inner: InnerConfig
+    support_scores: Tensor
+    pool_scores: Tensor | None
+
+
+@dataclass
+class _Prepared:
+    """One domain's checked inputs and fitted preprocessing, ready for the inner loop: the raw
+    ``support``, ``labels`` and ``pool`` rows (on the fitting device), ``in_support`` (which rows
+    of ``X`` are support rows), and the preprocessed support ``xs``, pool ``xp`` and reference
+    rows ``xr`` (the pool rows ``kept`` as the teacher's reference)."""
+
+    bundle: TeacherBundle
+    cfg: AdaptConfig
+    preprocess: Preprocessor
+    support: Tensor
+    labels: Tensor
+    pool: Tensor | None
+    in_support: np.ndarray
+    xs: Tensor
+    xp: Tensor | None
+    xr: Tensor | None
+    kept: Tensor | None
+    started: float
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Domains with equal keys adapt in one batched call (:func:`fit_many`)."""
+        return (
+            tuple(self.xs.shape),
+            None if self.xr is None else tuple(self.xr.shape),
+            bool((self.labels == 1).any()),  # which inner loss applies
+            str(self.xs.device),
+        )
+
+
+@dataclass
+class _InnerSetup:
+    """The inner loop's settings for a teacher: its (adapt-overridden) inner config, a copy of
+    the teacher on the fitting device, the loss, the starting parameters and the plan."""
+
+    inner: InnerConfig
+    teacher: Teacher
+    loss: LossFn
+    params: StackParams
+    plan: AdaptationPlan
+    pool: PoolTerm | None
+
+    @staticmethod
+    def of(bundle: TeacherBundle, cfg: AdaptConfig, labels: Tensor) -> _InnerSetup:
+        inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
+        teacher = copy.deepcopy(bundle.teacher).to(labels.device)
+        loss = inner_loss_fn(
+            inner.loss,
+            has_anomalies=bool((labels == 1).any()),
+            score_is_logit=teacher.score_is_logit,
+        )
+        # Clones: the adapted parameters refer to these tensors, and each domain's teacher
+        # copy is overwritten with its own adapted weights.
+        params = StackParams.from_layers(
+            [
+                (
+                    layer.weight.detach().clone(),
+                    None if layer.bias is None else layer.bias.detach().clone(),
+                )
+                for layer in teacher.linear_layers()
+            ]
+        )
+        # Meta-SGD's learned rates, unless the step size is overridden.
+        plan = AdaptationPlan.of(teacher, inner, [] if "lr" in cfg.inner else bundle.rates)
+        return _InnerSetup(inner, teacher, loss, params, plan, inner.pool_term())
+
+    def run(self, xs: Tensor, labels: Tensor, xr: Tensor | None) -> StackParams:
+        """The one inner loop on one domain's preprocessed support ``xs [n, D]`` (and reference
+        pool rows ``xr [m, D]``); under ``torch.func.vmap`` on a batch of domains."""
+        adapted, _ = adapt(
+            self.params,
+            xs,
+            labels,
+            teacher=self.teacher,
+            loss=self.loss,
+            steps=self.inner.steps,
+            lr=self.plan.lr,
+            first_order=True,  # no meta-gradient is needed here
+            layers=self.plan.layers,
+            pool_x=xr,
+            pool=self.pool,
+        )
+        return adapted
+
+    def run_batch(self, domains: list[_Prepared]) -> list[StackParams]:
+        """:meth:`run` on domains of one :meth:`_Prepared.batch_key`, batched with
+        ``torch.func.vmap`` as meta-training batches tasks (the weights unbatched)."""
+        if len(domains) == 1:
+            return [self.run(domains[0].xs, domains[0].labels, domains[0].xr)]
+        xs = torch.stack([d.xs for d in domains])
+        ys = torch.stack([d.labels for d in domains])
+        xr = (
+            None
+            if domains[0].xr is None
+            else torch.stack([d.xr for d in domains if d.xr is not None])
+        )
+        batched = torch.func.vmap(self.run, in_dims=(0, 0, None if xr is None else 0))(xs, ys, xr)
+        return [_unbatch(batched, i) for i in range(len(domains))]
+
+    def complete(
+        self,
+        adapted: StackParams,
+        xs: Tensor,
+        labels: Tensor,
+        xp: Tensor | None,
+        xr: Tensor | None,
+        kept: Tensor | None,
+    ) -> _Adapted:
+        """A teacher holding one domain's adapted parameters and reference, with its
+        leave-one-out scores of the support and pool rows ``xp`` (``xr``: those in the
+        reference, ``kept``)."""
+        teacher = copy.deepcopy(self.teacher)
+        with torch.no_grad():
+            # The reference to store, and the support's and pool's own scores, leave-one-out:
+            # what the threshold and the student's targets are fitted on (a row in the reference
+            # is not its own neighbour).
+            reference, support_raw, pool_raw = reference_scores(
+                adapted, teacher=teacher, support_x=xs, support_y=labels, pool_x=xr
+            )
+            teacher.load_stack(adapted)
+            teacher.store_reference(reference)
+            teacher.eval()
+            if xr is not xp and xp is not None and pool_raw is not None:
+                # Rows outside the reference are new to it and scored as new rows; rows inside
+                # it keep their leave-one-out scores from above.
+                in_reference = pool_raw
+                pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
+                pool_raw[kept] = in_reference
+            return _Adapted(
+                teacher=teacher,
+                inner=self.inner,
+                support_scores=score_logits(teacher, support_raw),
+                pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
+            )
+
+
+def _unbatch(params: StackParams, i: int) -> StackParams:
+    """Domain ``i``'s parameters from a batched :class:`StackParams` (unbatched leaves, the
+    shared weights, come back from ``vmap`` expanded: all are indexed alike)."""
+    return StackParams(
+        weights=tuple(w[i] for w in params.weights),
+        biases=tuple(None if b is None else b[i] for b in params.biases),
+        factors=tuple(tuple((h[i], g[i]) for h, g in layer) for layer in params.factors),
+    )
+
+
+def fit_preprocess(
+    bundle: TeacherBundle, support: Tensor, labels: Tensor, pool: Tensor | None, *, seed: int
+) -> Preprocessor:
+    """Scaling (and the neighbourhood profile) fitted on the support and the pool, never on
+    rows to be evaluated."""
+    d = support.shape[1]
+    expected = bundle.teacher.input_dim - bundle.teacher.profile_width
+    kind = bundle.alignment.kind
+    if kind == "none" and d != expected:
+        raise InputError(f"the data has {d} features but the teacher takes {expected}")
+    if kind == "pad" and d > expected:
+        raise InputError(
+            f"the data has {d} features, more than the teacher's padded width {expected}"
+        )
+    rows = support if pool is None else torch.cat([support, pool])
+    scaler = Scaler.fit(rows, bundle.scaling)
+    eye = torch.eye(d, device=support.device)
+    projection = align_features(eye, bundle.alignment) if kind != "none" else None
+    clip = bundle.scaling.clip if bundle.scaling.clip is not None else float("inf")
+    profile = None
+    profile_config = bundle.model.input_profile()
+    if profile_config is not None:
+        profile = NeighbourProfile.fit_task(
+            support,
+            labels == 0,
+            pool,
+            scale=scaler,
+            config=profile_config,
+            seed=seed,
+            scale_rows=bundle.model.pool_rows,
+        )
+    return Preprocessor(
+        scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection, profile
+    )

@@ -1,0 +1,172 @@
+"""``metakd score``: score a file's rows with an adapted detector into a CSV, chunk by chunk.
+
+Rows are read and scored in chunks (:func:`~metakd.data.readers.read_row_chunks`), so memory
+stays bounded whatever the size of a csv or parquet input; a model meta-trained on windows of a
+time series scores the windows of the whole series instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from metakd.checkpoint import atomic_write_bytes
+from metakd.config import resolve_device
+from metakd.configio import load
+from metakd.data.readers import ReadOptions, read_row_chunks, read_task
+from metakd.data.windows import WindowConfig, window_starts, window_task
+from metakd.detect import ScoreConfig, score_rows
+from metakd.errors import MetakdError
+from metakd.models.deploy import DeployedScorer
+from metakd.persist import load_detector_window, load_input_schema, load_scorer, windowing
+
+__all__ = ["ScoreJob", "check_score_output", "open_score", "save_scores", "stream_scores"]
+
+#: A block of model input rows and the leading output cells of each (ids, window rows) or None.
+Block = tuple[np.ndarray, list[list[str]] | None]
+
+
+@dataclass
+class ScoreJob:
+    """A scoring run, ready to write: the model, the output header and the input in blocks."""
+
+    scorer: DeployedScorer
+    header: list[str]
+    blocks: Iterator[Block]
+    """Read lazily: a bad chunk stops the output where it is."""
+    window: WindowConfig | None = None
+    """The windows scored (a model of windowed series), or ``None``: rows are scored."""
+    series_rows: int = 0
+    """Rows of the series that were windowed (with ``window``)."""
+    windows: int = 0
+    """Windows scored (with ``window``)."""
+    scored: int = 0
+    """Output rows written so far."""
+    flagged: int = 0
+    """Output rows flagged as anomalous so far."""
+
+    def write_csv(self, handle: BinaryIO) -> None:
+        """Score every block and write the CSV (header first) to ``handle``, left open."""
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
+        rows = csv.writer(text, lineterminator="\n")
+        rows.writerow(self.header)
+        for X, lead in self.blocks:
+            scores, flags = score_rows(self.scorer, X)
+            cells = [[f"{s:.9g}", str(int(f))] for s, f in zip(scores, flags, strict=True)]
+            if lead is not None:
+                cells = [[*a, *c] for a, c in zip(lead, cells, strict=True)]
+            rows.writerows(cells)
+            self.scored += len(scores)
+            self.flagged += int(flags.sum())
+        # Detach, not close: the caller owns ``handle`` (a temp file or standard output).
+        text.detach()
+
+
+def open_score(
+    *,
+    model_path: Path,
+    data_path: Path,
+    out_path: Path | None,
+    config_path: str | None,
+    overrides: list[str],
+    overwrite: bool,
+    chunk_rows: int | None,
+) -> ScoreJob:
+    """Load the config (``--config``, ``--set``), check ``out_path``, load the model and open
+    the data for :meth:`ScoreJob.write_csv`.
+
+    Args:
+        chunk_rows: rows read and scored at a time (``None``: sized by the input's width, see
+            :data:`metakd.data.readers.CHUNK_VALUES`).
+    """
+    config = load(ScoreConfig, config_path, overrides)
+    id_column = config.id_column
+    if out_path is not None:
+        check_score_output(out_path, inputs=[model_path, data_path], overwrite=overwrite)
+    scorer = load_scorer(model_path).to(resolve_device(config.device))
+    options = load_input_schema(model_path).read_options(
+        label_column=config.label_column, ignore_columns=config.ignore_columns
+    )
+    window, options = _score_window(model_path, data_path, options)
+    if window is None:
+        chunks = read_row_chunks(data_path, options, rows=chunk_rows, id_column=id_column)
+        blocks = ((c.X, None if c.ids is None else [[i] for i in c.ids]) for c in chunks)
+        header = ([id_column] if id_column else []) + ["score", "is_anomaly"]
+        return ScoreJob(scorer=scorer, header=header, blocks=blocks)
+    # A model of windowed time series scores windows: the whole series is read at once.
+    if id_column is not None:
+        raise MetakdError(
+            "--id-column: this model scores windows of rows (it was meta-trained on "
+            "windows), so output rows are windows, named by first_row and last_row"
+        )
+    series = read_task(data_path, options)
+    starts = window_starts(series.n_rows, window)
+    spans = [[str(a), str(a + window.size - 1)] for a in starts.tolist()]
+    return ScoreJob(
+        scorer=scorer,
+        header=["first_row", "last_row", "score", "is_anomaly"],
+        blocks=iter([(window_task(series, window).X, spans)]),
+        window=window,
+        series_rows=series.n_rows,
+        windows=len(starts),
+    )
+
+
+def stream_scores(job: ScoreJob) -> bool:
+    """Write the scores to standard output as they are scored.
+
+    Returns:
+        ``False`` when the reader stopped (``| head``): not an error, but the output is cut.
+    """
+    try:
+        job.write_csv(sys.stdout.buffer)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the interpreter's final flush
+        # does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
+
+
+def save_scores(job: ScoreJob, out_path: Path) -> None:
+    """Write the scores to ``out_path``, which appears only once every row is scored."""
+    atomic_write_bytes(out_path, job.write_csv)
+
+
+def _score_window(
+    model_path: Path, data_path: Path, options: ReadOptions
+) -> tuple[WindowConfig | None, ReadOptions]:
+    """The windows ``score`` applies (the model's, when the data has its raw series' width) and
+    the options to read the data with: rows already windowed are taken as they are, in order
+    (the stored columns are the raw series')."""
+    record = load_detector_window(model_path)
+    if record is None:
+        return None, options
+    loose = dataclasses.replace(options, columns=None)
+    first = next(iter(read_row_chunks(data_path, loose, rows=1)))  # the width, one row read
+    window = windowing(record, first.X.shape[1])
+    return window, (options if window is not None else loose)
+
+
+def check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output path that is one of the inputs or holds a model (never overwritten), or
+    any other existing file unless ``overwrite``."""
+    for path in inputs:
+        if out.exists() and path.exists() and out.resolve() == path.resolve():
+            raise MetakdError(f"--out {out} is also an input of this command; choose another file")
+    if out.is_file() and out.suffix in (".pt", ".pth", ".onnx"):
+        raise MetakdError(f"--out {out} is a model file; metakd score never overwrites models")
+    if out.exists() and not out.is_file():
+        raise MetakdError(f"--out {out} exists and is not a file; choose another path")
+    if out.exists() and not overwrite:
+        raise MetakdError(f"--out {out} exists; pass --overwrite to replace it")

@@ -1,0 +1,166 @@
+"""``model.kind: profile`` (the default): a neighbourhood profile's evidences, weighed per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metakd.models.teachers.base import Reference, Teacher, register_kind
+from metakd.models.teachers.config import ModelConfig
+from metakd.models.teachers.distance import _geometric_mean, _knn_mean, _masked_knn, _pairwise_sq
+
+
+@register_kind("profile")
+class ProfileNet(Teacher):
+    """Scores a row from its neighbourhood profile plus a meta-learned metric (LUNAR-style).
+
+    Rows arrive as ``[aligned features, profile]`` (:mod:`metakd.models.profile`). With channels
+    ``c = [e_1 … e_E, s_φ, p_φ]`` (the mean of each profile evidence's log-normalised columns:
+    ``s_B, s_A, p`` the distances to the support normals in two scalings and to the pool, then
+    those ``profile.evidences`` adds; then the distances to the support normals and the pool in
+    the learned embedding ``φ`` of the whole row, normalised by the reference rows' own
+    leave-one-out geometric mean), the score is the logit
+
+        score = (α + G t)ᵀ c + r(profile),
+
+    ``t`` the profile's task statistics. ``α`` starts at the hedge ``(s_B + p) / 2`` with ``G``
+    and the residual MLP ``r``'s output layer at zero, so before meta-training the teacher *is*
+    the simple detector; meta-training learns ``φ`` (which the inner loop adapts per task), how
+    far to trust each evidence per task, and ``r``.
+    """
+
+    use_when = (
+        "any collection, any feature count: starts as kNN evidence and meta-learns what to add"
+    )
+    score_is_logit = True
+    uses_reference = True
+    uses_pool = True
+
+    def __init__(self, input_dim: int, config: ModelConfig) -> None:
+        super().__init__(
+            [input_dim, *config.hidden, config.embedding_dim], activation=config.activation
+        )
+        self.profile_width = config.profile.width
+        if input_dim <= self.profile_width:
+            raise ValueError(
+                f"profile teacher: input_dim {input_dim} must exceed the profile's "
+                f"{self.profile_width} columns"
+            )
+        self.neighbours = config.neighbours
+        # Each evidence's columns in the profile; the task statistics follow them.
+        self.evidence_columns: list[tuple[int, int]] = []
+        start = 0
+        for _, count in config.profile.columns():
+            self.evidence_columns.append((start, start + count))
+            start += count
+        self.stats_start = start
+        # Evidences, then the embedding's support and pool distances; the hedge
+        # (support_b + pool) / 2 to start with, every other evidence untrusted.
+        evidences = config.profile.evidences
+        base = [0.5 if e in ("support_b", "pool") else 0.0 for e in evidences] + [0.0, 0.0]
+        self.base = nn.Parameter(torch.tensor(base))
+        self.gate = nn.Parameter(torch.zeros(len(base), config.profile.n_stats))
+        residual_in = nn.Linear(self.profile_width, config.residual_hidden)
+        residual_out = nn.Linear(config.residual_hidden, 1)
+        nn.init.zeros_(residual_out.weight)
+        nn.init.zeros_(residual_out.bias)
+        self.residual = nn.Sequential(residual_in, nn.Tanh(), residual_out)
+        self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
+        self.register_buffer("memory_scale", torch.ones(2))
+
+    def trust_parameters(self) -> list[nn.Parameter]:
+        """``α`` and ``G``: the trust in each evidence, and how task statistics move it."""
+        return [self.base, self.gate]
+
+    def _scale(self, e: Tensor, weight: Tensor) -> Tensor:
+        """Geometric mean of the rows' leave-one-out kNN distance among themselves (weighted)."""
+        return _geometric_mean(_masked_knn(e, e, weight, self.neighbours), weight)
+
+    def reference(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> Reference:
+        if pool_out is None:
+            # No pool: the support normals stand in for it, as in the profile.
+            pool_out, pool_weight = out, normal_weight
+        else:
+            pool_weight = torch.ones_like(pool_out[..., 0])
+        scales = torch.stack(
+            [self._scale(out, normal_weight), self._scale(pool_out, pool_weight)], dim=-1
+        )
+        return (out, normal_weight, pool_out, pool_weight, scales)
+
+    def store_reference(self, reference: Reference) -> None:
+        out, weight, pool_out, pool_weight, scales = reference
+        self.memory = out[weight > 0].detach().clone()
+        self.memory_pool = pool_out[pool_weight > 0].detach().clone()
+        self.memory_scale = scales.detach().clone()
+
+    def stored_reference(self) -> Reference:
+        ones = torch.ones_like(self.memory[..., 0])
+        pool_ones = torch.ones_like(self.memory_pool[..., 0])
+        return (self.memory, ones, self.memory_pool, pool_ones, self.memory_scale)
+
+    def channels(self, out: Tensor, x: Tensor, reference: Reference) -> Tensor:
+        """The five evidence channels ``[..., N, 5]`` (see the class docstring)."""
+        ref, weight, pool_ref, pool_weight, scales = reference
+        s_phi = _masked_knn(out, ref, weight, self.neighbours)
+        p_phi = _masked_knn(out, pool_ref, pool_weight, self.neighbours)
+        return self._channels(x, s_phi, p_phi, scales)
+
+    def _channels(self, x: Tensor, s_phi: Tensor, p_phi: Tensor, scales: Tensor) -> Tensor:
+        """:meth:`channels` from the rows' embedding distances to the support and the pool."""
+        profile = x[..., -self.profile_width :]
+        evidence = [profile[..., a:b].mean(-1) for a, b in self.evidence_columns]
+        return torch.stack(
+            [
+                *evidence,
+                torch.log(s_phi / scales[..., 0:1] + 0.01),
+                torch.log(p_phi / scales[..., 1:2] + 0.01),
+            ],
+            dim=-1,
+        )
+
+    def _score(self, x: Tensor, channels: Tensor) -> Tensor:
+        """``(α + G t)ᵀ c + r(profile)`` of rows ``x`` with evidence ``channels [..., N, 5]``."""
+        profile = x[..., -self.profile_width :]
+        stats = profile[..., self.stats_start :]
+        trust = self.base + stats @ self.gate.T  # [..., N, 5]
+        return (trust * channels).sum(-1) + self.residual(profile).squeeze(-1)
+
+    def head(
+        self, out: Tensor, x: Tensor, reference: Reference, *, leave_one_out: bool = False
+    ) -> Tensor:
+        # Leave-one-out needs no flag: a row's exact match in the reference is left out always.
+        return self._score(x, self.channels(out, x, reference))
+
+    def reference_and_fit_scores(
+        self,
+        out: Tensor,
+        x: Tensor,
+        normal_weight: Tensor,
+        pool_out: Tensor | None = None,
+        pool_x: Tensor | None = None,
+    ) -> tuple[Reference, Tensor]:
+        """As :meth:`Teacher.reference_and_fit_scores`, from one distance matrix of the support
+        and pool rows among themselves: the support's own distances serve both its scale and
+        its ``s_φ`` channel, and the pool block both the pool's scale and the support's ``p_φ``.
+        """
+        if pool_out is None:
+            return super().reference_and_fit_scores(out, x, normal_weight)
+        n, k = out.shape[-2], self.neighbours
+        pool_weight = torch.ones_like(pool_out[..., 0])
+        sq, norms = _pairwise_sq(out, torch.cat([out, pool_out], dim=-2))
+        pool_sq, pool_norms = _pairwise_sq(pool_out, pool_out)
+        s_phi = _knn_mean(sq[..., :n], norms[..., :n], normal_weight, k)
+        p_phi = _knn_mean(sq[..., n:], norms[..., n:], pool_weight, k)
+        p_self = _knn_mean(pool_sq, pool_norms, pool_weight, k)
+        scales = torch.stack(
+            [_geometric_mean(s_phi, normal_weight), _geometric_mean(p_self, pool_weight)], dim=-1
+        )
+        reference = (out, normal_weight, pool_out, pool_weight, scales)
+        return reference, self._score(x, self._channels(x, s_phi, p_phi, scales))

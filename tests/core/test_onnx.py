@@ -1,0 +1,95 @@
+"""ONNX export of the student: ``student.onnx`` scores as the detector does, at any batch size."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_bundle
+
+from metakd import persist
+from metakd.detect import files
+from metakd.detector import AdaptConfig, FewShotDetector
+from metakd.distill import DistillConfig
+from metakd.errors import MetakdError
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+def _detector(kind: str) -> FewShotDetector:
+    bundle = tiny_bundle(4, kind=kind, neighbours=5 if kind == "profile" else 3)
+    rng = np.random.default_rng(1)
+    support = rng.normal(size=(10, 4)).astype(np.float32)
+    pool = rng.normal(size=(30, 4)).astype(np.float32)
+    config = AdaptConfig(distill=DistillConfig(steps=50, batch_size=32))
+    return FewShotDetector(bundle, config=config).fit(support, unlabeled=pool)
+
+
+@pytest.mark.parametrize("kind", ["profile", "knn"])
+def test_onnx_scores_equal_the_detector(tmp_path: Path, kind: str) -> None:
+    detector = _detector(kind)
+    paths = detector.save(tmp_path / "model")
+    assert paths["onnx"] == tmp_path / "model" / "student.onnx"
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["rows"]
+    assert [o.name for o in session.get_outputs()] == ["score"]
+    rng = np.random.default_rng(7)
+    # Batch sizes other than the export's (5), and more rows than the profile's 2048-row blocks.
+    for n in (1, 13, 2100):
+        rows = (3.0 * rng.normal(size=(n, 4))).astype(np.float32)
+        (got,) = session.run(["score"], {"rows": rows})
+        want = detector.decision_function(rows)
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Reloaded from disk, the detector scores as the ONNX file does.
+    rows = rng.normal(size=(9, 4)).astype(np.float32)
+    (got,) = session.run(["score"], {"rows": rows})
+    loaded = FewShotDetector.load(tmp_path / "model")
+    np.testing.assert_allclose(got, loaded.decision_function(rows), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mismatching_export_raises_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = _detector("profile")
+    scorer = detector.student_scorer_
+    assert scorer is not None
+    original = persist._cast_boolean_cumsums
+
+    def tamper(graph: object) -> None:
+        original(graph)
+        # Scale the student's weights: the file no longer scores as the scorer does.
+        from onnx import numpy_helper
+
+        for init in graph.initializer:  # type: ignore[attr-defined]
+            value = numpy_helper.to_array(init)
+            if value.dtype == np.float32 and value.size > 1:
+                init.CopyFrom(numpy_helper.from_array(value * 1.5, init.name))
+
+    monkeypatch.setattr(persist, "_cast_boolean_cumsums", tamper)
+    path = tmp_path / "student.onnx"
+    with pytest.raises(MetakdError, match="differ from the scorer's by up to"):
+        persist.export_onnx(scorer, path)
+    assert not path.exists()
+    assert not list(tmp_path.iterdir())  # no temporary file either
+
+
+def test_without_onnx_save_warns_once_and_writes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = _detector("knn")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "student.onnx").write_bytes(b"an earlier student")
+    monkeypatch.setattr(files, "onnx_available", lambda: False)  # where save looks it up
+    monkeypatch.setattr(persist, "_warned_onnx_unavailable", False)
+    with pytest.warns(UserWarning, match=r"pip install metakd\[onnx\]"):
+        paths = detector.save(tmp_path / "model")
+    assert "onnx" not in paths
+    assert paths["torchscript"].is_file()
+    assert not (tmp_path / "model" / "student.onnx").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector.save(tmp_path / "again")  # once per process
