@@ -1,4 +1,6 @@
-"""Peak memory and time of one meta-step against inner steps: MAML, MAML + checkpointing, FOMAML, ANIL.
+"""Peak memory and time of one meta-step against inner steps: MAML, its variants and iMAML.
+
+MAML, MAML + checkpointing, FOMAML and ANIL by default; iMAML with ``--configs``.
 
 One meta-step is the forward and backward pass of one synthetic meta-batch
 (``learner.meta_gradients``). Every configuration runs in a fresh process, so peaks are
@@ -18,9 +20,14 @@ head reads in the inner loop, and the ``mlp`` teacher at the same shape (its inn
 support only). Rows are Gaussian: memory and time do not depend on their values. About 3 minutes
 on 2 cores.
 
+iMAML (``meta.algorithm: imaml``, ``meta.imaml`` at its defaults: λ = 1, 5 conjugate-gradient
+steps) keeps nothing of its inner loop, so its memory should not grow with the inner steps, where
+second-order MAML's grows faster than linearly (each step's low-rank factor stacks the rows of
+the steps before it): ``--configs MAML,iMAML,FOMAML --steps 1,5,20,50``.
+
 Usage: python benchmarks/memory.py [--steps 1,2,4,8] [--kinds profile,mlp] [--meta-batch 16]
        [--shots 10] [--query 32] [--pool 128] [--features 64] [--hidden 256,128] [--repeats 2]
-       [--threads 1] [--out FILE]
+       [--threads 1] [--configs MAML,MAML+ckpt,FOMAML,ANIL] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ CONFIGS = (
     ("MAML+ckpt", "maml", True),
     ("FOMAML", "fomaml", False),
     ("ANIL", "anil", False),
+    ("iMAML", "imaml", False),
 )
+DEFAULT_CONFIGS = "MAML,MAML+ckpt,FOMAML,ANIL"
 ENV = os.environ | {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
 
 
@@ -126,6 +135,11 @@ def main() -> None:
     parser.add_argument("--hidden", default="256,128", help="hidden widths")
     parser.add_argument("--repeats", type=int, default=2, help="timed meta-steps per process")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument(
+        "--configs",
+        default=DEFAULT_CONFIGS,
+        help=f"columns, MAML first (of {', '.join(name for name, _, _ in CONFIGS)})",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,6 +147,11 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     steps = [int(s) for s in args.steps.split(",") if s]
+    known = {name: (name, algorithm, checkpoint) for name, algorithm, checkpoint in CONFIGS}
+    chosen = [c for c in args.configs.split(",") if c]
+    if not chosen or chosen[0] != "MAML" or any(c not in known for c in chosen):
+        raise SystemExit(f"--configs: MAML first, then any of {', '.join(known)}")
+    configs = [known[c] for c in chosen]
     hidden = [int(h) for h in args.hidden.split(",") if h]
     shape = {
         "meta_batch": args.meta_batch,
@@ -148,7 +167,7 @@ def main() -> None:
     for kind in [k for k in args.kinds.split(",") if k]:
         rows = {}
         for k in steps:
-            for name, algorithm, checkpoint in CONFIGS:
+            for name, algorithm, checkpoint in configs:
                 spec = shape | {
                     "kind": kind,
                     "steps": k,
@@ -166,30 +185,32 @@ def main() -> None:
                 measured = json.loads(done.stdout.strip().splitlines()[-1])
                 rows[k, name] = measured
                 results.append(spec | {"config": name} | measured)
-        first = rows[steps[0], CONFIGS[0][0]]
+        first = rows[steps[0], "MAML"]
         print(
             f"\n{kind} teacher: {first['input_dim']} inputs → {hidden}, meta-batch "
             f"{args.meta_batch}, {args.shots} shots, {args.query} query, {args.pool} pool rows; "
             f"torch threads: {first['threads']}; process at start ≈ {first['start_mib']:.0f} MiB"
         )
         print("meta-step peak MiB above the start (CPU seconds per meta-step)")
-        names = [name for name, _, _ in CONFIGS]
+        names = [name for name, _, _ in configs]
+        others = names[1:]
         print(
             f"{'steps':>5} |"
             + "".join(f"{n:>16}" for n in names)
-            + " | ckpt/MAML mem  time | FOMAML/MAML  ANIL/MAML"
+            + " | "
+            + " ".join(f"{n + '/MAML mem  time':>22}" for n in others)
         )
         for k in steps:
             cells = "".join(
                 f"{rows[k, n]['step_mib']:>9.0f} ({rows[k, n]['cpu_seconds']:>4.2f})" for n in names
             )
-            maml, ckpt = rows[k, "MAML"], rows[k, "MAML+ckpt"]
-            print(
-                f"{k:>5} |{cells} | {ckpt['step_mib'] / maml['step_mib']:>12.2f}"
-                f"{ckpt['cpu_seconds'] / maml['cpu_seconds']:>6.2f} | "
-                f"{rows[k, 'FOMAML']['step_mib'] / maml['step_mib']:>11.2f}"
-                f"{rows[k, 'ANIL']['step_mib'] / maml['step_mib']:>11.2f}"
+            maml = rows[k, "MAML"]
+            ratios = " ".join(
+                f"{rows[k, n]['step_mib'] / maml['step_mib']:>16.2f}"
+                f"{rows[k, n]['cpu_seconds'] / maml['cpu_seconds']:>6.2f}"
+                for n in others
             )
+            print(f"{k:>5} |{cells} | {ratios}")
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

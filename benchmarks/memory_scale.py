@@ -6,13 +6,17 @@ that only imports metakd and torch (the interpreter's baseline), so the numbers 
 
 * ``adapt``: each teacher kind (tiny meta-training, default architecture), a 20-row support and an
   unlabelled pool of 1k-100k rows of 32 features (``.npz``); with distillation, as by default.
+* ``adapt`` against the support: a support of 1k-20k labelled normal rows of 5 features (a
+  20,000-row csv is about 1 MB) and no pool, each kind.
 * ``score``: the adapted profile student on csv input of 100k-3M rows at width 32, and 100k-1M
   rows at width 1000.
 
 Usage: python benchmarks/memory_scale.py [--pools 1000,5000,20000,100000] [--kinds ...]
+       [--supports 1000,4000,20000]
        [--rows 100000,1000000,3000000] [--wide-rows 100000,300000] [--work DIR] [--out FILE]
 Goals (issue #16): adapt with a 20,000-row pool under 2 GiB for every kind and linear growth to
-100,000 rows; score below 1.5x the input size plus the baseline.
+100,000 rows; score below 1.5x the input size plus the baseline; (issue #27) adapt with a
+20,000-row support under 2 GiB.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pools", default="1000,5000,20000,100000")
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--supports", default="1000,4000,20000")
     parser.add_argument("--rows", default="100000,1000000,3000000")
     parser.add_argument("--wide-rows", default="100000,300000")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
@@ -79,6 +84,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float | int | str]]] = {
         "baseline": [],
         "adapt": [],
+        "adapt_support": [],
         "score": [],
     }
 
@@ -124,6 +130,30 @@ def main() -> None:
                     "seconds": seconds,
                     "input_mib": pool.stat().st_size / 2**20,
                 }
+            )
+            cells.append(f"{peak:>10.0f} ({seconds:>4.0f})")
+        print(f"{kind:<12}" + "".join(f"{c:>18}" for c in cells))
+
+    supports = [int(r) for r in args.supports.split(",") if r]
+    print("\nadapt: peak MiB (seconds) by support rows (5 features, no pool)")
+    print(f"{'kind':<12}" + "".join(f"{r:>18,}" for r in supports))
+    for kind in kinds:
+        cells = []
+        for rows in supports:
+            big = work / f"support-rows-{rows}.npz"
+            if not big.is_file():
+                np.savez(
+                    big,
+                    X=np.random.default_rng(rows).normal(size=(rows, 5)).astype(np.float32),
+                    y=np.zeros(rows, dtype=np.int64),
+                )
+            peak, seconds = measure(
+                metakd("adapt", "--teacher", str(work / f"teacher-{kind}" / "teacher.pt"))
+                + ["--support", str(big), "--out", str(work / f"adapted-{kind}"), "--overwrite"]
+                + ["--set", "tracking.mode=disabled"]
+            )
+            results["adapt_support"].append(
+                {"kind": kind, "support_rows": rows, "peak_mib": peak, "seconds": seconds}
             )
             cells.append(f"{peak:>10.0f} ({seconds:>4.0f})")
         print(f"{kind:<12}" + "".join(f"{c:>18}" for c in cells))

@@ -14,13 +14,25 @@ steps, episodes of the default shape (10 support, 32 query, 32 pool rows) at the
 columns besides), timed on one torch thread as ``metakd meta-train`` runs it, beside the MLP
 teacher of the same hidden sizes on the 1000 raw features and on the 64 projected ones.
 
+Then the inner optimisers (``inner.optimizer``): second-order MAML whose inner loop is Adam,
+metakd's pure Adam (:mod:`metakd.meta.optim`, the dense path of the one inner loop) against
+`higher`'s ``DifferentiableAdam`` (``torch.optim.Adam`` in ``higher.innerloop_ctx``) on the same
+problem, with metakd's plain-SGD inner loop beside them; tasks per second and the largest
+meta-gradient difference from higher (its ``eps`` mapped per step to torch's convention, see
+``tests/meta/test_inner_optimizers.py``), in float32 as timed and in float64, next to the largest
+meta-gradient entry: the derivative of Adam's ``m̂ / (√v̂ + ε)`` is of order ``1/ε`` where a
+gradient is of order ``ε``, so at torch's ``ε = 1e-8`` float32 rounding shows in second-order
+meta-gradients, which float64 removes.
+
 Usage: python benchmarks/meta_train_speed.py [--seconds 2] [--batches 1,8,32] [--no-compile]
-       python benchmarks/meta_train_speed.py --kinds-only      # only the teacher kinds
+       python benchmarks/meta_train_speed.py --kinds-only       # only the teacher kinds
+       python benchmarks/meta_train_speed.py --optimizers-only  # only the inner optimisers
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 import warnings
@@ -40,6 +52,7 @@ with warnings.catch_warnings():
     import higher
 
 SHOTS, QUERY, STEPS, LR = 10, 64, 2, 0.1
+ADAM_LR = 0.01  # Adam's steps are about lr per weight, whatever the gradient's scale
 SIZES = {"small": (64, [64, 64]), "large": (1000, [256, 128])}
 
 
@@ -91,6 +104,90 @@ def with_higher(learner: MAML, batch) -> None:
             for _ in range(STEPS):
                 diffopt.step(learner.inner_loss(fm(sx[i]), sy[i]))
             (learner.outer_loss(score_logits(teacher, fm(qx[i])), qy[i]) / b).backward()
+
+
+def with_higher_adam(learner: MAML, batch) -> None:
+    """`higher`'s differentiable Adam on the same problem as ``learner``'s Adam inner loop."""
+    teacher, (sx, sy, qx, qy) = learner.teacher, batch
+    b = sx.shape[0]
+    (beta1, beta2), eps = learner.inner.betas, learner.inner.eps
+    opt = torch.optim.Adam(teacher.parameters(), lr=learner.inner.lr, betas=(beta1, beta2), eps=eps)
+    for i in range(b):
+        with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
+            for step in range(1, learner.inner.steps + 1):
+                # higher adds eps to √v before the bias correction, torch (and metakd) after it.
+                override = {"eps": [eps * (1 - beta2**step) ** 0.5]}
+                diffopt.step(learner.inner_loss(fm(sx[i]), sy[i]), override=override)
+            (learner.outer_loss(score_logits(teacher, fm(qx[i])), qy[i]) / b).backward()
+
+
+def best_cpu_time(fn: Callable, learner: Any, batch: Any, seconds: float) -> float:
+    """CPU seconds per call, the least of a timing window (at least three calls): on one torch
+    thread this is the call's own work, which other load on a shared machine barely moves."""
+    fn(learner, batch)  # warm-up
+    best, calls = float("inf"), 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or calls < 3:
+        learner.zero_grad(set_to_none=True)
+        t = time.process_time()
+        fn(learner, batch)
+        best, calls = min(best, time.process_time() - t), calls + 1
+    return best
+
+
+def optimizers_table(seconds: float, batches: list[int]) -> None:
+    """Second-order MAML with an Adam inner loop: metakd against higher (and metakd's SGD), on
+    one torch thread, by CPU time."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _optimizers_table(seconds, batches)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _optimizers_table(seconds: float, batches: list[int]) -> None:
+    print(
+        f"\ninner optimisers: second-order MAML, {STEPS} inner steps of Adam (lr {ADAM_LR}) or "
+        f"SGD (lr {LR}), {SHOTS} shots, {QUERY} query rows; mlp teacher; 1 torch thread, "
+        "tasks per CPU second"
+    )
+    header = (
+        f"{'model':>6} {'B':>3} | {'Adam':>9} {'higher':>9} {'SGD':>9} | "
+        f"{'Adam ÷ higher':>13} {'SGD ÷ Adam':>10} | "
+        f"{'max|Δg| f32':>11} {'f64':>8} {'max|g|':>8}"
+    )
+    print(f"{'tasks/CPU s':>22}\n" + header + "\n" + "-" * len(header))
+    for size, (d, hidden) in SIZES.items():
+        torch.manual_seed(0)
+        teacher = build_teacher(d, ModelConfig(kind="mlp", hidden=hidden))
+        adam = MAML(
+            teacher,
+            inner=InnerConfig(steps=STEPS, lr=ADAM_LR, optimizer="adam"),
+            meta=MetaConfig(),
+            anomaly_shots=0,
+        )
+        sgd = MAML(
+            teacher, inner=InnerConfig(steps=STEPS, lr=LR), meta=MetaConfig(), anomaly_shots=0
+        )
+        adam64 = MAML(
+            copy.deepcopy(teacher).double(), inner=adam.inner, meta=MetaConfig(), anomaly_shots=0
+        )
+        for b in batches:
+            batch = make_batch(b, d)
+            g = grads_of(ours, adam, batch)
+            diff = (g - grads_of(with_higher_adam, adam, batch)).abs().max()
+            batch64 = tuple(t.double() for t in batch)
+            g64 = grads_of(ours, adam64, batch64)
+            diff64 = (g64 - grads_of(with_higher_adam, adam64, batch64)).abs().max()
+            t_adam = best_cpu_time(ours, adam, batch, seconds)
+            t_higher = best_cpu_time(with_higher_adam, adam, batch, seconds)
+            t_sgd = best_cpu_time(ours, sgd, batch, seconds)
+            print(
+                f"{size:>6} {b:>3} | {b / t_adam:9.1f} {b / t_higher:9.1f} {b / t_sgd:9.1f} | "
+                f"{t_higher / t_adam:13.2f} {t_adam / t_sgd:10.2f} | "
+                f"{diff:11.1e} {diff64:8.1e} {g64.abs().max():8.1e}"
+            )
 
 
 def grads_of(fn: Callable, learner: MAML, batch) -> Tensor:
@@ -207,11 +304,17 @@ def main() -> None:
         "--no-compile", action="store_true", help="skip the torch.compile measurement"
     )
     parser.add_argument("--kinds-only", action="store_true", help="only the teacher kinds")
+    parser.add_argument(
+        "--optimizers-only", action="store_true", help="only the inner optimisers (Adam vs higher)"
+    )
     args = parser.parse_args()
     if args.kinds_only:
         kinds_table(args.seconds)
         return
     batches = [int(b) for b in args.batches.split(",")]
+    if args.optimizers_only:
+        optimizers_table(args.seconds, batches)
+        return
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; second-order MAML, "
@@ -272,6 +375,7 @@ def main() -> None:
             f"{executed / t / 1e9:.1f} GFLOP/s = {executed / t / peak:.0%}; dense-equivalent "
             f"(model FLOPs) {dense / t / 1e9:.1f} GFLOP/s = {dense / t / peak:.0%}"
         )
+    optimizers_table(args.seconds, batches)
     kinds_table(args.seconds)
 
 

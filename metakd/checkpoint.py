@@ -6,6 +6,7 @@ Files load with ``torch.load(weights_only=True)``, so opening one never runs cod
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -72,13 +73,17 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
             str(path), f"not a loadable metakd checkpoint ({type(err).__name__})"
         ) from None
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt not in {f"metakd.{k}" for k in kinds}:
+    if not isinstance(fmt, str) or fmt not in {f"metakd.{k}" for k in kinds}:
         expected = " or ".join(kinds)
-        raise DataError(str(path), f"expected a metakd {expected} checkpoint, found format {fmt!r}")
-    if data.get("format_version") != FORMAT_VERSION:
+        found = repr(fmt) if fmt is None or isinstance(fmt, str) else _describe(fmt)
+        raise DataError(str(path), f"expected a metakd {expected} checkpoint, found format {found}")
+    version = data.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise DataError(
             str(path),
-            f"checkpoint format version {data.get('format_version')!r} is not supported "
+            f"checkpoint format version "
+            f"{repr(version) if isinstance(version, (int, str)) else _describe(version)} "
+            "is not supported "
             f"(this metakd reads version {FORMAT_VERSION})",
         )
     return data
@@ -135,3 +140,179 @@ def save_teacher(
             "info": info,
         },
     )
+
+
+# -- typed reads of a loaded checkpoint's fields --------------------------------------------------
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (torch's ``load_state_dict`` lists each mismatch on a
+    line of its own), or its type's name when it has none."""
+    parts = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(parts) or type(err).__name__
+
+
+def _describe(value: Any) -> str:
+    """A short description of a stored value for a message: its type, and its value when short
+    (never a tensor's or a long list's contents)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    kind = type(value).__name__
+    return f"{kind} {text}" if len(text) <= 40 else f"a {kind}"
+
+
+class Fields:
+    """Typed access to the fields of a loaded checkpoint (or of one of its sections): a field
+    that is missing or holds the wrong type or value is a :class:`DataError` naming the file and
+    the field (``preprocess.center``), never a crash later.
+
+    Args:
+        data: the loaded mapping.
+        where: the file, as messages name it.
+        prefix: the section's dotted name (``"preprocess."``), for messages.
+    """
+
+    def __init__(self, data: Any, where: str, prefix: str = "") -> None:
+        if not isinstance(data, dict):
+            name = prefix.rstrip(".") or "the checkpoint"
+            raise DataError(where, f"field '{name}' must be a mapping, got {_describe(data)}")
+        self.data = data
+        self.where = where
+        self.prefix = prefix
+
+    def bad(self, key: str, problem: str) -> DataError:
+        """The error for field ``key``: ``problem`` says what is wrong with it."""
+        return DataError(self.where, f"field '{self.prefix}{key}' {problem}")
+
+    def _get(self, key: str) -> Any:
+        if key not in self.data:
+            raise DataError(
+                self.where,
+                f"field '{self.prefix}{key}' is missing (the checkpoint is incomplete or not "
+                "written by metakd)",
+            )
+        return self.data[key]
+
+    def has(self, key: str) -> bool:
+        """Whether field ``key`` is present and not ``None``."""
+        return self.data.get(key) is not None
+
+    def section(self, key: str) -> Fields:
+        """The mapping in field ``key``, as :class:`Fields`."""
+        return Fields(self._get(key), self.where, f"{self.prefix}{key}.")
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """The mapping (with string keys) in field ``key``."""
+        value = self._get(key)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise self.bad(key, f"must be a mapping, got {_describe(value)}")
+        return value
+
+    def optional_mapping(self, key: str) -> dict[str, Any] | None:
+        """The mapping in field ``key``, or ``None`` when it is absent or null."""
+        return self.mapping(key) if self.has(key) else None
+
+    def string(self, key: str, *, choices: tuple[str, ...] = ()) -> str:
+        """The string in field ``key`` (one of ``choices`` when given)."""
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise self.bad(key, f"must be a string, got {_describe(value)}")
+        if choices and value not in choices:
+            raise self.bad(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        """The list of strings in field ``key``."""
+        value = self._get(key)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise self.bad(key, f"must be a list of strings, got {_describe(value)}")
+        return list(value)
+
+    def integer(self, key: str, *, low: int | None = None) -> int:
+        """The integer in field ``key`` (``>= low`` when given)."""
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.bad(key, f"must be an integer, got {_describe(value)}")
+        if low is not None and value < low:
+            raise self.bad(key, f"must be >= {low}, got {value}")
+        return value
+
+    def integers(self, key: str, *, low: int | None = None) -> list[int]:
+        """The list of integers in field ``key`` (each ``>= low`` when given)."""
+        value = self._get(key)
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+            for v in value
+        ):
+            what = "integers" if low is None else f"integers >= {low}"
+            raise self.bad(key, f"must be a list of {what}, got {_describe(value)}")
+        return list(value)
+
+    def number(self, key: str, *, finite: bool = True, positive: bool = False) -> float:
+        """The real number in field ``key``: not NaN, finite unless ``finite`` is false
+        (``inf`` allowed), ``> 0`` with ``positive``."""
+        value = self._get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.bad(key, f"must be a number, got {_describe(value)}")
+        x = float(value)
+        if math.isnan(x) or (finite and math.isinf(x)):
+            raise self.bad(key, f"must be a {'finite ' if finite else ''}number, got {x}")
+        if positive and not x > 0:
+            raise self.bad(key, f"must be > 0, got {x}")
+        return x
+
+    def tensor(
+        self,
+        key: str,
+        *,
+        ndim: int | None = None,
+        finite: bool = False,
+        positive: bool = False,
+    ) -> torch.Tensor:
+        """The floating-point tensor in field ``key``: with ``ndim`` dimensions, all finite with
+        ``finite``, all ``> 0`` with ``positive``; never NaN."""
+        value = self._get(key)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise self.bad(key, f"must be a floating-point tensor, got {_describe(value)}")
+        if ndim is not None and value.ndim != ndim:
+            raise self.bad(key, f"must be a {ndim}-D tensor, got shape {tuple(value.shape)}")
+        _check_values(self, key, value, finite=finite, positive=positive)
+        return value
+
+    def tensors(self, key: str) -> dict[str, torch.Tensor]:
+        """The ``name -> tensor`` mapping (a state dict) in field ``key``; no tensor holds NaN."""
+        value = self.mapping(key)
+        for name, tensor in value.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise self.bad(f"{key}.{name}", f"must be a tensor, got {_describe(tensor)}")
+            _check_values(self, f"{key}.{name}", tensor, finite=False, positive=False)
+        return value
+
+    def tensor_list(self, key: str) -> list[torch.Tensor]:
+        """The list of floating-point tensors in field ``key``; none holds NaN."""
+        value = self._get(key)
+        if not isinstance(value, (list, tuple)):
+            raise self.bad(key, f"must be a list of tensors, got {_describe(value)}")
+        for i, tensor in enumerate(value):
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise self.bad(
+                    f"{key}[{i}]", f"must be a floating-point tensor, got {_describe(tensor)}"
+                )
+            _check_values(self, f"{key}[{i}]", tensor, finite=False, positive=False)
+        return list(value)
+
+
+def _check_values(
+    fields: Fields, key: str, tensor: torch.Tensor, *, finite: bool, positive: bool
+) -> None:
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    if torch.isnan(tensor).any():
+        raise fields.bad(key, "holds NaN values")
+    if finite and not torch.isfinite(tensor).all():
+        raise fields.bad(key, "holds infinite values")
+    if positive and not (tensor > 0).all():
+        raise fields.bad(key, "holds values <= 0")

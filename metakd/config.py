@@ -14,7 +14,7 @@ from metakd.data.collection import SplitConfig
 from metakd.data.prior import PriorConfig
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.episodes import EpisodeConfig
-from metakd.errors import ConfigError
+from metakd.errors import ConfigError, check_int, check_seed
 from metakd.meta.learners import InnerConfig, MetaConfig, learner_class
 from metakd.models.teachers import ModelConfig, check_kind
 from metakd.tracking import TrackingConfig
@@ -87,10 +87,15 @@ class TrainConfig:
             learner_class(self.meta.algorithm)
         except ConfigError as err:
             raise ConfigError(f"config 'meta': {err}") from None
+        if not self.tasks:
+            raise ConfigError("tasks must name a task collection, got an empty string")
+        check_seed("seed", self.seed)
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
+        check_int("val_episodes", self.val_episodes, low=1)
+        check_int("test_episodes", self.test_episodes, low=1)
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every must be >= 0 (0: no periodic checkpoints), got "
@@ -103,7 +108,9 @@ class TrainConfig:
                 f"prefetch must be an integer >= 0 (0: no prefetching), got {self.prefetch!r}"
             )
         if self.episode_streams is not None and (
-            self.episode_streams < 1 or self.episode.meta_batch % self.episode_streams
+            isinstance(self.episode_streams, bool)
+            or self.episode_streams < 1
+            or self.episode.meta_batch % self.episode_streams
         ):
             raise ConfigError(
                 f"episode_streams={self.episode_streams} must be >= 1 and divide "

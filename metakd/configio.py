@@ -33,6 +33,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters (a long list, a number of
+    hundreds of digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-3:]} ({len(text)} chars)"
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
@@ -52,46 +59,53 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+        raise ConfigError(f"config key '{key}': {_shown(value)} is not a {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(c) for c in get_args(tp))
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
+            raise ConfigError(f"config key '{key}': {_shown(value)} is not one of {choices}")
         return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping, got {_shown(value)}")
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {_shown(value)}")
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping, got {_shown(value)}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_convert(k, kt, key): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected true/false, got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                raise ConfigError(
+                    f"config key '{key}': {_shown(value)} is out of range (64-bit integers)"
+                )
             return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:  # an integer too large for a float
+                raise ConfigError(f"config key '{key}': {_shown(value)} is out of range") from None
+        raise ConfigError(f"config key '{key}': expected a number, got {_shown(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected a string, got {_shown(value)}")
     raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
 
 
@@ -147,7 +161,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
+    except _YAMLLimitError as err:
+        raise ConfigError(f"override '{key.strip()}=...': refused: the YAML {err}") from None
     except yaml.YAMLError:
         raise ConfigError(f"override '{text}': value is not valid YAML") from None
     return parts, value
@@ -172,13 +188,125 @@ def _deepcopy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+#: Deepest nesting of mappings and lists a YAML config may hold (the configs nest 4 deep): a
+#: deeper document is refused before PyYAML's recursive composer overflows the stack.
+YAML_MAX_DEPTH = 64
+#: Most nodes a YAML config may hold once its aliases (``*name``) are expanded: a few hundred
+#: bytes of nested aliases ("billion laughs") expand to billions of nodes, which every walk of
+#: the config (conversion, messages, copies) would visit.
+YAML_MAX_NODES = 100_000
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class _YAMLLimitError(yaml.YAMLError):
+    """A YAML document beyond :data:`YAML_MAX_DEPTH` or :data:`YAML_MAX_NODES`, or a recursive
+    alias; its message says which."""
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits: nesting depth while composing (PyYAML composes
+    recursively), then the node count with aliases expanded and no alias inside itself."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise _YAMLLimitError(f"is nested more than {YAML_MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded(node)
+        return node
+
+
+def _check_expanded(root: yaml.Node) -> None:
+    """Raise :class:`_YAMLLimitError` when ``root`` with its aliases expanded holds more than
+    :data:`YAML_MAX_NODES` nodes, nests deeper than :data:`YAML_MAX_DEPTH` or holds itself.
+    Each distinct node is visited once (sizes memoised), so the check is linear in the text."""
+    done: dict[int, tuple[int, int]] = {}  # node id -> (expanded nodes, expanded depth)
+    active: set[int] = set()
+
+    def visit(node: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in done:
+            return done[key]
+        if level > YAML_MAX_DEPTH:
+            raise _YAMLLimitError(
+                f"is nested more than {YAML_MAX_DEPTH} levels deep once its aliases are expanded"
+            )
+        if key in active:
+            raise _YAMLLimitError(
+                "has an alias (*name) inside the node it names (a recursive alias)"
+            )
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        else:
+            children = []
+        active.add(key)
+        count, depth = 1, 1
+        for child in children:
+            n, d = visit(child, level + 1)
+            count, depth = count + n, max(depth, d + 1)
+            if count > YAML_MAX_NODES:
+                raise _YAMLLimitError(
+                    f"holds more than {YAML_MAX_NODES} values once its aliases (*name) are expanded"
+                )
+            if depth > YAML_MAX_DEPTH:
+                raise _YAMLLimitError(
+                    f"is nested more than {YAML_MAX_DEPTH} levels deep once its aliases are expanded"
+                )
+        active.discard(key)
+        done[key] = (count, depth)
+        return count, depth
+
+    visit(root, 1)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text safely (plain data only) within :data:`YAML_MAX_DEPTH` and
+    :data:`YAML_MAX_NODES`; raises ``yaml.YAMLError`` otherwise."""
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError as err:  # PyYAML reads integers with int(): at most 4300 digits
+        raise _YAMLLimitError(f"holds a value that cannot be read ({err})") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
+    """Read a YAML mapping; errors name the file (not found, not UTF-8 text, invalid YAML,
+    nested too deep, too many values once aliases are expanded, not a mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        missing = "config file not found" if not path.exists() else "not a regular file"
+        raise ConfigError(f"{path}: {missing}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        hint = "; it starts with a UTF-16 byte-order mark" if raw[:2] in _UTF16_BOMS else ""
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {err.start} is "
+            f"{raw[err.start : err.start + 1]!r}{hint}); save it as UTF-8 YAML"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); save it as UTF-8 YAML")
+    try:
+        data = parse_yaml(text)
+    except _YAMLLimitError as err:
+        raise ConfigError(f"{path}: refused: the YAML {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err.__class__.__name__})") from None
     if data is None:
@@ -190,7 +318,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def read_yaml_text(text: str) -> dict[str, Any]:
     """Parse YAML text that must hold a mapping."""
-    data = yaml.safe_load(text)
+    try:
+        data = parse_yaml(text)
+    except _YAMLLimitError as err:
+        raise ConfigError(f"refused: the YAML {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML ({err.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top level")
     return data

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
-from metakd.errors import ConfigError
+from metakd.errors import ConfigError, check_int, check_number
 from metakd.models.deploy import StudentConfig, build_student
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -88,9 +88,21 @@ class DistillConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.temperature <= 0 or self.steps < 1 or self.batch_size < 2:
-            raise ConfigError("temperature must be > 0, steps >= 1 and batch_size >= 2")
-        if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1]:
+        check_number("distill.temperature", self.temperature, low=0, low_open=True)
+        check_number("distill.regression_weight", self.regression_weight, low=0)
+        check_int("distill.steps", self.steps, low=1)
+        check_int("distill.batch_size", self.batch_size, low=2)
+        check_int("distill.eval_every", self.eval_every, low=1)
+        check_int("distill.patience", self.patience, low=1)
+        check_int("distill.fidelity_copies", self.fidelity_copies, low=0)
+        check_number("distill.min_delta", self.min_delta, low=0)
+        check_number("distill.mixup_alpha", self.mixup_alpha, low=0)
+        check_number("distill.mixup_extrapolation", self.mixup_extrapolation, low=0)
+        if (
+            len(self.noise_std) != 2
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.noise_std)
+            or not 0.0 <= self.noise_std[0] <= self.noise_std[1]
+        ):
             raise ConfigError(
                 f"noise_std must be [low, high] with 0 <= low <= high, got {self.noise_std}"
             )
@@ -98,8 +110,6 @@ class DistillConfig:
             raise ConfigError(
                 f"noise_std is drawn log-uniformly: both ends 0 or both > 0, got {self.noise_std}"
             )
-        if self.mixup_alpha < 0 or self.mixup_extrapolation < 0 or self.fidelity_copies < 0:
-            raise ConfigError("mixup_alpha, mixup_extrapolation and fidelity_copies must be >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -16,8 +16,9 @@ from pathlib import Path
 from metakd import configio
 from metakd.config import TrainConfig, load_train_config
 from metakd.distributed import DEFAULT_TIMEOUT, launch_from_env, process_group
+from metakd.errors import ConfigError
 from metakd.resume import RESUME_FILE, ResumeState
-from metakd.rundir import resume_source, staged_run_dir
+from metakd.rundir import collection_inputs, real_path, resume_source, staged_run_dir
 from metakd.train import TrainingInterrupted, TrainResult, meta_train, resolve_streams
 
 
@@ -91,9 +92,27 @@ def launch_meta_train(
                 if state is not None:
                     config = resumed_config(state, config_path, overrides)
                 assert config is not None
+                if (
+                    resume
+                    and config_path is not None
+                    and real_path(config_path).is_relative_to(real_path(out))
+                ):
+                    raise ConfigError(
+                        f"--config {config_path} is inside {out}, which the resumed run "
+                        "replaces; without --config it continues with that run's own config (to "
+                        "change iterations, checkpoint_every or tracking.*, copy the file "
+                        "elsewhere or use --set)"
+                    )
+                # What this run reads: --out may neither be nor hold it (the checkpoint it
+                # resumes is the one exception: that run is meant to end in --out).
+                inputs = [("--config", config_path), *collection_inputs("--tasks", config.tasks)]
                 stage = stack.enter_context(
                     staged_run_dir(
-                        out, command="meta-train", overwrite=overwrite, resume_from=source
+                        out,
+                        command="meta-train",
+                        overwrite=overwrite,
+                        resume_from=source,
+                        inputs=inputs,
                     )
                 )
             except BaseException as err:

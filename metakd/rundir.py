@@ -12,7 +12,11 @@ when it finished. So:
   run into the same ``--out`` removes once its process is gone.
 
 An existing ``--out`` is replaced only with ``overwrite=True`` and only when it is empty or a
-metakd run folder; any other folder is never deleted.
+metakd run folder: one whose ``run.json`` is metakd's record (status ``finished`` or
+``interrupted``) and lists every file in it. A folder holding any other file (a ``notes.txt``
+beside a run's files, a folder that only looks like a run) is never deleted. Nor is an ``--out``
+that is or holds an input of the running command (``inputs``: a teacher, a data file, a config),
+with or without ``overwrite``.
 
 Resumable runs (``meta-train``, whose staging folder holds a resume checkpoint, ``resume.pt``):
 
@@ -34,8 +38,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from metakd import __version__
 from metakd.checkpoint import shareable
@@ -46,8 +51,11 @@ from metakd.resume import RESUME_FILE
 RUN_FILE = "run.json"
 _PARTIAL = ".metakd-partial-"
 _REPLACED = ".metakd-replaced-"
-# Files that mark a folder as written by metakd (older versions wrote no run.json).
-_RUN_MARKERS = (RUN_FILE, "metrics.jsonl")
+# The statuses of the run folders metakd writes (``run.json``), the only ones it replaces.
+_RUN_STATUSES = ("finished", "interrupted")
+
+#: What a command reads, as ``(flag, path)``: ``--out`` may neither be nor hold any of them.
+Inputs: TypeAlias = Sequence[tuple[str, str | Path | None]]
 # What a resumed run keeps of the folder it continues, besides its checkpoint: W&B's offline runs
 # of the interrupted part (everything else is rewritten from the checkpoint).
 _RESUME_CARRY = ("wandb",)
@@ -64,6 +72,10 @@ class OutputExistsError(MetakdError):
 
 class ResumeError(MetakdError):
     """``--resume`` names nothing that can be resumed."""
+
+
+class OutputIsInputError(MetakdError):
+    """``--out`` is, or holds, a file or folder the command reads."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -153,23 +165,147 @@ def resume_source(out: Path) -> Path:
     return max(candidates, key=lambda folder: (folder / RESUME_FILE).stat().st_mtime_ns)
 
 
-def check_output_dir(out: Path, *, overwrite: bool) -> None:
+def real_path(path: str | Path) -> Path:
+    """``path`` absolute, with every symlink and ``..`` resolved (it need not exist)."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def check_not_input(out: Path, inputs: Inputs) -> None:
+    """Refuse an ``--out`` that is, or holds (anywhere below it), one of ``inputs``: replacing it
+    would delete what the command reads. Paths are compared resolved (symlinks, ``..``,
+    relative or absolute); inputs given as ``None`` are skipped.
+
+    Raises:
+        OutputIsInputError: naming the flag and the path of the first such input.
+    """
+    target = real_path(out)
+    for flag, path in inputs:
+        if path is None or str(path) == "":
+            continue
+        real = real_path(path)
+        if real == target:
+            raise OutputIsInputError(
+                f"--out {out} is {flag} {path}, an input of this command; choose another --out"
+            )
+        if real.is_relative_to(target):
+            raise OutputIsInputError(
+                f"--out {out} holds {flag} {path}, an input of this command; choose another --out"
+            )
+
+
+def folder_inputs(flag: str, folder: str | Path | None) -> list[tuple[str, str | Path | None]]:
+    """A folder a command reads and every entry directly in it, as :data:`Inputs` (a symlinked
+    file in it may live elsewhere, even inside ``--out``)."""
+    if folder is None:
+        return []
+    found: list[tuple[str, str | Path | None]] = [(flag, folder)]
+    with contextlib.suppress(OSError):  # missing or unreadable: the command reports it
+        found += [(flag, entry) for entry in sorted(Path(folder).iterdir())]
+    return found
+
+
+def collection_inputs(flag: str, spec: str | Path | None) -> list[tuple[str, str | Path | None]]:
+    """The files and folders the task collection ``spec`` reads, as :data:`Inputs`, found as
+    :func:`~metakd.data.collection.load_collection` finds them: none for a built-in; a manifest
+    and its task files (anywhere its ``files:`` point); a folder and its task files; a file.
+
+    Best effort: a collection that does not load gives what was found of it (loading it reports
+    the error, as ever)."""
+    from metakd.data.builtin import BUILTIN_COLLECTIONS
+    from metakd.data.collection import _directory_files, _expand_files, _is_bare_name
+    from metakd.data.manifests import MANIFEST_SUFFIXES, find_manifest, read_manifest
+
+    if spec is None:
+        return []
+    text = str(spec)
+    path = Path(spec)
+    if _is_bare_name(text):
+        if text in BUILTIN_COLLECTIONS:
+            return []
+        manifest = find_manifest(text)
+        if manifest is not None:
+            path = manifest
+    files: list[Path] = []
+    with contextlib.suppress(MetakdError, OSError):
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            files = _expand_files(read_manifest(path).files, base=path.parent, where=str(path))
+        elif path.is_dir():
+            files = _directory_files(path)
+    return [(flag, path), *((flag, file) for file in files)]
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every entry under ``folder`` that is not a folder (files, symlinks of any kind, ...), by
+    its path relative to ``folder``, sorted; symlinked folders are entries, not descended."""
+    found: list[str] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        with os.scandir(current) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    found.append(str(Path(entry.path).relative_to(folder)))
+    return sorted(found)
+
+
+def not_a_run_folder(folder: Path) -> str | None:
+    """Why the non-empty folder ``folder`` is not a metakd run folder, or ``None`` when it is:
+    its ``run.json`` is metakd's record (a JSON object, status ``finished`` or ``interrupted``,
+    a ``files`` list) and lists every file in the folder."""
+    try:
+        record = json.loads((folder / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return f"it has no {RUN_FILE}"
+    except (OSError, ValueError):
+        return f"its {RUN_FILE} is not a metakd run record"
+    if not isinstance(record, dict) or record.get("status") not in _RUN_STATUSES:
+        return f"its {RUN_FILE} is not a metakd run record"
+    files = record.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return f"its {RUN_FILE} is not a metakd run record"
+    listed = {*files, RUN_FILE}
+    for name in _entries(folder):
+        if name not in listed and not _inner_folder_link(folder, name):
+            return f"it holds {name}, which its {RUN_FILE} does not list"
+    return None
+
+
+def _inner_folder_link(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` is a symlink to a folder inside ``folder`` (W&B's
+    ``wandb/latest-run``, which earlier ``run.json`` files did not list): removing it removes
+    nothing else, and what it points to is checked on its own."""
+    link = folder / name
+    return link.is_symlink() and link.is_dir() and real_path(link).is_relative_to(real_path(folder))
+
+
+def check_output_dir(out: Path, *, overwrite: bool, inputs: Inputs = ()) -> None:
     """Refuse an ``--out`` that cannot receive a run folder, before any work starts.
 
     Raises:
+        OutputIsInputError: ``out`` is or holds one of ``inputs`` (:func:`check_not_input`).
         OutputExistsError: ``out`` is a file; or a non-empty folder without ``overwrite``; or a
-            non-empty folder metakd did not write (never replaced, even with ``overwrite``).
+            non-empty folder that is not a metakd run folder (:func:`not_a_run_folder`: never
+            replaced, even with ``overwrite``).
     """
+    check_not_input(out, inputs)
+    if out.is_symlink():
+        raise OutputExistsError(
+            f"--out {out} is a symlink (to {os.readlink(out)}); metakd replaces a run folder "
+            "whole, never a link: give the folder itself or another path"
+        )
     if not out.exists():
         return
     if not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a folder; choose another path")
     if not any(out.iterdir()):
         return
-    if not any((out / name).is_file() for name in _RUN_MARKERS):
+    why = not_a_run_folder(out)
+    if why is not None:
         raise OutputExistsError(
-            f"--out {out} is a non-empty folder that is not a metakd run folder; metakd never "
-            "replaces it (choose another --out)"
+            f"--out {out} is not a metakd run folder ({why}); metakd never replaces it, even "
+            "with --overwrite: choose another --out"
         )
     if not overwrite:
         raise OutputExistsError(
@@ -186,6 +322,7 @@ def staged_run_dir(
     overwrite: bool,
     carry: tuple[str, ...] = (),
     resume_from: Path | None = None,
+    inputs: Inputs = (),
 ) -> Iterator[Path]:
     """Yield a fresh staging folder; on success move it to ``out`` with a ``run.json``.
 
@@ -202,15 +339,18 @@ def staged_run_dir(
         carry: file names copied from an existing ``out`` into the staging folder first
             (caches a run may reuse, such as ``evaluate``'s pooled pre-training).
         resume_from: the folder whose checkpoint this run continues (:func:`resume_source`).
+        inputs: what the command reads, ``(flag, path)``: ``out`` may neither be nor hold any
+            (checked first, and again before ``out`` is replaced).
 
     Raises:
+        OutputIsInputError: ``out`` is or holds one of ``inputs``.
         OutputExistsError: see :func:`check_output_dir`; a fresh run into an ``out`` with a
             resumable staging folder, without ``overwrite``; also raised at the end when another
             process created ``out`` meanwhile and ``overwrite`` is off.
     """
     resuming = resume_from is not None
     replace = overwrite or (resuming and _is_interrupted(out))
-    check_output_dir(out, overwrite=replace)
+    check_output_dir(out, overwrite=replace, inputs=inputs)
     stale = [] if resuming else resumable_stages(out)
     if stale and not overwrite:
         raise OutputExistsError(
@@ -236,7 +376,7 @@ def staged_run_dir(
                 shutil.copytree(resume_from / name, stage / name, symlinks=True)
         yield stage
         _write_record(stage, status="finished", command=command, started=started)
-        _move_into_place(stage, out, overwrite=replace)
+        _move_into_place(stage, out, overwrite=replace, inputs=inputs)
         superseded = True
     except KeyboardInterrupt:
         superseded = _has_checkpoint(stage)
@@ -270,7 +410,8 @@ def _write_record(
         "started": started,
         "finished" if status == "finished" else "stopped": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "metakd_version": __version__,
-        "files": sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file()),
+        # Every entry but folders (symlinks too): what a later --overwrite may replace.
+        "files": [name for name in _entries(stage) if name != RUN_FILE],
     }
     if resume is not None:
         record["resume"] = resume
@@ -278,20 +419,30 @@ def _write_record(
     shareable(stage / RUN_FILE, directory=False)
 
 
-def _move_into_place(stage: Path, out: Path, *, overwrite: bool) -> None:
+def _move_into_place(stage: Path, out: Path, *, overwrite: bool, inputs: Inputs = ()) -> None:
     """Rename ``stage`` to ``out``; an existing ``out`` is first renamed aside, then deleted."""
     if out.exists():
         # Checked again: another process may have finished into ``out`` while this one ran.
-        check_output_dir(out, overwrite=overwrite)
+        check_output_dir(out, overwrite=overwrite, inputs=inputs)
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         else:
             aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{_REPLACED}", dir=out.parent))
             os.replace(out, aside / out.name)
             try:
+                # Checked once more where nothing else writes: a file added to ``out`` since
+                # the check above keeps it (and the folder) where it was.
+                why = not_a_run_folder(aside / out.name)
+                if why is not None:
+                    raise OutputExistsError(
+                        f"--out {out} is no longer a metakd run folder ({why}); it is kept and "
+                        "this run's files are discarded"
+                    )
                 os.rename(stage, out)
             except BaseException:
                 os.replace(aside / out.name, out)  # put the old run back
+                with contextlib.suppress(OSError):
+                    aside.rmdir()
                 raise
             shutil.rmtree(aside, ignore_errors=True)
             return

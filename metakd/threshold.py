@@ -30,7 +30,8 @@ class ThresholdConfig:
     contamination: float = 0.1
     """Expected anomaly fraction of the unlabelled pool (PyOD's default)."""
     normal_quantile: float = 0.95
-    """Quantile of the support normals' scores used without pool and anomaly labels."""
+    """Without pool and anomaly labels: the level of the support normals' scores the threshold
+    bounds (their conformal ``⌈(n + 1) q⌉``-th smallest; the highest below ``q / (1 − q)`` rows)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.contamination < 0.5:
@@ -116,8 +117,12 @@ def _calibrate(
             )
         threshold = float(np.quantile(pool_scores, 1.0 - config.contamination))
         return threshold, method, len(pool_scores)
-    normals = support_scores[support_y == 0]
-    return float(np.quantile(normals, config.normal_quantile)), method, len(normals)
+    normals = np.sort(support_scores[support_y == 0])
+    # The conformal order statistic (Vovk et al. 2005): the ⌈(n + 1) q⌉-th smallest of n normal
+    # scores bounds an unseen normal's score with probability ≥ q; fewer than q / (1 − q) rows
+    # give the highest. np.quantile's interpolation would sit below it and flag more than 1 − q.
+    rank = min(int(np.ceil((len(normals) + 1) * config.normal_quantile)), len(normals))
+    return float(normals[rank - 1]), method, len(normals)
 
 
 def _best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:

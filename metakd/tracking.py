@@ -4,6 +4,10 @@ W&B is imported only when tracking is on, never prompts and never needs the netw
 mode is ``offline`` unless the user configured W&B (``WANDB_MODE`` or an API key). Offline runs
 sync later with ``wandb sync``. W&B's own ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_DIR``
 apply unless the config sets the project or entity.
+
+W&B is the ``tracking`` extra: without it the default mode tracks in ``metrics.jsonl`` alone
+(said once per process), and ``online`` or ``offline`` asked for explicitly is an error naming
+the command that installs it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import netrc
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +27,11 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from metakd.errors import ConfigError
+from metakd.extras import MissingExtra, install_hint, is_installed, missing_message
+
+# Re-exported: the jobs import the progress display from here.
+from metakd.progress import progress_bar as progress_bar
 
 TrackingMode = Literal["auto", "online", "offline", "disabled"]
 ConcreteMode = Literal["online", "offline", "disabled"]
@@ -116,6 +123,22 @@ def _check_wandb_env() -> None:
         raise ConfigError(
             f"environment variable WANDB_MODE={value!r} is not a W&B mode; set it to one of "
             f"{', '.join(_WANDB_ENV_MODES)} or unset it"
+        )
+
+
+_noted_without_wandb = False
+
+
+def _note_without_wandb() -> None:
+    """Say, once per process, that the default tracking mode runs without W&B here."""
+    global _noted_without_wandb
+    if not _noted_without_wandb:
+        _noted_without_wandb = True
+        warnings.warn(
+            "wandb is not installed, so runs are tracked in metrics.jsonl only (W&B: "
+            f"{install_hint('tracking')}; --tracking disabled or tracking.mode=disabled skips "
+            "this note)",
+            stacklevel=3,
         )
 
 
@@ -233,6 +256,13 @@ class Run:
     ) -> None:
         self.out_dir = out_dir
         self.mode = resolve_mode(tracking.mode)
+        if self.mode != "disabled" and not is_installed("wandb"):
+            if tracking.mode != "auto":
+                raise MissingExtra(
+                    missing_message(["wandb"], f"W&B tracking (tracking.mode={tracking.mode})")
+                )
+            self.mode = "disabled"  # the default mode: metrics.jsonl alone, said once
+            _note_without_wandb()
         if self.mode != "disabled":
             _check_wandb_env()
         if self.mode == "online":
@@ -408,18 +438,3 @@ class Run:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             exc = None  # a clean exit is a success
         self.finish(error=exc)
-
-
-def progress_bar(*, enabled: bool) -> Progress:
-    """The progress display of long jobs: a bar per job with counts, elapsed and remaining time,
-    and a free ``info`` field (e.g. the current loss)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-        transient=False,
-    )

@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import TINY_TRAIN, TrainedRun, sets  # noqa: E402
+from helpers import TINY_TRAIN, TrainedRun, sets, write_teacher_file  # noqa: E402
 
 from metakd.data.task import Task  # noqa: E402
 from metakd.persist import TeacherBundle  # noqa: E402
@@ -123,26 +123,7 @@ def npz_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def write_teacher() -> WriteTeacher:
     """Write a bundle as the ``teacher.pt`` meta-train writes: ``write_teacher(bundle, path)``."""
-    from metakd import configio
-    from metakd.checkpoint import save_teacher
-
-    def write(bundle: TeacherBundle, path: Path) -> Path:
-        save_teacher(
-            path,
-            teacher=bundle.teacher,
-            model=configio.to_dict(bundle.model),
-            inner=configio.to_dict(bundle.inner),
-            algorithm=bundle.algorithm,
-            rates=bundle.rates,
-            scaling=configio.to_dict(bundle.scaling),
-            alignment=configio.to_dict(bundle.alignment),
-            episode={},
-            info=bundle.info,
-            window=bundle.window,
-        )
-        return path
-
-    return write
+    return write_teacher_file
 
 
 @pytest.fixture

@@ -206,19 +206,8 @@ def higher_meta_gradient(
     adapted = list(teacher.layers[-1].parameters()) if head_only else stack
     total = [torch.zeros_like(p) for p in params]
 
-    def run(fm, h: Tensor) -> Tensor:
-        for i, layer in enumerate(fm.layers):
-            h = F.linear(h, layer.weight, layer.bias)
-            h = torch.tanh(h) if i < len(fm.layers) - 1 else h
-        return h
-
     def scores(fm, x: Tensor, b: int, *, support: bool) -> Tensor:
-        reference = ()
-        if teacher.uses_reference:
-            pool = (run(fm, px[b]), px[b]) if teacher.uses_pool else (None, None)
-            reference = teacher.reference(run(fm, sx[b]), sx[b], 1 - sy[b], *pool)
-        score = teacher.fit_scores if support else teacher.head
-        return score(run(fm, x), x, reference, leave_one_out=support)
+        return _higher_scores(teacher, fm, x, batch, b, support=support)
 
     for b in range(tasks):
         opt = torch.optim.SGD(adapted, lr=lr)
@@ -286,3 +275,94 @@ def assert_gradients_close(a: Sequence[Tensor], b: Sequence[Tensor]) -> None:
     """Equal to float64 rounding, tensor by tensor."""
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
+
+
+from collections.abc import Callable  # noqa: E402  (appended with the helper below)
+
+
+def higher_optimizer_meta_gradient(
+    learner: MetaLearner,
+    batch: Batch,
+    *,
+    steps: int,
+    optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+    override: Callable[[int], dict[str, list[Any]]] | None = None,
+    wrt: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """:func:`higher_meta_gradient` with any differentiable optimiser of `higher` on every layer
+    of the stack: ``optimizer(stack parameters)`` builds the ``torch.optim`` one it mirrors
+    (``torch.optim.SGD(momentum=...)``, ``torch.optim.Adam``), fresh for each task, and
+    ``override(step)`` (1-based) gives hyper-parameters for that step (``diffopt.step(override=)``:
+    tensors that require grad, such as Meta-SGD's rates as per-group ``lr``, are differentiated
+    through). The gradient is w.r.t. ``wrt`` (default: every teacher parameter)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import higher
+
+    teacher = learner.teacher
+    sx, sy, qx, qy, px = batch
+    tasks = sx.shape[0]
+    params = list(teacher.parameters()) if wrt is None else list(wrt)
+    total = [torch.zeros_like(p) for p in params]
+
+    def scores(fm, x: Tensor, b: int, *, support: bool) -> Tensor:
+        return _higher_scores(teacher, fm, x, batch, b, support=support)
+
+    for b in range(tasks):
+        opt = optimizer(list(teacher.layers.parameters()))
+        with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
+            for step in range(1, steps + 1):
+                loss = learner.inner_loss(scores(fm, sx[b], b, support=True), sy[b])
+                diffopt.step(loss, override=None if override is None else override(step))
+            q = scores(fm, qx[b], b, support=False)
+            loss = learner.outer_loss(score_logits(teacher, q), qy[b]) / tasks
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
+    extra = teacher.outer_term(sx, sy)
+    if extra is not None:
+        grads = torch.autograd.grad(extra, params, allow_unused=True)
+        total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
+    return total
+
+
+def write_teacher_file(bundle: TeacherBundle, path: Path) -> Path:
+    """``bundle`` as ``metakd meta-train`` writes ``teacher.pt``."""
+    from metakd import configio
+    from metakd.checkpoint import save_teacher
+
+    save_teacher(
+        path,
+        teacher=bundle.teacher,
+        model=configio.to_dict(bundle.model),
+        inner=configio.to_dict(bundle.inner),
+        algorithm=bundle.algorithm,
+        rates=bundle.rates,
+        scaling=configio.to_dict(bundle.scaling),
+        alignment=configio.to_dict(bundle.alignment),
+        episode={},
+        info=bundle.info,
+        window=bundle.window,
+    )
+    return path
+
+
+def _higher_run(fm: Any, h: Tensor) -> Tensor:
+    """A tanh stack's forward pass under higher's functional model ``fm``."""
+    for i, layer in enumerate(fm.layers):
+        h = F.linear(h, layer.weight, layer.bias)
+        h = torch.tanh(h) if i < len(fm.layers) - 1 else h
+    return h
+
+
+def _higher_scores(
+    teacher: Teacher, fm: Any, x: Tensor, batch: Batch, b: int, *, support: bool
+) -> Tensor:
+    """Task ``b``'s scores of rows ``x`` under ``fm`` (``support``: the support's own,
+    leave-one-out fit scores), with the reference computed from ``fm``'s outputs."""
+    sx, sy, _, _, px = batch
+    reference: tuple[Tensor, ...] = ()
+    if teacher.uses_reference:
+        pool = (_higher_run(fm, px[b]), px[b]) if teacher.uses_pool else (None, None)
+        reference = teacher.reference(_higher_run(fm, sx[b]), sx[b], 1 - sy[b], *pool)
+    score = teacher.fit_scores if support else teacher.head
+    return score(_higher_run(fm, x), x, reference, leave_one_out=support)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -162,7 +163,14 @@ def adapt_command(
                 f"{out_dir}/summary.csv"
             )
 
+    def with_flags(body: Callable[[], None]) -> None:
+        from metakd.data.readers.options import ColumnFlags, column_flags
+
+        # adapt has no column flags: messages about columns name the config key and --set.
+        with column_flags(ColumnFlags(set_flag=True)):
+            body()
+
     if support_path is None or any(d is not None for d in (support_dir, unlabeled_dir, eval_dir)):
-        run_guarded(every_domain)
+        run_guarded(lambda: with_flags(every_domain))
     else:
-        run_guarded(lambda: one_domain(support_path))
+        run_guarded(lambda: with_flags(lambda: one_domain(support_path)))

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -22,20 +24,54 @@ if TYPE_CHECKING:
     from metakd.jobs.tasks import Catalogue, CollectionView
     from metakd.train import TrainResult
 
-#: Names of the methods in meta-train's held-out table.
+#: Names of the methods in meta-train's held-out table. ``untrained`` is the same teacher at its
+#: initialisation (another seed): a random network for most kinds, but for the default
+#: ``profile`` teacher the kNN hedge it starts as, so never called a random init.
 _HELD_OUT_LABELS = {
     "metakd": "metakd (meta-learned init, adapted)",
-    "random_init": "same network, random init, adapted",
+    "untrained": "same teacher, not meta-trained (its initialisation), adapted",
     "knn_support": "kNN distance to the support normals (reference)",
     "knn_pool": "kNN density in the unlabelled pool (reference)",
 }
 _METRICS = ["auroc", "auprc", "precision", "recall", "f1"]
 
 
+def _held_out_label(key: str) -> str:
+    """The row name of a held-out report key (an old key, e.g. ``random_init``, as its new)."""
+    from metakd.train.references import report_key
+
+    return _HELD_OUT_LABELS.get(report_key(key), key)
+
+
+#: The width of standard output when it is not a terminal: wide enough that no table is ever
+#: squeezed or cut (a file or a pipe has no width; rich would assume 80 columns).
+UNBOUNDED_WIDTH = 100_000
+
+
 def console() -> Console:
-    """The console of standard output."""
-    # Never truncate or squeeze columns when stdout is not a terminal (pipes, tests).
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
+    """The console of standard output: the terminal's width on a terminal (where
+    :func:`print_table` fits tables to it), else unbounded (pipes, files, tests)."""
+    width = None if sys.stdout.isatty() else UNBOUNDED_WIDTH
+    return Console(width=width, highlight=False, markup=False)
+
+
+def _natural_width(out: Console, table: Table) -> int:
+    return Measurement.get(out, out.options.update_width(UNBOUNDED_WIDTH), table).maximum
+
+
+def print_table(out: Console, table: Table) -> None:
+    """Print ``table`` whole, whatever the width: where it is wider than a terminal, first
+    without its frame (columns two spaces apart), then with cells folded onto more lines. A
+    cell is never cut (rich's default ends it with an ellipsis)."""
+    for column in table.columns:
+        column.overflow = "fold"
+        column.no_wrap = False
+    if _natural_width(out, table) > out.width:
+        table.box = box.SIMPLE_HEAD
+        table.show_edge = False
+        table.pad_edge = False
+        table.padding = (0, 1, 0, 0)
+    out.print(table)
 
 
 def print_catalogue(found: Catalogue) -> None:
@@ -46,13 +82,23 @@ def print_catalogue(found: Catalogue) -> None:
     table.add_column("description")
     for name, kind, description in found.collections:
         table.add_row(name, kind, description)
-    console().print(table)
+    print_table(console(), table)
     kinds = Table(title="Teachers (model.kind)")
     kinds.add_column("kind", no_wrap=True)
     kinds.add_column("when to use it")
     for i, (name, use_when) in enumerate(found.teachers.items()):
         kinds.add_row(f"{name} (default)" if i == 0 else name, use_when)
-    console().print(kinds)
+    print_table(console(), kinds)
+    learners = Table(title="Meta-learners (meta.algorithm)")
+    learners.add_column("algorithm", no_wrap=True)
+    learners.add_column("what it is")
+    for i, (name, summary) in enumerate(found.learners.items()):
+        learners.add_row(f"{name} (default)" if i == 0 else name, summary)
+    print_table(console(), learners)
+    console().print(
+        "Inner optimisers (inner.optimizer, any meta-learner): "
+        + ", ".join(f"{o} (default)" if i == 0 else o for i, o in enumerate(found.optimizers))
+    )
 
 
 def print_collection(view: CollectionView) -> None:
@@ -86,7 +132,7 @@ def print_collection(view: CollectionView) -> None:
         table.add_row(*row)
 
     out = console()
-    out.print(table)
+    print_table(out, table)
     counts = ", ".join(f"{key} {len(names)}" for key, names in collection.splits.items())
     out.print(
         f"{len(collection.tasks)} tasks ({counts}); usable for episodes with "
@@ -126,11 +172,11 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
         table.add_column("method")
         table.add_column("mean AUROC", justify="right")
         for key, value in result.test_auroc.items():
-            table.add_row(_HELD_OUT_LABELS.get(key, key), f"{value:.3f}")
-        out_console.print(table)
+            table.add_row(_held_out_label(key), f"{value:.3f}")
+        print_table(out_console, table)
         ours = result.test_auroc["metakd"]
         below = [
-            _HELD_OUT_LABELS[k] for k, v in result.test_auroc.items() if k != "metakd" and v > ours
+            _held_out_label(k) for k, v in result.test_auroc.items() if k != "metakd" and v > ours
         ]
         if below:
             warnings.warn(
@@ -167,7 +213,7 @@ def print_adapt(
         row += [f"{evaluation[net][m]:.3f}" for m in _METRICS] if evaluation else []
         table.add_row(*row)
     out_console = console()
-    out_console.print(table)
+    print_table(out_console, table)
     method = report["threshold_method"]
     rule = {
         "contamination": f"the top {config.threshold.contamination:.0%} of the unlabelled rows "
@@ -219,7 +265,7 @@ def print_adapt_dir(
             cell(row["seconds"], ".2f"),
         )
     out_console = console()
-    out_console.print(table)
+    print_table(out_console, table)
     out_console.print(f"wrote {out}/DOMAIN/ and {out}/summary.csv", soft_wrap=True)
 
 
@@ -259,7 +305,7 @@ def print_evaluation(done: Evaluation, *, out: Path) -> None:
             f"{row.best_auroc:.3f}",
             f"{row.gap:+.3f}",
         )
-    out_console.print(table)
+    print_table(out_console, table)
     out_console.print(f"all methods, with 95 % intervals: {out / 'summary.md'}", soft_wrap=True)
     out_console.print(
         f"{len(result.results)} runs in {result.seconds:.0f} s; wrote "

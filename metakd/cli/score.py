@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,22 @@ from metakd.cli.options import (
     set_option,
 )
 from metakd.cli.render import note_scored, note_windows
+
+if TYPE_CHECKING:
+    from metakd.data.readers.options import ColumnFlags
+
+
+def _score_flags() -> ColumnFlags:
+    """What messages about columns tell a ``metakd score`` user to type."""
+    from metakd.data.readers.options import ColumnFlags
+
+    return ColumnFlags(
+        ignore_flag="--ignore-column",
+        id_flag="--id-column",
+        label_flag="--label-column",
+        ignore_key="ignore_columns",
+        label_key="label_column",
+    )
 
 
 def build_score_command(*, chunk_rows: Callable[[], int | None]) -> click.Command:
@@ -33,7 +50,11 @@ def build_score_command(*, chunk_rows: Callable[[], int | None]) -> click.Comman
         "model_path",
         required=True,
         type=click.Path(dir_okay=False),
-        help="teacher.pt or student.pt written by metakd adapt.",
+        help=(
+            "teacher.pt or student.pt written by metakd adapt, or its student.onnx (needs the "
+            "onnx extra; columns and threshold read from its metadata). student.torchscript.pt "
+            "is refused (a program): score student.pt, the same student."
+        ),
     )
     @click.option(
         "--data",
@@ -89,7 +110,8 @@ def build_score_command(*, chunk_rows: Callable[[], int | None]) -> click.Comman
 
         A file with a header is matched to the model's columns by name (reordered as needed); a
         missing or renamed column is an error naming it. The columns the model was adapted with
-        as ignored (ids, timestamps) are ignored here too."""
+        as ignored (ids, timestamps) are ignored here too. An ONNX model is read alike, its
+        columns, threshold and windows taken from its metadata, and scored on the CPU."""
         every = [*overrides]
         every += as_overrides(
             {
@@ -101,6 +123,14 @@ def build_score_command(*, chunk_rows: Callable[[], int | None]) -> click.Comman
         )
 
         def body() -> None:
+            from metakd.data.readers.options import column_flags
+
+            # Messages about columns name this command's flags (rows are read as they are
+            # scored, so the whole run is inside).
+            with column_flags(_score_flags()):
+                scored()
+
+        def scored() -> None:
             from metakd.jobs.score import open_score, save_scores, stream_scores
 
             job = open_score(

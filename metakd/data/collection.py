@@ -14,6 +14,7 @@ validation and test. ``load_collection`` accepts, in this order of lookup:
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -300,6 +301,8 @@ def _expand_files(patterns: Sequence[str], *, base: Path, where: str) -> list[Pa
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         if _GLOB_CHARS.search(pattern):
             matches = sorted(glob.glob(full, recursive=True), key=natural_key)
+            suffixes = supported_suffixes()
+            _check_task_files([Path(m) for m in matches if Path(m).suffix.lower() in suffixes])
             matched = [Path(m) for m in matches if os.path.isfile(m)]
             if not matched:
                 raise DataError(where, f"files: '{pattern}' matches no file (in {base})")
@@ -317,12 +320,42 @@ def _expand_files(patterns: Sequence[str], *, base: Path, where: str) -> list[Pa
     return files
 
 
+def _not_a_task_file(path: Path) -> str | None:
+    """Why ``path``, named like a task file, cannot be read as one (``None``: a regular file,
+    or a symlink to one)."""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except RuntimeError:  # pathlib's "Symlink loop" on some Python versions
+            return "is a symlink loop"
+        except OSError as err:
+            return "is a symlink loop" if err.errno == errno.ELOOP else "is a broken symlink"
+    if path.is_dir():
+        return "is a folder, not a task file"
+    if not path.is_file():
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _check_task_files(paths: Sequence[Path]) -> None:
+    """Raise :class:`DataError` naming the first path named like a task file that is not one:
+    a task is never skipped without a word."""
+    for path in paths:
+        problem = _not_a_task_file(path)
+        if problem is not None:
+            raise DataError(
+                str(path), f"{problem}; remove it or give it another suffix to leave it out"
+            )
+
+
 def _directory_files(folder: Path) -> list[Path]:
     suffixes = supported_suffixes()
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
+    named = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in suffixes),
         key=lambda p: natural_key(p.name),
     )
+    _check_task_files(named)
+    files = named
     if not files:
         raise DataError(
             str(folder),

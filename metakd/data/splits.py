@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metakd.errors import ConfigError, DataError
+from metakd.errors import ConfigError, DataError, check_number, check_seed
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -42,10 +42,9 @@ class SplitConfig:
     test_tasks: list[str] | None = None
 
     def __post_init__(self) -> None:
+        check_seed("split.seed", self.seed)
         for key in ("val", "test"):
-            value = getattr(self, key)
-            if not 0 <= value < 1:
-                raise ConfigError(f"split.{key} must be in [0, 1), got {value!r}")
+            check_number(f"split.{key}", getattr(self, key), low=0, high=1, high_open=True)
         if self.val + self.test >= 1:
             raise ConfigError(
                 f"split.val + split.test must be below 1 (got {self.val} + {self.test}): "

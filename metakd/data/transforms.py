@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metakd.errors import ConfigError, DataError
+from metakd.errors import ConfigError, DataError, check_number, check_seed
 
 # IQR of a standard normal; dividing by it makes the robust scale comparable to a std.
 _IQR_TO_STD = 1.349
@@ -54,8 +54,7 @@ class ScalingConfig:
             raise ConfigError(f"scaling.kind must be robust, standard or none, got {self.kind!r}")
         if self.clip is not None and not self.clip > 0:
             raise ConfigError(f"scaling.clip must be positive or null, got {self.clip!r}")
-        if not self.eps > 0:
-            raise ConfigError(f"scaling.eps must be positive, got {self.eps!r}")
+        check_number("scaling.eps", self.eps, low=0, low_open=True)
 
 
 @dataclass
@@ -86,6 +85,7 @@ class AlignmentConfig:
             raise ConfigError(f"alignment.kind must be none, project or pad, got {self.kind!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
             raise ConfigError(f"alignment.width must be a positive integer, got {self.width!r}")
+        check_seed("alignment.seed", self.seed)
 
     def output_features(self, n_features: int) -> int:
         """Feature count after alignment of ``n_features`` input features."""

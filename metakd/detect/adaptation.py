@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from metakd import configio
 from metakd.data.transforms import Scaler, align_features
 from metakd.detect.config import SCORE_BLOCK_ROWS, AdaptConfig
+from metakd.detect.inputs import DomainRows
+from metakd.distill import DistillConfig
 from metakd.errors import InputError
 from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
@@ -40,8 +42,8 @@ class _Adapted:
 @dataclass
 class _Prepared:
     """One domain's checked inputs and fitted preprocessing, ready for the inner loop: the raw
-    ``support``, ``labels`` and ``pool`` rows (on the fitting device), ``in_support`` (which rows
-    of ``X`` are support rows), and the preprocessed support ``xs``, pool ``xp`` and reference
+    ``support``, ``labels`` and ``pool`` rows (on the fitting device), the checked ``domain``
+    (where each row of ``X`` takes its training score from), and the preprocessed support ``xs``, pool ``xp`` and reference
     rows ``xr`` (the pool rows ``kept`` as the teacher's reference)."""
 
     bundle: TeacherBundle
@@ -50,7 +52,7 @@ class _Prepared:
     support: Tensor
     labels: Tensor
     pool: Tensor | None
-    in_support: np.ndarray
+    domain: DomainRows
     xs: Tensor
     xp: Tensor | None
     xr: Tensor | None
@@ -81,7 +83,9 @@ class _InnerSetup:
 
     @staticmethod
     def of(bundle: TeacherBundle, cfg: AdaptConfig, labels: Tensor) -> _InnerSetup:
-        inner = configio.from_dict(InnerConfig, configio.to_dict(bundle.inner) | cfg.inner)
+        inner = configio.from_dict(
+            InnerConfig, configio.to_dict(bundle.inner) | cfg.inner, prefix="inner."
+        )
         teacher = copy.deepcopy(bundle.teacher).to(labels.device)
         loss = inner_loss_fn(
             inner.loss,
@@ -118,6 +122,8 @@ class _InnerSetup:
             layers=self.plan.layers,
             pool_x=xr,
             pool=self.pool,
+            optimizer=self.plan.optimizer,
+            proximal=self.plan.proximal,
         )
         return adapted
 
@@ -216,4 +222,45 @@ def fit_preprocess(
         )
     return Preprocessor(
         scaler.center.reshape(d), scaler.scale.reshape(d), clip, projection, profile
+    )
+
+
+#: Smallest clip :func:`student_preprocess` gives (rows that all sit at the centre).
+_MIN_STUDENT_CLIP = 1.0
+
+
+def student_preprocess(
+    preprocess: Preprocessor, rows: list[Tensor], config: DistillConfig
+) -> Preprocessor:
+    """The preprocessing a student scores with: the teacher's, clipped where it is not.
+
+    A student is only fitted where it was distilled; beyond, it extrapolates, and a linear head
+    (a ReLU network, linear far from the data) extrapolates along each direction with a slope of
+    either sign. ``scaling.clip`` keeps every scaled value within ``±clip``, so a student never
+    meets values beyond those it was distilled on. A teacher meta-trained with
+    ``scaling.clip: null`` has no clip: its student scored a row with one value at ``-1e30``
+    ``-7e27``, the most normal score of all, as the slope along that feature was negative.
+
+    Such a student clips scaled values at the reach of its distillation data instead:
+    ``(1 + 2 · distill.mixup_extrapolation) · m + 3 · distill.noise_std[1]``, ``m`` the
+    largest absolute scaled value of the support and pool ``rows`` (mixup stretches a pair of
+    rows that far, noise adds up to three of its widest standard deviations). A value beyond
+    saturates at the edge of what the student learned, where the teacher's scores it was
+    distilled on are high, as a clipped teacher's student does at ``±clip``. The rows the
+    threshold was fitted on are within the clip, so their scores do not change; the teacher's
+    own preprocessing (``teacher.pt``) keeps no clip.
+    """
+    if not math.isinf(preprocess.clip):
+        return preprocess
+    with torch.no_grad():
+        center, scale = preprocess.center, preprocess.scale
+        reach = max(float(((r.to(center) - center) / scale).abs().max()) for r in rows)
+    stretch = 1.0 + 2.0 * config.mixup_extrapolation
+    clip = max(stretch * reach + 3.0 * config.noise_std[1], _MIN_STUDENT_CLIP)
+    return Preprocessor(
+        center,
+        scale,
+        clip,
+        preprocess.projection if preprocess.use_projection else None,
+        preprocess.profile if preprocess.use_profile else None,
     )

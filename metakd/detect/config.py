@@ -8,12 +8,15 @@ from typing import Any
 from metakd.config import resolve_device
 from metakd.data.readers import ReadOptions
 from metakd.distill import DistillConfig
+from metakd.errors import ConfigError, check_seed
 from metakd.threshold import ThresholdConfig
 from metakd.tracking import TrackingConfig
 
-#: Without an unlabelled pool a support needs this many normals: each is scored leave-one-out
-#: against the others, and one normal alone has no other to be compared with.
-MIN_NORMALS_WITHOUT_POOL = 2
+#: Without an unlabelled pool a support needs this many distinct normals: the threshold is
+#: calibrated on their leave-one-out scores, which run low (each row was in the scaling and the
+#: adaptation it is scored by); with 2 rows every unseen normal scored above both (measured on
+#: synthetic tasks: 100 % flagged at 2 rows, ~40 % at 5, ~5 % at 50; RESULTS.md §12).
+MIN_NORMALS_WITHOUT_POOL = 5
 #: Rows scored per forward pass (bounds the working memory of heads with a reference).
 SCORE_BLOCK_ROWS = 4096
 
@@ -30,6 +33,13 @@ class AdaptConfig:
     """Student architecture and distillation."""
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     """Threshold calibration."""
+    max_support: int | None = 1024
+    """Most labelled normal rows adapted on (a seeded subsample above it; every row is still
+    scored): adapting costs memory and time linear in the support, as in the pool. ``None``:
+    all."""
+    unlabeled_support: int = 10
+    """``fit(X)`` without labels (PyOD's unsupervised call): the support is this many rows of
+    ``X``, those most typical of it; every row of ``X`` is scored and thresholded as the pool."""
     seed: int = 0
     """Seeds the student's initialisation and distillation batches."""
     device: str = "cpu"
@@ -41,7 +51,17 @@ class AdaptConfig:
     """Run tracking."""
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         resolve_device(self.device)  # a machine without CUDA refuses `cuda` here, in one line
+        if self.max_support is not None and (
+            isinstance(self.max_support, bool) or self.max_support < MIN_NORMALS_WITHOUT_POOL
+        ):
+            raise ConfigError(
+                f"max_support must be >= {MIN_NORMALS_WITHOUT_POOL} or null, got "
+                f"{self.max_support!r}"
+            )
+        if isinstance(self.unlabeled_support, bool) or self.unlabeled_support < 1:
+            raise ConfigError(f"unlabeled_support must be >= 1, got {self.unlabeled_support!r}")
 
 
 @dataclass

@@ -17,13 +17,25 @@ from torch import Tensor
 from metakd import configio
 from metakd.checkpoint import load_checkpoint
 from metakd.config import resolve_device
-from metakd.detect.adaptation import _InnerSetup, _Prepared, fit_preprocess
+from metakd.detect.adaptation import (
+    _InnerSetup,
+    _Prepared,
+    fit_preprocess,
+    student_preprocess,
+)
 from metakd.detect.config import (
     SCORE_BLOCK_ROWS,
     AdaptConfig,
 )
 from metakd.detect.files import write_detector
-from metakd.detect.inputs import _by_name, _check_inputs, _column_names
+from metakd.detect.inputs import (
+    FROM_POOL,
+    SCORED_AFTER,
+    _by_name,
+    _check_inputs,
+    _column_names,
+    unsupervised_rows,
+)
 from metakd.detect.scoring import decision_scores
 from metakd.distill import distill
 from metakd.errors import InputError, MetakdError
@@ -116,11 +128,19 @@ class FewShotDetector(BaseEstimator):
         """Adapt to the rows ``X [n, d]`` of one domain and optional unlabelled rows
         ``unlabeled [m, d]`` of the same domain.
 
-        ``y`` labels the rows of ``X``: 0 normal, 1 anomaly, and -1 or NaN unlabelled (default:
-        all normal). Rows labelled -1 / NaN join the unlabelled pool, ahead of ``unlabeled``:
-        ``fit(X, y)`` with such rows is ``fit(X[lab], y[lab], unlabeled=X[~lab])``, so a PyOD
-        user can pass labelled and unlabelled rows together. The rows labelled 0 / 1 are the
-        support (at least one normal).
+        ``fit(X)`` alone is PyOD's call: ``X`` is an unlabelled training set with a share
+        ``contamination`` of anomalies. Every row of ``X`` is then a pool row, scored and
+        thresholded as the pool (``labels_`` flags the ``contamination`` share of ``X``); the
+        support is the ``config.unlabeled_support`` rows of ``X`` most typical of it (lowest
+        kNN distance to the others), taken as normal.
+
+        Otherwise ``X`` is the labelled support: ``y`` labels its rows, 0 normal, 1 anomaly, and
+        -1 or NaN unlabelled (``y`` omitted with ``unlabeled`` given: all normal). Rows labelled
+        -1 / NaN join the unlabelled pool, ahead of ``unlabeled``: ``fit(X, y)`` with such rows
+        is ``fit(X[lab], y[lab], unlabeled=X[~lab])``, so a PyOD user can pass labelled and
+        unlabelled rows together. The rows labelled 0 / 1 are the support (at least one normal;
+        exact duplicates count once; above ``config.max_support`` normals a seeded subsample is
+        adapted on and the others scored after).
 
         ``decision_scores_`` holds, for every row of ``X`` in order, the score the threshold
         was calibrated on: with a student (the deployed scorer) the student's scores of the
@@ -158,7 +178,18 @@ class FewShotDetector(BaseEstimator):
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_  # a refit on plain arrays: names of an earlier fit
         self.input_columns_ = names
-        support, labels, pool, in_support = _check_inputs(X, y, unlabeled)
+        domain = (
+            unsupervised_rows(X, unlabeled, support_rows=cfg.unlabeled_support, seed=cfg.seed)
+            if y is None and unlabeled is None
+            else _check_inputs(
+                X,
+                np.zeros(len(X)) if y is None else y,
+                unlabeled,
+                max_support=cfg.max_support,
+                seed=cfg.seed,
+            )
+        )
+        support, labels, pool = domain.support, domain.labels, domain.pool
         self.n_features_in_ = int(support.shape[1])
         device = torch.device(resolve_device(cfg.device))
         support, labels = support.to(device), labels.to(device)
@@ -189,7 +220,7 @@ class FewShotDetector(BaseEstimator):
             assert pool is not None  # kept is set only with a pool
             xr = preprocess(pool[kept])
         return _Prepared(
-            bundle, cfg, preprocess, support, labels, pool, in_support, xs, xp, xr, kept, tick
+            bundle, cfg, preprocess, support, labels, pool, domain, xs, xp, xr, kept, tick
         )
 
     def _finish(
@@ -198,7 +229,7 @@ class FewShotDetector(BaseEstimator):
         """From the adapted parameters: the teacher's reference and threshold, then the student."""
         p = prepared
         bundle, cfg, preprocess = p.bundle, p.cfg, p.preprocess
-        support, labels, pool, in_support = p.support, p.labels, p.pool, p.in_support
+        support, labels, pool = p.support, p.labels, p.pool
         xs, xp, device = p.xs, p.xp, p.support.device
         adapted = setup.complete(params, xs, labels, xp, p.xr, p.kept)
         timings: dict[str, float] = {"adapt_seconds": time.perf_counter() - p.started}
@@ -255,7 +286,11 @@ class FewShotDetector(BaseEstimator):
                 s_support, labels.cpu().numpy(), s_pool, cfg.threshold
             )
             fitted_support, fitted_pool = s_support, s_pool
-            self.student_scorer_ = DeployedScorer(preprocess, student_net, s_threshold).eval()
+            # Clipped as the teacher's scaling, or at the reach of the distillation data where
+            # the teacher's scaling has no clip (a student extrapolates beyond it).
+            rows = [support] if pool is None else [support, pool]
+            s_preprocess = student_preprocess(preprocess, rows, cfg.distill)
+            self.student_scorer_ = DeployedScorer(s_preprocess, student_net, s_threshold).eval()
             self._student_config = student_config
             self._student = result.student
             report |= {
@@ -279,13 +314,19 @@ class FewShotDetector(BaseEstimator):
         self.scorer_ = self.student_scorer_ or self.teacher_scorer_
         self.threshold_ = self.scorer_.threshold
         self.report_ = report
-        # The scores the threshold was fitted on, in the order of X: rows of X labelled -1 are
-        # the first rows of the pool.
-        train_scores = np.empty(len(in_support), dtype=fitted_support.dtype)
-        train_scores[in_support] = fitted_support
-        if not in_support.all():
+        # The scores the threshold was fitted on, in the order of X: a support row's (or its
+        # kept twin's), the pool's for rows of X in the pool (its first rows), and a fresh score
+        # for normals beyond max_support.
+        source = p.domain.source
+        train_scores = np.empty(len(source), dtype=fitted_support.dtype)
+        from_support, from_pool = source >= 0, source == FROM_POOL
+        train_scores[from_support] = fitted_support[source[from_support]]
+        if from_pool.any():
             assert fitted_pool is not None
-            train_scores[~in_support] = fitted_pool[: int((~in_support).sum())]
+            train_scores[from_pool] = fitted_pool[: int(from_pool.sum())]
+        if p.domain.after is not None:
+            train_scores[source == SCORED_AFTER] = decision_scores(self.scorer_, p.domain.after)
+        report["support_duplicates"] = p.domain.duplicates
         self.decision_scores_ = train_scores
         self.labels_ = (train_scores > self.threshold_).astype(np.int64)
         return self

@@ -1,6 +1,6 @@
 """A fitted detector's files: ``teacher.pt``, and with a student ``student.pt``,
 ``student.torchscript.pt`` and ``student.onnx``, each with where it came from and how raw files
-become its rows."""
+become its rows (the exports as their metadata: :func:`metakd.persist.read_export_contract`)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def write_detector(
     schema: InputSchema,
 ) -> dict[str, Path]:
     """Write a fitted detector into ``out_dir`` (created): the adapted teacher, and the student
-    when there is one. ``student.onnx`` needs ``pip install metakd[onnx]``: without it the rest
+    when there is one. ``student.onnx`` needs ``pip install "metakd[onnx]"``: without it the rest
     is written and a warning says so. Returns the paths by role."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # What a saved detector carries besides its weights: where it came from, and how raw files
@@ -68,12 +68,13 @@ def write_detector(
         info=info,
     )
     paths["torchscript"] = out_dir / "student.torchscript.pt"
-    export_torchscript(student_scorer, paths["torchscript"])
+    # The exports carry their contract (columns, threshold, windows: persist.export_contract).
+    export_torchscript(student_scorer, paths["torchscript"], schema=schema, window=bundle.window)
     onnx_path = out_dir / "student.onnx"
     if onnx_available():
         paths["onnx"] = onnx_path
         try:
-            export_onnx(student_scorer, onnx_path)
+            export_onnx(student_scorer, onnx_path, schema=schema, window=bundle.window)
         except MetakdError:
             onnx_path.unlink(missing_ok=True)  # never an earlier student's beside this one
             raise

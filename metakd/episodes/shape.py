@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from metakd.data.task import Task
-from metakd.errors import ConfigError
+from metakd.errors import ConfigError, check_number
 
 
 def round_half_up(x: float) -> int:
@@ -70,10 +70,15 @@ class EpisodeConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"episode.{key} must be an integer >= {low}, got {value!r}")
-        if not 0 <= self.query_anomaly_fraction <= 1:
+        check_number("episode.query_anomaly_fraction", self.query_anomaly_fraction, low=0, high=1)
+        if self.query_anomalies < 1 or self.query_normals < 1:
+            # The outer loss and the meta-val AUROC rank anomalous query rows above normal ones:
+            # a query of one class gives them nothing to rank (AUROC 0, no meta-gradient).
             raise ConfigError(
-                "episode.query_anomaly_fraction must be in [0, 1], got "
-                f"{self.query_anomaly_fraction!r}"
+                f"episode.query_size={self.query_size} with episode.query_anomaly_fraction="
+                f"{self.query_anomaly_fraction} gives {self.query_normals} normal and "
+                f"{self.query_anomalies} anomalous query rows; each episode needs at least one "
+                "of each"
             )
         ranges = (
             ("pool_size", self.pool_size, self.pool_size_max),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from metakd import configio
 from metakd.detect import AdaptConfig
-from metakd.errors import ConfigError
+from metakd.errors import MAX_SEED, ConfigError, check_seed
 from metakd.evaluate.registry import REGISTRY
 from metakd.evaluate.settings import BaselineConfig, PretrainConfig
 from metakd.evaluate.tasks import TaskSplit
@@ -93,6 +93,14 @@ class EvaluateConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+        # Repetition s seeds its methods with seed + s and the student with adapt.seed + s.
+        check_seed("seed", self.seed)
+        for key, base in (("seed", self.seed), ("adapt.seed", self.adapt.seed)):
+            if base + self.seeds - 1 > MAX_SEED:
+                raise ConfigError(
+                    f"{key} + seeds - 1 = {base + self.seeds - 1} must be at most {MAX_SEED} "
+                    "(repetition s is seeded with it + s)"
+                )
         if self.query_max < 2 * self.min_query_per_class:
             raise ConfigError(
                 f"query_max ({self.query_max}) must be at least twice min_query_per_class "

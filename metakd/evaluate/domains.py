@@ -26,7 +26,7 @@ from metakd.data.collection import load_collection, natural_key
 from metakd.errors import ConfigError
 from metakd.evaluate.config import EvaluateConfig
 from metakd.evaluate.report import plot_auroc_vs_shots, summarise, summary_markdown
-from metakd.evaluate.run import RESULT_COLUMNS, EvaluationResult, run_evaluation
+from metakd.evaluate.run import RESULT_COLUMNS, EvaluationResult, check_extras, run_evaluation
 from metakd.train import meta_train
 
 #: Share of each fold's training domains that validate its meta-training (meta-train's default).
@@ -66,6 +66,7 @@ def run_domain_evaluation(
     """
     if config.tasks is None or config.folds is None:
         raise ConfigError("leave-domains-out evaluation needs tasks (--tasks) and folds (--folds)")
+    check_extras(config)  # before the first fold's meta-training, not after it
     start = time.perf_counter()
     tasks = load_collection(config.tasks).tasks
     names = [task.name for task in tasks]
@@ -114,7 +115,7 @@ def run_domain_evaluation(
             summary, config=config, teacher_path=teachers, tasks=tasks, skipped=skipped
         ),
     )
-    plot_auroc_vs_shots(summary, files["plot"])
+    plot_auroc_vs_shots(summary, files["plot"], results=results)
     return EvaluationResult(
         out_dir=out_dir,
         results=results[[*RESULT_COLUMNS, "fold"]],

@@ -138,6 +138,9 @@ class Method:
         headline: the method whose gap to the best baseline the report leads with.
         prepare: called once per evaluation before any split; its result reaches ``build``
             as :attr:`MethodContext.prepared`.
+        needs: optional packages its detectors import (import names, keys of
+            :data:`metakd.extras.OPTIONAL`): an evaluation that selects it checks them before
+            any work and names the ``pip install "metakd[...]"`` command that adds them.
 
     Raises:
         ValueError: the name is empty or the group unknown.
@@ -151,6 +154,7 @@ class Method:
     needs_student: bool = False
     headline: bool = False
     prepare: Prepare | None = None
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -206,6 +210,7 @@ class MethodRegistry:
         needs_student: bool = False,
         headline: bool = False,
         prepare: Prepare | None = None,
+        needs: tuple[str, ...] = (),
     ) -> Method:
         """Declare and add a method (see :class:`Method` for the arguments) and return it.
 
@@ -223,6 +228,7 @@ class MethodRegistry:
                 needs_student=needs_student,
                 headline=headline,
                 prepare=prepare,
+                needs=needs,
             )
         )
 

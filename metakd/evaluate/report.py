@@ -1,4 +1,5 @@
-"""Statistics and reports of an evaluation: the summary table, ``summary.md`` and the plot.
+"""Statistics and reports of an evaluation: the summary table and ``summary.md`` (the plot is
+:mod:`~metakd.evaluate.plot`'s, re-exported here).
 
 Every task × seed run is one observation; means come with 95 % t-interval half-widths over
 runs. A run whose scores were not finite *fails*: it is left out of the means and counted
@@ -9,15 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from metakd.checkpoint import atomic_write_bytes
 from metakd.data.task import Task
 from metakd.evaluate.config import EvaluateConfig
+from metakd.evaluate.plot import plot_auroc_vs_shots
 from metakd.evaluate.registry import REGISTRY
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -224,57 +224,6 @@ def summary_markdown(
     if skipped:
         lines += ["", "## Skipped settings", ""] + [f"- {line}" for line in skipped]
     return "\n".join(lines) + "\n"
-
-
-def plot_auroc_vs_shots(summary: pd.DataFrame, path: Path) -> None:
-    """Mean AUROC (95 % interval bars) against ``K``, one line per method, one panel per ``A``;
-    a red cross marks a mean from which failed runs were left out."""
-    # The object-oriented API renders with Agg without touching pyplot's global backend.
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    methods = REGISTRY.methods()
-    ours = {m.name for m in methods if m.group == "ours"}
-    names = [m.name for m in methods]
-    settings = sorted(summary["anomaly_shots"].unique())
-    fig = Figure(figsize=(4.5 * len(settings), 4), layout="constrained")
-    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
-    palette = colormaps["tab20"]
-    # Colours follow the report order, so a method keeps its colour across runs and subsets;
-    # an integer picks a qualitative map's i-th colour.
-    colours = {name: palette(i) for i, name in enumerate(names)}
-    legend: dict[str, Any] = {}
-    for ax, anomaly_shots in zip(axes, settings, strict=True):
-        part = summary[summary["anomaly_shots"] == anomaly_shots]
-        for method in [m for m in names if m in set(part["method"])]:
-            rows = part[part["method"] == method].sort_values("shots")
-            legend[method] = ax.errorbar(
-                rows["shots"],
-                rows["auroc"],
-                yerr=rows["auroc_ci"].fillna(0.0),
-                color=colours[method],
-                marker="o",
-                linewidth=2.5 if method in ours else 1.2,
-                elinewidth=0.7,
-                capsize=2,
-            )
-            failed = rows[rows["failed"] > 0]
-            # Means that leave failed runs out are marked, not hidden.
-            ax.scatter(failed["shots"], failed["auroc"], marker="x", s=80, color="red", zorder=3)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(part["shots"].unique()))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("normal shots K")
-        ax.set_title(f"{anomaly_shots} anomaly shots")
-        ax.grid(alpha=0.3)
-    # Interval bars may pass 1 (t-intervals are unbounded); AUROC itself cannot.
-    axes[0].set_ylim(top=1.02)
-    axes[0].set_ylabel("mean query AUROC")
-    ordered = [m for m in names if m in legend]
-    fig.legend([legend[m] for m in ordered], ordered, loc="outside right center", frameon=False)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 __all__ = [

@@ -28,6 +28,7 @@ from metakd.evaluate.registry import REGISTRY
 from metakd.evaluate.report import method_means, plot_auroc_vs_shots, summarise, summary_markdown
 from metakd.evaluate.splits import Split, draw_split, split_counts, split_seed
 from metakd.evaluate.tasks import evaluation_tasks, load_tasks, teacher_collection_spec
+from metakd.extras import require_installed
 from metakd.persist import TeacherBundle
 from metakd.threads import torch_threads
 from metakd.tracking import Run, progress_bar
@@ -95,10 +96,19 @@ def run_evaluation(
         )
 
 
+def check_extras(config: EvaluateConfig) -> None:
+    """Raise :class:`~metakd.extras.MissingExtra` before any work when the evaluation needs an
+    optional package that is not installed: matplotlib (``auroc_vs_shots.png``) and those of
+    the selected methods (PyOD for its baselines); the message names the install command."""
+    needs = [m for name in config.resolved_methods() for m in REGISTRY.get(name).needs]
+    require_installed(["matplotlib", *needs], "metakd evaluate")
+
+
 def _run_evaluation(
     config: EvaluateConfig, *, teacher_path: Path, out_dir: Path, progress: bool
 ) -> EvaluationResult:
     start = time.perf_counter()
+    check_extras(config)
     bundle = TeacherBundle.load(teacher_path)
     methods = [REGISTRY.get(name) for name in config.resolved_methods()]
     collection = load_tasks(
@@ -183,7 +193,7 @@ def _run_evaluation(
                 summary, config=config, teacher_path=teacher_path, tasks=tasks, skipped=skipped
             ),
         )
-        plot_auroc_vs_shots(summary, files["plot"])
+        plot_auroc_vs_shots(summary, files["plot"], results=results)
         run.summary(
             {
                 f"auroc/{r.method}/K{r.shots}-A{r.anomaly_shots}": r.auroc
@@ -299,4 +309,4 @@ def _evaluate_split(
     return records
 
 
-__all__ = ["RESULT_COLUMNS", "EvaluationResult", "run_evaluation"]
+__all__ = ["RESULT_COLUMNS", "EvaluationResult", "check_extras", "run_evaluation"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from metakd.errors import ConfigError
+from metakd.errors import ConfigError, check_number, check_seed
 
 
 @dataclass
@@ -52,8 +52,7 @@ class BaselineConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")
         for key in ("logreg_c", "devnet_lr", "devnet_margin"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"baselines.{key} must be positive, got {getattr(self, key)!r}")
+            check_number(f"baselines.{key}", getattr(self, key), low=0, low_open=True)
 
 
 @dataclass
@@ -81,8 +80,8 @@ class PretrainConfig:
             raise ConfigError(
                 f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}"
             )
-        if not self.lr > 0:
-            raise ConfigError(f"pretrain.lr must be positive, got {self.lr!r}")
+        check_number("pretrain.lr", self.lr, low=0, low_open=True)
+        check_seed("pretrain.seed", self.seed)
 
 
 __all__ = ["BaselineConfig", "PretrainConfig"]

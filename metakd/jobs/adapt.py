@@ -266,12 +266,20 @@ def adapt_domain(
 ) -> tuple[AdaptConfig, dict[str, Any]]:
     """``metakd adapt --support``: load the config (``--config``, ``--set``), then
     :func:`run_adapt` in a staged run folder that becomes ``out_dir`` when it finished.
+    ``out_dir`` may neither be nor hold one of the inputs (the teacher, the files, the config).
 
     Returns:
         The config and the report written to ``out_dir/report.json``.
     """
     config = configio.load(AdaptConfig, config_path, overrides)
-    with staged_run_dir(out_dir, command="adapt", overwrite=overwrite) as stage:
+    inputs = [
+        ("--teacher", teacher_path),
+        ("--support", support_path),
+        ("--unlabeled", unlabeled_path),
+        ("--eval", eval_path),
+        ("--config", config_path),
+    ]
+    with staged_run_dir(out_dir, command="adapt", overwrite=overwrite, inputs=inputs) as stage:
         report = run_adapt(
             config,
             teacher_path=teacher_path,

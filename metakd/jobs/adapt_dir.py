@@ -1,9 +1,19 @@
 """``metakd adapt --support-dir``: adapt and distil every domain of a folder, one model folder
-each, and ``summary.csv``."""
+each, and ``summary.csv``.
+
+A domain is named by its support file's name without the suffix (``plant_a.csv``: ``plant_a``),
+and its model folder is ``OUT/<name>``. A name that cannot safely name a folder there is an
+error naming the file, before any work (:func:`check_domain_name`): one that is empty, starts
+with ``.`` (``.``, ``..``: the file ``...csv``), holds a path separator or a control character,
+or is one of the names the run folder itself uses (``summary.csv``, ``run.json``, ``wandb``, in
+any case). Every model folder is checked to lie inside the run folder before it is written.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +26,21 @@ from metakd.detect import AdaptConfig, FewShotDetector, fit_many
 from metakd.errors import DataError, MetakdError
 from metakd.jobs.adapt import Domain, read_domain, save_domain
 from metakd.persist import TeacherBundle
-from metakd.rundir import staged_run_dir
+from metakd.rundir import folder_inputs, staged_run_dir
 from metakd.tracking import Run, progress_bar
 
-__all__ = ["SUMMARY_COLUMNS", "adapt_folder", "domain_files", "run_adapt_dir"]
+__all__ = [
+    "RESERVED_NAMES",
+    "SUMMARY_COLUMNS",
+    "adapt_folder",
+    "check_domain_name",
+    "domain_files",
+    "run_adapt_dir",
+]
 
+
+#: Names of the run folder's own files and folders, which no domain may take.
+RESERVED_NAMES = ("summary.csv", "run.json", "wandb")
 
 #: The columns of ``summary.csv`` written by :func:`run_adapt_dir`.
 SUMMARY_COLUMNS = [
@@ -35,11 +55,44 @@ SUMMARY_COLUMNS = [
 ]
 
 
+def check_domain_name(name: str, path: Path, what: str) -> None:
+    """Refuse a domain name (``path``'s name without suffix) that cannot name a model folder
+    inside the run folder (see the module docstring).
+
+    Raises:
+        DataError: naming the file (quoted where its name holds control characters).
+    """
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif name.startswith("."):
+        problem = "starts with '.'"
+    elif any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        problem = "holds a path separator"
+    elif any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name):
+        problem = "holds a control character"
+    elif name.casefold() in RESERVED_NAMES:
+        problem = f"is a name the run folder uses ({', '.join(RESERVED_NAMES)})"
+    if problem is not None:
+        shown = str(path) if str(path).isprintable() else ascii(str(path))
+        raise DataError(
+            shown,
+            f"{what}: the domain name {ascii(name)} (the file name without its suffix) {problem}, "
+            "so it cannot name the domain's model folder; rename the file",
+        )
+
+
 def domain_files(
     support_dir: Path, unlabeled_dir: Path | None, eval_dir: Path | None
 ) -> list[tuple[str, Path, Path | None, Path | None]]:
     """``(domain, support, unlabeled, eval)`` per task file of ``support_dir`` (sorted by name),
-    matched by file name without suffix to the files of the other folders."""
+    matched by file name without suffix to the files of the other folders.
+
+    Raises:
+        DataError: a folder is missing or has no task files, two files name one domain, a
+            file of the other folders has no support file, or a name is not a safe folder name
+            (:func:`check_domain_name`).
+    """
 
     def files(folder: Path, what: str) -> dict[str, Path]:
         if not folder.is_dir():
@@ -47,6 +100,7 @@ def domain_files(
         found: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+                check_domain_name(path.stem, path, what)
                 if path.stem in found:
                     raise DataError(
                         str(folder),
@@ -129,7 +183,11 @@ def run_adapt_dir(
                 continue
             try:
                 report, _ = save_domain(
-                    result, domain, config, teacher_path=teacher_path, out_dir=out_dir / name
+                    result,
+                    domain,
+                    config,
+                    teacher_path=teacher_path,
+                    out_dir=_inside(out_dir, name),
                 )
             except MetakdError as err:
                 rows.append(_summary_row(name, domain, None, error=err))
@@ -141,6 +199,17 @@ def run_adapt_dir(
         ok = int((frame["status"] == "ok").sum())
         run.summary({"domains": len(frame), "domains_ok": ok, "domains_failed": len(frame) - ok})
     return rows
+
+
+def _inside(out_dir: Path, name: str) -> Path:
+    """The model folder ``out_dir/name``, checked to lie directly inside ``out_dir`` (resolved:
+    symlinks, ``..``)."""
+    folder = out_dir / name
+    if Path(os.path.realpath(folder)).parent != Path(os.path.realpath(out_dir)):
+        raise MetakdError(
+            f"domain {ascii(name)}: its model folder {folder} is not inside {out_dir}"
+        )
+    return folder
 
 
 def _summary_row(
@@ -186,7 +255,16 @@ def adapt_folder(
         The summary rows (:data:`SUMMARY_COLUMNS`), one per domain, in name order.
     """
     config = configio.load(AdaptConfig, config_path, overrides)
-    with staged_run_dir(out_dir, command="adapt", overwrite=overwrite) as stage:
+    # Checked (names, matching) before any work; the folders and every file in them are inputs.
+    domain_files(support_dir, unlabeled_dir, eval_dir)
+    inputs = [
+        ("--teacher", teacher_path),
+        ("--config", config_path),
+        *folder_inputs("--support-dir", support_dir),
+        *folder_inputs("--unlabeled-dir", unlabeled_dir),
+        *folder_inputs("--eval-dir", eval_dir),
+    ]
+    with staged_run_dir(out_dir, command="adapt", overwrite=overwrite, inputs=inputs) as stage:
         rows = run_adapt_dir(
             config,
             teacher_path=teacher_path,

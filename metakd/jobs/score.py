@@ -2,7 +2,10 @@
 
 Rows are read and scored in chunks (:func:`~metakd.data.readers.read_row_chunks`), so memory
 stays bounded whatever the size of a csv or parquet input; a model meta-trained on windows of a
-time series scores the windows of the whole series instead.
+time series scores the windows of the whole series instead. The model is a detector checkpoint
+(``teacher.pt``, ``student.pt``) or an ONNX export (``student.onnx``, run by ONNX Runtime, its
+columns, threshold and windows read from its metadata); a TorchScript archive is refused: it is a
+program, and loading a model never runs a file's code.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import dataclasses
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -25,9 +28,20 @@ from metakd.configio import load
 from metakd.data.readers import ReadOptions, read_row_chunks, read_task
 from metakd.data.windows import WindowConfig, window_starts, window_task
 from metakd.detect import ScoreConfig, score_rows
-from metakd.errors import MetakdError
+from metakd.detect.config import SCORE_BLOCK_ROWS
+from metakd.detect.validation import as_rows
+from metakd.errors import InputError, MetakdError
 from metakd.models.deploy import DeployedScorer
-from metakd.persist import load_detector_window, load_input_schema, load_scorer, windowing
+from metakd.persist import (
+    InputSchema,
+    OnnxScorer,
+    is_torchscript_archive,
+    load_detector_window,
+    load_input_schema,
+    load_onnx_scorer,
+    load_scorer,
+    windowing,
+)
 
 __all__ = ["ScoreJob", "check_score_output", "open_score", "save_scores", "stream_scores"]
 
@@ -39,7 +53,8 @@ Block = tuple[np.ndarray, list[list[str]] | None]
 class ScoreJob:
     """A scoring run, ready to write: the model, the output header and the input in blocks."""
 
-    scorer: DeployedScorer
+    scorer: DeployedScorer | OnnxScorer
+    """A detector checkpoint's scorer, or an ONNX export's."""
     header: list[str]
     blocks: Iterator[Block]
     """Read lazily: a bad chunk stops the output where it is."""
@@ -60,7 +75,7 @@ class ScoreJob:
         rows = csv.writer(text, lineterminator="\n")
         rows.writerow(self.header)
         for X, lead in self.blocks:
-            scores, flags = score_rows(self.scorer, X)
+            scores, flags = _score_block(self.scorer, X)
             cells = [[f"{s:.9g}", str(int(f))] for s, f in zip(scores, flags, strict=True)]
             if lead is not None:
                 cells = [[*a, *c] for a, c in zip(lead, cells, strict=True)]
@@ -91,12 +106,17 @@ def open_score(
     config = load(ScoreConfig, config_path, overrides)
     id_column = config.id_column
     if out_path is not None:
-        check_score_output(out_path, inputs=[model_path, data_path], overwrite=overwrite)
-    scorer = load_scorer(model_path).to(resolve_device(config.device))
-    options = load_input_schema(model_path).read_options(
+        inputs: list[tuple[str, Path | str | None]] = [
+            ("--model", model_path),
+            ("--data", data_path),
+            ("--config", config_path),
+        ]
+        check_score_output(out_path, inputs=inputs, overwrite=overwrite)
+    scorer, schema, record = _open_model(model_path, config.device)
+    options = schema.read_options(
         label_column=config.label_column, ignore_columns=config.ignore_columns
     )
-    window, options = _score_window(model_path, data_path, options)
+    window, options = _score_window(record, data_path, options)
     if window is None:
         chunks = read_row_chunks(data_path, options, rows=chunk_rows, id_column=id_column)
         blocks = ((c.X, None if c.ids is None else [[i] for i in c.ids]) for c in chunks)
@@ -143,13 +163,58 @@ def save_scores(job: ScoreJob, out_path: Path) -> None:
     atomic_write_bytes(out_path, job.write_csv)
 
 
+def _open_model(
+    path: Path, device: str
+) -> tuple[DeployedScorer | OnnxScorer, InputSchema, dict[str, Any] | None]:
+    """The scorer of ``path``, the columns it reads and its window record: a detector checkpoint
+    moved to ``device``, or an ONNX export with its contract (run on the CPU)."""
+    if path.suffix.lower() == ".onnx":
+        if device != "auto" and resolve_device(device) != "cpu":
+            raise MetakdError(
+                f"device {device!r}: an ONNX model is scored on the CPU (ONNX Runtime's CPU "
+                "provider); score the detector's student.pt to use another device"
+            )
+        onnx_scorer = load_onnx_scorer(path)
+        return onnx_scorer, onnx_scorer.input_schema, onnx_scorer.contract["window"]
+    if is_torchscript_archive(path):
+        raise MetakdError(
+            f"{path} is a TorchScript archive, a program: metakd score never runs a file's code; "
+            "score student.pt beside it (the same student, loaded as data) or student.onnx"
+        )
+    scorer = load_scorer(path).to(resolve_device(device))
+    return scorer, load_input_schema(path), load_detector_window(path)
+
+
+def _score_block(
+    scorer: DeployedScorer | OnnxScorer, X: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [N], is_anomaly [N])`` of a block of rows, alike for both kinds of model: rows
+    checked, scored in row blocks, a NaN or infinite score an error."""
+    if isinstance(scorer, DeployedScorer):
+        return score_rows(scorer, X)
+    x = as_rows("data", X).numpy()
+    if x.shape[1] != scorer.input_dim:
+        raise InputError(
+            f"the data has {x.shape[1]} features but the model takes {scorer.input_dim}"
+        )
+    scores = np.concatenate(
+        [scorer(x[a : a + SCORE_BLOCK_ROWS]) for a in range(0, len(x), SCORE_BLOCK_ROWS)]
+    )
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise MetakdError(
+            f"{int(bad.sum())} rows score NaN or infinite (first: row {int(np.argmax(bad))}); "
+            "their values are beyond what the model's scaling handles"
+        )
+    return scores, (scores > scorer.threshold).astype(np.int64)
+
+
 def _score_window(
-    model_path: Path, data_path: Path, options: ReadOptions
+    record: dict[str, Any] | None, data_path: Path, options: ReadOptions
 ) -> tuple[WindowConfig | None, ReadOptions]:
-    """The windows ``score`` applies (the model's, when the data has its raw series' width) and
-    the options to read the data with: rows already windowed are taken as they are, in order
-    (the stored columns are the raw series')."""
-    record = load_detector_window(model_path)
+    """The windows ``score`` applies (the model's, ``record``, when the data has its raw series'
+    width) and the options to read the data with: rows already windowed are taken as they are,
+    in order (the stored columns are the raw series')."""
     if record is None:
         return None, options
     loose = dataclasses.replace(options, columns=None)
@@ -158,15 +223,37 @@ def _score_window(
     return window, (options if window is not None else loose)
 
 
-def check_score_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse an output path that is one of the inputs or holds a model (never overwritten), or
-    any other existing file unless ``overwrite``."""
-    for path in inputs:
-        if out.exists() and path.exists() and out.resolve() == path.resolve():
-            raise MetakdError(f"--out {out} is also an input of this command; choose another file")
-    if out.is_file() and out.suffix in (".pt", ".pth", ".onnx"):
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: resolved alike (symlinks, ``..``), or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+#: Suffixes of model files, which ``score --out`` never overwrites (any case).
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx")
+
+
+def check_score_output(
+    out: Path, *, inputs: Sequence[Path | tuple[str, Path | str | None]], overwrite: bool
+) -> None:
+    """Refuse an output path that is one of the inputs (``(flag, path)``, or bare paths) or
+    holds a model (never overwritten), or any other existing file unless ``overwrite``."""
+    for item in inputs:
+        flag, path = item if isinstance(item, tuple) else ("", item)
+        if path is None or str(path) == "":
+            continue
+        if _same_file(out, Path(path)):
+            named = f" ({flag} {path})" if flag else ""
+            raise MetakdError(
+                f"--out {out} is also an input of this command{named}; choose another file"
+            )
+    if out.is_file() and out.suffix.lower() in MODEL_SUFFIXES:
         raise MetakdError(f"--out {out} is a model file; metakd score never overwrites models")
-    if out.exists() and not out.is_file():
+    if (out.exists() or out.is_symlink()) and not out.is_file():
         raise MetakdError(f"--out {out} exists and is not a file; choose another path")
     if out.exists() and not overwrite:
         raise MetakdError(f"--out {out} exists; pass --overwrite to replace it")

@@ -9,7 +9,7 @@ from pathlib import Path
 from metakd.config import TrainConfig
 from metakd.data.collection import TaskCollection
 from metakd.episodes import EpisodeConfig
-from metakd.errors import MetakdError
+from metakd.errors import ConfigError, MetakdError
 
 
 @dataclass
@@ -20,6 +20,11 @@ class Catalogue:
     """``(name, kind, description)`` per collection; kind is ``built-in`` or ``manifest``."""
     teachers: dict[str, str]
     """Teacher kind -> when to use it; the first is the default."""
+    learners: dict[str, str]
+    """``meta.algorithm`` -> the first paragraph of its class's docstring (``maml`` first: the
+    default)."""
+    optimizers: tuple[str, ...]
+    """``inner.optimizer`` choices, the default first."""
 
 
 @dataclass
@@ -40,28 +45,39 @@ def catalogue() -> Catalogue:
     """The built-in collections, the manifests in tasks/ and the teacher kinds."""
     from metakd.data.builtin import BUILTIN_COLLECTIONS
     from metakd.data.collection import list_collections
+    from metakd.meta.learners import LEARNERS, MetaConfig
+    from metakd.meta.optim import INNER_OPTIMIZERS
     from metakd.models.teachers import teacher_kinds
 
     collections = [
         (name, "built-in" if name in BUILTIN_COLLECTIONS else "manifest", description)
         for name, description in list_collections()
     ]
-    return Catalogue(collections=collections, teachers=dict(teacher_kinds()))
+    default = MetaConfig().algorithm
+    learners = {
+        name: " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+        for name, cls in sorted(LEARNERS.items(), key=lambda item: (item[0] != default, item[0]))
+    }
+    return Catalogue(
+        collections=collections,
+        teachers=dict(teacher_kinds()),
+        learners=learners,
+        optimizers=INNER_OPTIMIZERS,
+    )
 
 
 def as_train_config(spec: str) -> TrainConfig | None:
     """The meta-train config ``spec`` names, if it is one (a YAML file with a ``tasks`` key and
     none of a manifest's ``files``), else ``None``."""
-    import yaml
-
     from metakd.config import load_train_config
+    from metakd.configio import read_yaml
 
     path = Path(spec)
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = read_yaml(path)
+    except ConfigError:
         return None  # the manifest reader reports it
     if not isinstance(data, dict) or "tasks" not in data or "files" in data:
         return None

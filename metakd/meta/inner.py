@@ -14,6 +14,13 @@ order, so second-order MAML (Finn et al. 2017, Eq. 1) is exact.
 With ``checkpoint=True`` each inner step's gradient is recomputed in the backward pass instead
 of its activations being stored (:class:`Recompute`): the meta-graph then holds only each step's
 low-rank factors.
+
+An optimiser with state (SGD with momentum, Adam: :mod:`metakd.meta.optim`) or a proximal term
+``λ/2 ‖φ - θ‖²`` (iMAML) takes the dense path: each adapted layer's gradient ``Gᵀ H`` is formed
+per task, the optimiser's direction is computed from it and its state, and the layer's weight
+becomes a dense per-task tensor (as with Meta-SGD's per-element rates). The state is created at
+the first step and never leaves the call. Plain SGD without a proximal term keeps the low-rank
+path above, operation for operation.
 """
 
 from __future__ import annotations
@@ -24,8 +31,15 @@ import torch
 from torch import Tensor
 
 from metakd.meta.losses import LossFn
+from metakd.meta.optim import SGD, InnerOptimizer, OptimizerState, direction
 from metakd.meta.recompute import InnerGradient, checkpointed_step
-from metakd.meta.step import PoolTerm, inner_gradient, reference_and_fit_scores, task_reference
+from metakd.meta.step import (
+    PoolTerm,
+    inner_gradient,
+    inner_objective,
+    reference_and_fit_scores,
+    task_reference,
+)
 from metakd.models.stack import StackParams, append_factor, make_prefix, stack_forward
 from metakd.models.teachers import Reference, Teacher
 
@@ -47,8 +61,10 @@ def adapt(
     pool_x: Tensor | None = None,
     pool: PoolTerm | None = None,
     checkpoint: bool = False,
+    optimizer: InnerOptimizer = SGD,
+    proximal: float = 0.0,
 ) -> tuple[StackParams, Tensor]:
-    """Adapt one task's parameters with ``steps`` SGD steps on its support loss.
+    """Adapt one task's parameters with ``steps`` optimiser steps on its support loss.
 
     The input parameters are never modified; a new :class:`StackParams` is returned.
 
@@ -69,6 +85,12 @@ def adapt(
         checkpoint: recompute each step's activations in the backward pass rather than keep
             them (the same meta-gradient; see ``InnerConfig.checkpoint``). Applies only where a
             meta-gradient flows through the steps: second order, with gradients enabled.
+        optimizer: the inner optimiser (``inner.optimizer``); its state is created here, per
+            task. Default: plain SGD (the low-rank path).
+        proximal: ``λ`` of the term ``λ/2 ‖φ - params‖²`` added to the support objective over
+            the adapted layers (iMAML's anchor to the initialisation); 0: none. Its gradient
+            ``λ (φ - params)`` is added to the loss gradient; the loss returned is the support
+            loss alone (the term is 0 before the first step).
 
     Returns:
         ``(adapted params, support loss before the first step)``.
@@ -76,11 +98,7 @@ def adapt(
     n_layers = len(params.weights)
     adapted = tuple(range(n_layers)) if layers is None else tuple(sorted(layers))
     weights, biases, factors = list(params.weights), list(params.biases), list(params.factors)
-    use_pool = pool is not None and pool.weight > 0 and pool_x is not None
-    rows = support_x
-    if pool_x is not None and (use_pool or teacher.uses_pool):
-        # A head with pool neighbours scores the support against the pool: its rows ride along.
-        rows = torch.cat([support_x, pool_x], dim=-2)
+    rows, inner_pool = _inner_rows(support_x, pool_x, teacher, pool)
     initial_loss = support_x.new_zeros(())
     if steps == 0 or not adapted:
         return params, initial_loss
@@ -90,11 +108,13 @@ def adapt(
     # the rows with it is computed once (the Prefix) rather than once per step.
     first = adapted[0]
     prefix = None
-    if isinstance(lr, float):
+    # An optimiser state or a proximal term needs each layer's dense gradient (see the module).
+    dense = optimizer.name != "sgd" or proximal > 0
+    states: dict[tuple[int, str], OptimizerState] = {}
+    if isinstance(lr, float) and not dense:
         prefix = make_prefix(params, rows, activation=teacher.activation, layer=first)
         factors[first] = ()  # folded into prefix.product; the merged factor goes here
     merged: Tensor | None = None
-    inner_pool = pool if use_pool else None
     # First-order steps are constants of the meta-graph, and without autograd there is none.
     recompute = checkpoint and not first_order and torch.is_grad_enabled()
     step_module = InnerGradient(teacher, loss, inner_pool, adapted) if recompute else None
@@ -120,6 +140,33 @@ def adapt(
             h = prefix.inputs if prefix is not None and layer == first else inputs[layer]
             if first_order:
                 g, h = g.detach(), h.detach()
+            if dense:
+                rate_w, rate_b = _rates(lr, layer)
+                weights[layer], states[layer, "weight"] = _dense_update(
+                    weights[layer],
+                    params.weights[layer],
+                    g.transpose(-1, -2) @ h,
+                    states.get((layer, "weight"), ()),
+                    rate_w,
+                    step + 1,
+                    optimizer=optimizer,
+                    proximal=proximal,
+                    first_order=first_order,
+                )
+                bias, anchor = biases[layer], params.biases[layer]
+                if bias is not None and anchor is not None:
+                    biases[layer], states[layer, "bias"] = _dense_update(
+                        bias,
+                        anchor,
+                        g.sum(-2),
+                        states.get((layer, "bias"), ()),
+                        rate_b,
+                        step + 1,
+                        optimizer=optimizer,
+                        proximal=proximal,
+                        first_order=first_order,
+                    )
+                continue
             bias_rate: float | Tensor
             if isinstance(lr, float):
                 if layer == first:
@@ -138,6 +185,66 @@ def adapt(
     if prefix is not None:
         factors[first] = (*params.factors[first], *factors[first])
     return StackParams(tuple(weights), tuple(biases), tuple(factors)), initial_loss
+
+
+def _inner_rows(
+    support_x: Tensor, pool_x: Tensor | None, teacher: Teacher, pool: PoolTerm | None
+) -> tuple[Tensor, PoolTerm | None]:
+    """The rows the inner objective runs on, and its pool term (``None`` when off or poolless)."""
+    use_pool = pool is not None and pool.weight > 0 and pool_x is not None
+    rows = support_x
+    if pool_x is not None and (use_pool or teacher.uses_pool):
+        # A head with pool neighbours scores the support against the pool: its rows ride along.
+        rows = torch.cat([support_x, pool_x], dim=-2)
+    return rows, pool if use_pool else None
+
+
+def support_objective(
+    params: StackParams,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    teacher: Teacher,
+    loss: LossFn,
+    pool_x: Tensor | None = None,
+    pool: PoolTerm | None = None,
+) -> Tensor:
+    """The support objective :func:`adapt` descends, at ``params`` (arguments as there): the
+    support loss plus the transductive pool term, without the proximal term. A function of the
+    parameters' tensors that ``torch.func`` differentiates to any order (iMAML's Hessian)."""
+    rows, inner_pool = _inner_rows(support_x, pool_x, teacher, pool)
+    value, _ = inner_objective({}, params, rows, support_y, teacher, loss, inner_pool, None)
+    return value
+
+
+def _rates(lr: float | LayerRates, layer: int) -> tuple[float | Tensor, float | Tensor]:
+    """A layer's ``(weight rate, bias rate)``: the scalar, or Meta-SGD's learned ones."""
+    if isinstance(lr, float):
+        return lr, lr
+    w_rate, b_rate = lr[layer]
+    return w_rate, b_rate if b_rate is not None else w_rate
+
+
+def _dense_update(
+    current: Tensor,
+    anchor: Tensor,
+    grad: Tensor,
+    state: OptimizerState,
+    rate: float | Tensor,
+    step: int,
+    *,
+    optimizer: InnerOptimizer,
+    proximal: float,
+    first_order: bool,
+) -> tuple[Tensor, OptimizerState]:
+    """One optimiser step of one dense tensor on the dense path: the support loss's gradient
+    ``grad`` plus ``λ (current - anchor)`` into the optimiser's direction, times the scalar or
+    learned rate. Returns the new tensor and its optimiser state."""
+    if proximal > 0:
+        shift = current - anchor
+        grad = grad + proximal * (shift.detach() if first_order else shift)
+    d, state = direction(optimizer, state, grad, step)
+    return current - rate * d, state
 
 
 def task_scores(
@@ -206,4 +313,11 @@ def reference_scores(
     return reference, scores[..., :n], (None if pool_x is None else scores[..., n:])
 
 
-__all__ = ["LayerRates", "PoolTerm", "adapt", "reference_scores", "task_scores"]
+__all__ = [
+    "LayerRates",
+    "PoolTerm",
+    "adapt",
+    "reference_scores",
+    "support_objective",
+    "task_scores",
+]

@@ -129,18 +129,24 @@ class ShrunkGaussian:
         return sq.clamp_min(0.0).sqrt()
 
     @staticmethod
-    def leave_one_out(x: Tensor, n_features: Tensor) -> Tensor:
-        """``[..., n]``: each row's distance to the Gaussian of the other ``n − 1`` rows (for
+    def leave_one_out(x: Tensor, n_features: Tensor, *, rows: int | None = None) -> Tensor:
+        """``[..., r]``: each row's distance to the Gaussian of the other ``n − 1`` rows (for
         rows that are themselves in the fit, as kNN scores them); ``inf`` with fewer than 3
-        rows."""
+        rows. ``rows``: only that many rows, evenly spaced over ``x`` (each costs an ``O(n³)``
+        fit; ``None``: every row, ``r = n``)."""
         n = x.shape[-2]
+        picked = torch.arange(n, device=x.device)
+        if rows is not None and rows < n:
+            picked = torch.linspace(0, n - 1, rows, device=x.device).round().long()
         if n < 3:
-            return torch.full(x.shape[:-1], float("inf"), dtype=x.dtype, device=x.device)
-        keep = ~torch.eye(n, dtype=torch.bool, device=x.device)
-        others = x.unsqueeze(-3).expand(*x.shape[:-2], n, n, x.shape[-1])
-        others = others[..., keep, :].reshape(*x.shape[:-2], n, n - 1, x.shape[-1])
+            return torch.full(
+                (*x.shape[:-2], len(picked)), float("inf"), dtype=x.dtype, device=x.device
+            )
+        keep = ~torch.eye(n, dtype=torch.bool, device=x.device)[picked]  # [r, n]
+        others = x.unsqueeze(-3).expand(*x.shape[:-2], len(picked), n, x.shape[-1])
+        others = others[..., keep, :].reshape(*x.shape[:-2], len(picked), n - 1, x.shape[-1])
         fitted = ShrunkGaussian(others, n_features.unsqueeze(-1))
-        return fitted.distance(x.unsqueeze(-2)).squeeze(-1)
+        return fitted.distance(x[..., picked, :].unsqueeze(-2)).squeeze(-1)
 
 
 def typical_scale(mean_distances: Tensor, fallback: Tensor) -> Tensor:

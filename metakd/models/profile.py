@@ -69,6 +69,9 @@ EVIDENCES = (
 )
 #: The evidences of profiles saved before ``profile.evidences`` existed.
 LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
+#: Rows whose leave-one-out Gaussian distance is measured for its typical value (a median):
+#: each costs a fit on the other rows, so a large support is sampled (evenly over its rows).
+_LOO_ROWS = 32
 #: Evidences given as one value per row (the others as ``k`` sorted distances).
 _SCALAR = ("gaussian_support", "anomalies")
 
@@ -84,6 +87,10 @@ class ProfileConfig:
     costs at most ``max_pool + K`` distances per row whatever the pool size. ``metakd adapt``
     bounds the stored reference of every teacher that keeps one (``knn``, ``svdd``) the same
     way; every pool row is still scored and distilled on."""
+    max_gaussian: int = 256
+    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on (a seeded
+    subsample above it): its fit costs ``O(n³)``, so adapt's time and memory stay bounded
+    whatever the support size."""
     clip: float = 10.0
     """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
     evidences: list[str] = field(default_factory=lambda: list(EVIDENCES))
@@ -95,6 +102,8 @@ class ProfileConfig:
             raise ConfigError(f"profile.neighbours must be >= 1, got {self.neighbours!r}")
         if isinstance(self.max_pool, bool) or self.max_pool < 1:
             raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
+        if isinstance(self.max_gaussian, bool) or self.max_gaussian < 3:
+            raise ConfigError(f"profile.max_gaussian must be >= 3, got {self.max_gaussian!r}")
         if not self.clip > 0:
             raise ConfigError(f"profile.clip must be positive, got {self.clip!r}")
         unknown = [e for e in self.evidences if e not in EVIDENCES]
@@ -300,7 +309,10 @@ class NeighbourProfile(nn.Module):
                 )
             elif evidence == "gaussian_support":
                 if n >= 2:
-                    gaussian = ShrunkGaussian(sa, d)
+                    # A bounded subsample: its n × n Gram (Woodbury) and the leave-one-out fits
+                    # cost O(n³) each, so a large support must not enter them whole.
+                    fitted_rows = _bounded_rows(sa, config.max_gaussian, seed)
+                    gaussian = ShrunkGaussian(fitted_rows, d)
                     buffers |= {
                         "g_mean": gaussian.mean,
                         "g_u": gaussian.u,
@@ -308,7 +320,7 @@ class NeighbourProfile(nn.Module):
                         "g_a": gaussian.a,
                         "g_isotropic": gaussian.isotropic.to(torch.float64),
                     }
-                    loo = ShrunkGaussian.leave_one_out(sa, d)
+                    loo = ShrunkGaussian.leave_one_out(fitted_rows, d, rows=_LOO_ROWS)
                     scales.append(typical_scale(loo, gaussian.distance(sampled).median(-1).values))
                 else:  # no Gaussian of one row: the evidence is neutral (log 1)
                     scales.append(torch.ones_like(sigma_sa))

@@ -55,7 +55,8 @@ class TrainResult:
     best_iteration: int
     best_val_auroc: float | None
     test_auroc: dict[str, float]
-    """Mean held-out few-shot AUROC per method (``metakd``, ``random_init``, ``knn_support``)."""
+    """Mean held-out few-shot AUROC per method (``metakd``, ``untrained``, ``knn_support``,
+    ``knn_pool``; see :func:`~metakd.train.references.held_out_report`)."""
     test_tasks: list[str]
     seconds: float
 

@@ -11,6 +11,18 @@ from metakd.episodes import EpisodeBatch
 from metakd.meta.learners import MetaLearner, MetaStats
 from metakd.meta.losses import auroc
 
+#: Old keys of :func:`held_out_report` -> their current names, for results written before the
+#: rename (``test_auroc/random_init`` in a ``metrics.jsonl`` summary, ``train_test_auroc`` of a
+#: benchmark's ``run.json``): the row was never a random network for the ``profile`` teacher,
+#: whose initialisation is the kNN hedge.
+LEGACY_REPORT_KEYS = {"random_init": "untrained"}
+
+
+def report_key(key: str) -> str:
+    """The current name of a :func:`held_out_report` key (old names map to new ones)."""
+    return LEGACY_REPORT_KEYS.get(key, key)
+
+
 #: The per-iteration metrics of a meta-step (averaged over ranks in a distributed run).
 STEP_METRICS = ("outer_loss", "support_loss_before", "support_loss_after", "query_auroc")
 
@@ -53,15 +65,20 @@ def held_out_report(
     learner: MetaLearner, baseline: MetaLearner, batch: EpisodeBatch, *, k: int, width: int
 ) -> dict[str, float]:
     """Mean held-out AUROC of the meta-trained ``learner``, ``baseline`` (the same teacher
-    initialised from another seed, not meta-trained: what meta-training adds) and kNN with the teacher's own ``k`` on the
-    first ``width`` columns (the scaled features), on the same episodes."""
+    kind at its initialisation, from another seed, not meta-trained, adapted the same way: what
+    meta-training adds; for the ``profile`` teacher that initialisation is already the kNN
+    hedge, not a random network) and kNN with the teacher's own ``k`` on the first ``width``
+    columns (the scaled features), on the same episodes.
+
+    Keys: ``metakd``, ``untrained`` (``random_init`` in runs written before it was renamed, see
+    :data:`LEGACY_REPORT_KEYS`), ``knn_support`` and, with a pool, ``knn_pool``."""
 
     def mean(per_task: dict[str, float]) -> float:
         return float(np.mean(list(per_task.values())))
 
     report = {
         "metakd": mean(few_shot_auroc(learner, batch)),
-        "random_init": mean(few_shot_auroc(baseline, batch)),
+        "untrained": mean(few_shot_auroc(baseline, batch)),
         "knn_support": mean(knn_auroc(batch, k=k, width=width, pool=False)),
     }
     if batch.pool_x is not None:
@@ -87,10 +104,12 @@ def mean_inner_lr(learner: MetaLearner) -> float:
 
 
 __all__ = [
+    "LEGACY_REPORT_KEYS",
     "STEP_METRICS",
     "few_shot_auroc",
     "held_out_report",
     "knn_auroc",
     "mean_inner_lr",
+    "report_key",
     "step_metrics",
 ]

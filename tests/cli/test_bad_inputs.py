@@ -129,7 +129,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("support text value", _adapt("--support", "{text}"), "column 'f1' is not numeric"),
     ("support empty value", _adapt("--support", "{nan}"), "nan.csv"),
     ("support no rows", _adapt("--support", "{empty}"), "empty.csv"),
-    ("one normal no pool", _adapt("--support", "{one_normal}"), "at least 2 normal rows"),
+    ("one normal no pool", _adapt("--support", "{one_normal}"), "at least 5 normal rows"),
     ("pool width", _adapt("--support", "{normals}", "--unlabeled", "{wide_pool}"), "features"),
     ("eval without both labels", _adapt("--support", "{normals}", "--eval", "{normals}"), "both"),
     (

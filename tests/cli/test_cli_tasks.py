@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from helpers import REPO
 
 from metakd.cli import main
+from metakd.meta.learners import LEARNERS
+from metakd.meta.optim import INNER_OPTIMIZERS
 from metakd.models.teachers import ModelConfig, teacher_kinds
 
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -54,6 +56,21 @@ def test_tasks_list_and_readme_name_every_teacher_kind_with_its_use() -> None:
         assert use_when, kind
         assert rows[f"{kind} (default)" if kind == "profile" else kind] == [use_when]
         assert f"| `{kind}`" in readme, kind
+
+
+def test_tasks_list_and_readme_name_every_meta_learner_and_inner_optimizer() -> None:
+    builtins = {"maml", "fomaml", "anil", "metasgd", "reptile", "imaml", "pooled"}
+    assert builtins <= set(LEARNERS)
+    result = CliRunner().invoke(main, ["tasks", "list"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.stdout)
+    readme = (REPO / "README.md").read_text()
+    for name in LEARNERS:
+        assert rows[f"{name} (default)" if name == "maml" else name][0], name
+        assert f"| `{name}`" in readme, name
+    for optimizer in INNER_OPTIMIZERS:
+        assert optimizer in result.stdout.split("inner.optimizer")[-1], optimizer
+        assert f"`{optimizer}`" in readme, optimizer
 
 
 def test_tasks_show_directory(npz_dir):

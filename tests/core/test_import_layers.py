@@ -16,6 +16,7 @@ import metakd
 #: Lowest first. Layer of a unit = the index of the row that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("metakd", "errors", "threads"),  # the package face (version), errors, thread counts
+    ("extras", "progress"),  # optional dependencies by extra; progress bars and log lines
     ("configio", "tracking", "distributed", "prefetch", "threshold", "checkpoint"),
     ("data", "resume"),  # reading and shaping tasks; the resume checkpoint
     ("models", "rundir"),  # the networks; run folders

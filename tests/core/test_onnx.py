@@ -85,7 +85,7 @@ def test_without_onnx_save_warns_once_and_writes_the_rest(
     (tmp_path / "model" / "student.onnx").write_bytes(b"an earlier student")
     monkeypatch.setattr(files, "onnx_available", lambda: False)  # where save looks it up
     monkeypatch.setattr(persist, "_warned_onnx_unavailable", False)
-    with pytest.warns(UserWarning, match=r"pip install metakd\[onnx\]"):
+    with pytest.warns(UserWarning, match=r"pip install \"metakd\[onnx\]\""):
         paths = detector.save(tmp_path / "model")
     assert "onnx" not in paths
     assert paths["torchscript"].is_file()

@@ -13,7 +13,7 @@ from helpers import tiny_bundle
 from metakd.data.transforms import AlignmentConfig, ScalingConfig
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.meta.inner import adapt, reference_scores, task_scores
-from metakd.meta.learners import InnerConfig
+from metakd.meta.learners import AdaptationPlan, InnerConfig
 from metakd.meta.losses import inner_loss_fn
 from metakd.models.teachers import ModelConfig, build_teacher, score_logits
 from metakd.persist import TeacherBundle, load_scorer
@@ -126,3 +126,39 @@ def test_knn_teacher_distils_without_a_pool() -> None:
     det = FewShotDetector(_bundle("knn"), config=config).fit(support)
     assert det.student_scorer_ is not None
     assert np.isfinite(det.decision_function(new)).all()
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_adapt_runs_the_teachers_inner_optimizer(optimizer: str) -> None:
+    """``metakd adapt`` adapts with the optimiser (and proximal weight) the teacher was
+    meta-trained with: the detector equals the functional path with that plan."""
+    bundle = _bundle("svdd")
+    inner = dataclasses.replace(bundle.inner, optimizer=optimizer, proximal=0.5)  # type: ignore[arg-type]
+    bundle = dataclasses.replace(bundle, inner=inner)
+    support, _, new = _rows(2)
+    det = FewShotDetector(bundle, config=AdaptConfig(student=False)).fit(
+        support, np.zeros(len(support))
+    )
+    xs, xn, y = torch.from_numpy(support), torch.from_numpy(new), torch.zeros(len(support))
+    plan = AdaptationPlan.of(bundle.teacher, inner)
+    loss = inner_loss_fn("auto", has_anomalies=False, score_is_logit=False)
+    params, _ = adapt(
+        bundle.teacher.stack_params(),
+        xs,
+        y,
+        teacher=bundle.teacher,
+        loss=loss,
+        steps=inner.steps,
+        lr=plan.lr,
+        first_order=True,
+        optimizer=plan.optimizer,
+        proximal=plan.proximal,
+    )
+    with torch.no_grad():
+        expected, _ = task_scores(params, xn, teacher=bundle.teacher, support_x=xs, support_y=y)
+    np.testing.assert_allclose(
+        det.decision_function(new),
+        score_logits(bundle.teacher, expected).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )

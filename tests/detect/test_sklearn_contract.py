@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 import torch
 from helpers import normal_rows, tiny_bundle
 from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from metakd.data.transforms import AlignmentConfig
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.distill import DistillConfig
-from metakd.errors import MetakdError
+from metakd.errors import InputError, MetakdError
 from metakd.persist import TeacherBundle
 
 # Any feature count, projected to the teacher's 8 inputs (scikit-learn's checks vary it).
@@ -58,7 +61,7 @@ def test_clone_of_a_fitted_detector_with_a_bundle_refits_the_same() -> None:
 def test_pyod_attributes_fit_predict_and_proba() -> None:
     X = normal_rows(12, 1)
     det = FewShotDetector(tiny_bundle(4), config=NO_STUDENT)
-    labels = det.fit_predict(X)
+    labels = det.fit_predict(X, np.zeros(12))  # labelled: X is the support, all normal
     assert det.decision_scores_.shape == (12,)
     np.testing.assert_array_equal(labels, det.labels_)
     np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
@@ -181,6 +184,26 @@ EXPECTED_FAILED_CHECKS = {
     "projection 1 of 40 probabilities moved by 7.6e-7 (it passed with the Gaussian one by "
     "chance); test_batch_invariance_within_float32_rounding holds every score to 1e-5",
 }
+# scikit-learn 1.6 (the oldest metakd supports: its Tags API) makes the binary target of a
+# non-multi-class estimator from the first label and that label + 1 (1.7 onwards: the minimum
+# and the minimum + 1), so more checks pass labels 1 and 2 there.
+if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
+    EXPECTED_FAILED_CHECKS |= dict.fromkeys(
+        (
+            "check_dont_overwrite_parameters",
+            "check_estimators_fit_returns_self",
+            "check_readonly_memmap_input",
+            "check_dtype_object",
+            "check_pipeline_consistency",
+            "check_estimators_pickle",
+            "check_f_contiguous_array_estimator",
+            "check_methods_sample_order_invariance",
+            "check_dict_unchanged",
+            "check_fit_check_is_fitted",
+            "check_fit2d_predict1d",
+        ),
+        "scikit-learn < 1.7 passes labels 1 and 2 (y[0] and y[0] + 1), as check_estimators_dtypes",
+    )
 
 
 @parametrize_with_checks(
@@ -213,3 +236,45 @@ def test_batch_invariance_within_float32_rounding() -> None:
         whole = det.decision_function(X)
         parts = np.concatenate([det.decision_function(X[i : i + 5]) for i in range(0, len(X), 5)])
         np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("contamination", [0.05, 0.1, 0.2])
+def test_fit_x_alone_is_pyods_unsupervised_call(contamination: float) -> None:
+    """PyOD parity: ``fit(X)`` takes ``X`` as unlabelled and contaminated: ``labels_`` flags
+    the ``contamination`` share of it (PyOD's KNN flags the same share), and its scores rank
+    the anomalies planted in ``X``."""
+    rng = np.random.default_rng(0)
+    n, planted = 600, int(600 * contamination)
+    X = np.concatenate([rng.normal(size=(n - planted, 6)), rng.uniform(-6, 6, size=(planted, 6))])
+    y = np.r_[np.zeros(n - planted), np.ones(planted)]
+    det = FewShotDetector(tiny_bundle(6), config=NO_STUDENT, contamination=contamination).fit(X)
+    assert det.report_["threshold_method"] == "contamination"
+    assert det.report_["support_rows"] == NO_STUDENT.unlabeled_support
+    assert abs(det.labels_.mean() - contamination) <= 0.01
+    pyod_knn = pytest.importorskip("pyod.models.knn").KNN(contamination=contamination).fit(X)
+    assert abs(det.labels_.mean() - pyod_knn.labels_.mean()) <= 0.01
+    assert roc_auc_score(y, det.decision_scores_) > 0.9
+    np.testing.assert_array_equal(det.labels_, det.decision_scores_ > det.threshold_)
+
+
+def test_duplicated_support_rows_count_once() -> None:
+    X = normal_rows(10, 2)
+    once = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(X, np.zeros(10))
+    twice = FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(
+        np.concatenate([X, X]), np.zeros(20)
+    )
+    assert twice.report_["support_rows"] == 10 and twice.report_["support_duplicates"] == 10
+    assert twice.threshold_ == once.threshold_
+    np.testing.assert_array_equal(twice.decision_scores_, np.tile(once.decision_scores_, 2))
+    with pytest.raises(InputError, match="exact duplicates"):
+        FewShotDetector(tiny_bundle(4), config=NO_STUDENT).fit(
+            np.repeat(X[:1], 20, 0), np.zeros(20)
+        )
+
+
+def test_a_large_support_is_adapted_on_a_bounded_subsample_and_every_row_scored() -> None:
+    X = normal_rows(40, 3)
+    config = dataclasses.replace(NO_STUDENT, max_support=16)
+    det = FewShotDetector(tiny_bundle(4), config=config).fit(X, np.zeros(40))
+    assert det.report_["support_rows"] == 16
+    assert det.decision_scores_.shape == (40,) and np.isfinite(det.decision_scores_).all()

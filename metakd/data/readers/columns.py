@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from metakd.data.readers.options import ReadOptions
+from metakd.data.readers.options import ReadOptions, ignore_hint, label_hint
 from metakd.errors import DataError
 
 
@@ -61,14 +61,14 @@ def split_frame(
             detail = f" (row {row_offset + row}: {series.iloc[row]!r})"
         raise DataError(
             where,
-            f"column '{column}' is not numeric{detail}; list it in read.ignore_columns or set "
-            "read.label_column to it",
+            f"column '{column}' is not numeric{detail}; if it is not a feature, "
+            f"{ignore_hint([column])}; if it holds the labels, {label_hint(column)}",
         )
     if timestamps:
         # A time stamp orders rows; it is not a measurement. Said once per file, never silent.
         warnings.warn(
             f"{where}: column(s) {', '.join(repr(c) for c in timestamps)} hold timestamps and are "
-            "not used as features (list them in read.ignore_columns to silence this)",
+            f"not used as features (to silence this, {ignore_hint(timestamps)})",
             stacklevel=2,
         )
         features = [c for c in features if c not in timestamps]
@@ -96,7 +96,7 @@ def match_columns(found: Sequence[str], expected: Sequence[str], where: str) -> 
         raise DataError(
             where,
             f"column '{unknown[0]}' is not one of the model's features ({_names(expected)}); "
-            "list it in read.ignore_columns (score: --ignore-column) if it is not a feature",
+            f"if it is not a feature, {ignore_hint([unknown[0]])}",
         )
     return list(expected)
 

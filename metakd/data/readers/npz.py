@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,28 @@ def _read_npz(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None, li
         # allow_pickle=False: a task file must never be able to run code on load.
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+    ) as err:
+        # A damaged archive: bad zip structure, corrupt compressed data, an unsupported zip
+        # feature (encryption, compression method) or a truncated member.
         raise DataError(where, f"cannot read .npz archive ({err})") from None
     if "X" not in arrays:
         found = ", ".join(sorted(arrays)) or "none"
         raise DataError(where, f"no array 'X' in the archive (arrays: {found})")
+    for key in ("X", "y", "feature_names"):
+        # A member that is not a .npy array (raw bytes under that name) loads as bytes.
+        if key in arrays and not isinstance(arrays[key], np.ndarray):
+            raise DataError(
+                where,
+                f"'{key}' in the archive is not a NumPy array (its member holds raw "
+                f"{type(arrays[key]).__name__}, not the .npy format)",
+            )
     X = arrays["X"]
     if X.ndim != 2:
         raise DataError(where, f"array 'X' must be 2-D [rows, features], got shape {X.shape}")

@@ -1,7 +1,13 @@
-"""How a task file is turned into features and labels: :class:`ReadOptions`."""
+"""How a task file is turned into features and labels: :class:`ReadOptions`; and what a user
+types to change that, as the readers' messages say it: :class:`ColumnFlags`."""
 
 from __future__ import annotations
 
+import json
+import shlex
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,3 +77,76 @@ class ReadOptions:
                     f"read.label_map['{key}'] must be 0 (normal), 1 (anomaly) or -1 "
                     f"(unlabelled), got {value!r}"
                 )
+
+
+@dataclass(frozen=True)
+class ColumnFlags:
+    """What the running command's user types to leave a column out of the features or to name
+    the label column: the readers' messages say it (:func:`ignore_hint`, :func:`label_hint`).
+
+    The default names the config keys (a manifest's ``read:`` section, the Python API); a
+    command sets its own with :func:`column_flags` for the duration of a run.
+
+    Attributes:
+        ignore_flag: the flag that leaves a column out (``--ignore-column``), if any.
+        id_flag: the flag that carries a column to the output instead (``--id-column``).
+        label_flag: the flag that names the label column (``--label-column``).
+        ignore_key: the config key of the ignored columns.
+        label_key: the config key of the label column.
+        set_flag: the command takes ``--set KEY=VALUE`` for those keys.
+    """
+
+    ignore_flag: str | None = None
+    id_flag: str | None = None
+    label_flag: str | None = None
+    ignore_key: str = "read.ignore_columns"
+    label_key: str = "read.label_column"
+    set_flag: bool = False
+
+    def ignore(self, columns: Sequence[str]) -> str:
+        """How to leave ``columns`` out of the features, e.g. ``pass --ignore-column id``."""
+        if self.ignore_flag is not None:
+            flags = " ".join(f"{self.ignore_flag} {shlex.quote(c)}" for c in columns)
+            notes = [f"config key {self.ignore_key}"]
+            if self.id_flag is not None and len(columns) == 1:
+                carry = f"or {self.id_flag} {shlex.quote(columns[0])} to copy it to the output"
+                notes.insert(0, carry)
+            return f"pass {flags} ({'; '.join(notes)})"
+        what = "it" if len(columns) == 1 else "them"
+        if self.set_flag:
+            value = shlex.quote(f"{self.ignore_key}={json.dumps(list(columns))}")
+            return f"list {what} in {self.ignore_key} (--set {value})"
+        return f"list {what} in {self.ignore_key}"
+
+    def label(self, column: str) -> str:
+        """How to make ``column`` the label column, e.g. ``pass --label-column y``."""
+        if self.label_flag is not None:
+            return f"pass {self.label_flag} {shlex.quote(column)} (config key {self.label_key})"
+        if self.set_flag:
+            return f"set {self.label_key} to it (--set {shlex.quote(f'{self.label_key}={column}')})"
+        return f"set {self.label_key} to it"
+
+
+#: What the readers' messages name outside any command's block: the config keys.
+CONFIG_KEYS = ColumnFlags()
+_COLUMN_FLAGS: ContextVar[ColumnFlags] = ContextVar("metakd_column_flags", default=CONFIG_KEYS)
+
+
+@contextmanager
+def column_flags(flags: ColumnFlags) -> Iterator[None]:
+    """Within the block, the readers' messages name ``flags`` (a command's own)."""
+    token = _COLUMN_FLAGS.set(flags)
+    try:
+        yield
+    finally:
+        _COLUMN_FLAGS.reset(token)
+
+
+def ignore_hint(columns: Sequence[str]) -> str:
+    """How the running command leaves ``columns`` out of the features (:class:`ColumnFlags`)."""
+    return _COLUMN_FLAGS.get().ignore(columns)
+
+
+def label_hint(column: str) -> str:
+    """How the running command makes ``column`` the label column (:class:`ColumnFlags`)."""
+    return _COLUMN_FLAGS.get().label(column)

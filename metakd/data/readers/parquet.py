@@ -1,4 +1,7 @@
-"""``.parquet`` files: one column per feature, label or ignored column; streamed by batches."""
+"""``.parquet`` files: one column per feature, label or ignored column; streamed by batches.
+
+They are read with pyarrow, the ``parquet`` extra (``pip install "metakd[parquet]"``): without
+it, reading one is a one-line error naming that command."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from metakd.data.readers.columns import check_unique
 from metakd.data.readers.options import ReadOptions
 from metakd.data.readers.registry import register_format
 from metakd.errors import DataError
+from metakd.extras import require
 
 
 @register_format(".parquet")
@@ -20,6 +24,7 @@ class Parquet(FrameFormat):
 
     def frame(self, path: Path, where: str, options: ReadOptions) -> pd.DataFrame:
         """The whole file."""
+        require("pyarrow", f"reading {where} (parquet)")
         try:
             frame = pd.read_parquet(path)
         except Exception as err:  # pyarrow raises several unrelated types for corrupt files
@@ -34,6 +39,7 @@ class Parquet(FrameFormat):
     ) -> Iterator[pd.DataFrame]:
         """The file in record batches of at most ``rows`` rows."""
         # Imported here: pyarrow takes a while to import and is needed only for parquet files.
+        require("pyarrow", f"reading {where} (parquet)")
         import pyarrow.parquet as pq
 
         try:

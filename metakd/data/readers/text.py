@@ -13,7 +13,7 @@ import pandas as pd
 
 from metakd.data.readers.base import FrameFormat, chunk_rows, first_line
 from metakd.data.readers.columns import check_unique
-from metakd.data.readers.options import ReadOptions
+from metakd.data.readers.options import ReadOptions, ignore_hint
 from metakd.data.readers.registry import register_format
 from metakd.errors import DataError
 
@@ -75,7 +75,7 @@ def _text_format(
             raise DataError(
                 where,
                 f"column {position} has no name in the header (an index written by pandas?); "
-                "name it and list it in read.ignore_columns if it is not a feature",
+                f"give it a name and, if it is not a feature, {ignore_hint(['NAME'])}",
             )
     check_unique(header, where)
     # The label column is read as text so label_map sees labels exactly as written.

@@ -22,6 +22,7 @@ from metakd.evaluate.baselines.common import (
     scaling_rows,
 )
 from metakd.evaluate.methods import Detector, Method, MethodContext
+from metakd.extras import require
 
 PyODName = Literal["knn", "iforest", "lof", "ecod", "copod"]
 """PyOD's detectors behind the ``<name>-support`` and ``<name>-pool`` baselines."""
@@ -68,7 +69,9 @@ def _pyod_model(
 ) -> Any:
     """The unfitted PyOD detector for ``rows`` fitted rows (PyOD's defaults, see PyODDetector)."""
     # Imported here, not at module level: PyOD's import (numba, sklearn.datasets) takes seconds,
-    # which the CLI would otherwise pay whenever it loads the method registry.
+    # which the CLI would otherwise pay whenever it loads the method registry; and PyOD is an
+    # extra (`pip install "metakd[evaluate]"`).
+    require("pyod", "the PyOD baselines")
     if kind == "knn":
         from pyod.models.knn import KNN
 
@@ -188,12 +191,18 @@ def _method(kind: PyODName, source: Source) -> Method:
             n_estimators=c.baselines.iforest_trees,
         )
 
-    return Method(f"{kind}-{source}", group=source, needs_pool=source == "pool", build=build)
+    return Method(
+        f"{kind}-{source}",
+        group=source,
+        needs_pool=source == "pool",
+        build=build,
+        needs=("pyod",),
+    )
 
 
-#: Every PyOD detector on the support and on the pool. Unconditional: PyOD is a core
-#: dependency, so the default method list never depends on extras; and PyOD is only imported
-#: when one is fitted.
+#: Every PyOD detector on the support and on the pool. Unconditional: the default method list
+#: never depends on what is installed. PyOD is the ``evaluate`` extra, imported only when one is
+#: fitted; an evaluation that selects one checks for it before any work.
 METHODS: tuple[Method, ...] = tuple(
     _method(kind, source) for kind in get_args(PyODName) for source in get_args(Source)
 )

@@ -9,6 +9,7 @@ module in it); ``meta.algorithm`` is checked against the registry, so nothing el
 - ``anil``: :mod:`.anil` (Raghu et al. 2020)
 - ``metasgd``: :mod:`.metasgd` (Li et al. 2017)
 - ``reptile``: :mod:`.reptile` (Nichol et al. 2018)
+- ``imaml``: :mod:`.imaml` (Rajeswaran et al. 2019: implicit gradients, ``meta.imaml``)
 - ``pooled``: :mod:`.pooled` (no inner loop while training: the transfer-learning ablation)
 """
 
@@ -19,11 +20,13 @@ from metakd.meta.learners.anil import ANIL
 from metakd.meta.learners.base import (
     AdaptationPlan,
     Algorithm,
+    IMAMLConfig,
     InnerConfig,
     MetaConfig,
     MetaLearner,
     MetaStats,
 )
+from metakd.meta.learners.imaml import IMAML
 from metakd.meta.learners.maml import FOMAML, MAML
 from metakd.meta.learners.metasgd import MetaSGD
 from metakd.meta.learners.pooled import Pooled
@@ -44,6 +47,8 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "ANIL",
     "FOMAML",
+    "IMAML",
+    "IMAMLConfig",
     "LEARNERS",
     "MAML",
     "AdaptationPlan",

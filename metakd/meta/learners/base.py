@@ -11,7 +11,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -21,6 +21,7 @@ from torch.func import vmap
 from metakd.errors import ConfigError
 from metakd.meta.inner import LayerRates, PoolTerm, adapt, task_scores
 from metakd.meta.losses import InnerLossName, OuterLossName, inner_loss_fn, outer_loss_fn
+from metakd.meta.optim import INNER_OPTIMIZERS, SGD, InnerOptimizer, InnerOptimizerName
 from metakd.models.stack import StackParams
 from metakd.models.teachers import Teacher
 
@@ -34,9 +35,11 @@ class InnerConfig:
     """How a teacher adapts to one task; stored in checkpoints and reused by ``metakd adapt``."""
 
     steps: int = 3
-    """SGD steps on the support loss."""
+    """Optimiser steps on the support loss."""
     lr: float = 0.1
-    """Inner step size (Meta-SGD's learned rates start here)."""
+    """Inner step size (Meta-SGD's learned rates start here; they multiply the optimiser's
+    direction). Adam's steps are about ``lr`` per weight whatever the gradient's scale, so it
+    wants a smaller one than SGD (e.g. 0.01)."""
     first_order: bool = False
     """Drop second-order terms. OC-MAML (Frikha et al. 2021) found first-order variants fail with
     one-class supports, so second order is the default."""
@@ -60,20 +63,92 @@ class InnerConfig:
     meta-batch 16, 128 pool rows; three runs): 0.84-0.92x MAML's peak memory at 4 inner steps
     and 0.64-0.65x at 8 (0.60x and 0.40x with 512 pool rows), for 1.3-1.6x the CPU time; no
     saving at 1-2 steps, where little is stored."""
+    optimizer: InnerOptimizerName = "sgd"
+    """The inner optimiser: ``sgd``, ``momentum`` (SGD with momentum, as ``torch.optim.SGD``) or
+    ``adam`` (as ``torch.optim.Adam``), pure functions differentiable to second order
+    (:mod:`metakd.meta.optim`); their state starts afresh in every task's adaptation. ``sgd``
+    keeps each step a low-rank update of the shared weights; ``momentum`` and ``adam`` make
+    every adapted weight a dense tensor per task (more memory and time per inner step, as
+    Meta-SGD's learned rates do; with ``checkpoint`` the meta-graph keeps each step's dense
+    weights and optimiser state). Every learner and ``inner.layers`` setting takes them."""
+    momentum: float = 0.9
+    """Momentum factor ``μ`` of ``optimizer: momentum`` (``b ← μ b + g``), in [0, 1)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's decay rates of the gradient's first and second moments, each in [0, 1)."""
+    eps: float = 1e-8
+    """Adam's term added to the bias-corrected ``√v̂`` (> 0), as ``torch.optim.Adam``'s. The
+    derivative of Adam's direction is of order ``1/eps`` where a gradient entry is of order
+    ``eps``: second-order meta-gradients through Adam grow as ``eps`` shrinks (their largest
+    entry 80x larger at 1e-8 than at 1e-4 for a 1000-feature MLP, 2 steps) and pick up float32
+    rounding; 1e-4 to 1e-3 tames them, first order avoids them."""
+    proximal: float = 0.0
+    """Weight ``λ`` of the term ``λ/2 ‖φ - θ‖²`` of the inner objective, which anchors the adapted
+    weights ``φ`` to the meta-learned ones ``θ`` (>= 0; 0: none). ``imaml`` sets it to
+    ``meta.imaml.lam``; other learners may use it as a regulariser of adaptation. Non-zero makes
+    adapted weights dense per task, as ``momentum`` and ``adam`` do."""
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
+        if isinstance(self.steps, bool) or self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.pool_weight < 0 or not 0.0 <= self.pool_trim < 1.0:
-            raise ConfigError("pool_weight must be >= 0 and pool_trim in [0, 1)")
+        if not (math.isfinite(self.pool_weight) and self.pool_weight >= 0):
+            raise ConfigError(f"inner.pool_weight must be >= 0, got {self.pool_weight}")
+        if not 0.0 <= self.pool_trim < 1.0:
+            raise ConfigError(f"inner.pool_trim must be in [0, 1), got {self.pool_trim}")
         if not isinstance(self.checkpoint, bool):
             raise ConfigError(f"inner.checkpoint must be true or false, got {self.checkpoint!r}")
+        if self.optimizer not in INNER_OPTIMIZERS:
+            choices = ", ".join(INNER_OPTIMIZERS)
+            raise ConfigError(f"inner.optimizer must be one of {choices}, got {self.optimizer!r}")
+        if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ConfigError(f"inner.momentum must be in [0, 1), got {self.momentum!r}")
+        betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else []
+        if len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"inner.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not (_is_number(self.eps) and self.eps > 0):
+            raise ConfigError(f"inner.eps must be a positive number, got {self.eps!r}")
+        if not (_is_number(self.proximal) and self.proximal >= 0):
+            raise ConfigError(f"inner.proximal must be a number >= 0, got {self.proximal!r}")
+
+    def inner_optimizer(self) -> InnerOptimizer:
+        """The inner optimiser these settings describe (:func:`~metakd.meta.inner.adapt`'s)."""
+        if self.optimizer == "sgd":
+            return SGD
+        beta1, beta2 = self.betas
+        return InnerOptimizer(self.optimizer, self.momentum, (beta1, beta2), self.eps)
 
     def pool_term(self) -> PoolTerm | None:
         """The transductive pool term, or ``None`` when it is off."""
         return PoolTerm(self.pool_weight, self.pool_trim) if self.pool_weight > 0 else None
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class IMAMLConfig:
+    """iMAML's implicit meta-gradient (``meta.algorithm: imaml``; Rajeswaran et al. 2019)."""
+
+    lam: float = 1.0
+    """``λ``, the weight of the proximal term ``λ/2 ‖φ - θ‖²`` in the inner objective (> 0): how
+    strongly adaptation is anchored to the meta-learned weights. It is the teacher's
+    ``inner.proximal``, so ``metakd adapt`` anchors the same way. Large: adapted weights stay
+    near θ and the meta-gradient nears the query gradient; small: the inner problem must be
+    solved further (more ``inner.steps``) for the implicit gradient to hold."""
+    cg_steps: int = 5
+    """Conjugate-gradient iterations solving ``(I + H/λ) g = ∇L_query`` per task (>= 1), each one
+    Hessian-vector product of the support objective."""
+
+    def __post_init__(self) -> None:
+        if not (_is_number(self.lam) and self.lam > 0):
+            raise ConfigError(f"meta.imaml.lam must be a positive number, got {self.lam!r}")
+        if isinstance(self.cg_steps, bool) or not isinstance(self.cg_steps, int):
+            raise ConfigError(f"meta.imaml.cg_steps must be an integer, got {self.cg_steps!r}")
+        if self.cg_steps < 1:
+            raise ConfigError(f"meta.imaml.cg_steps must be >= 1, got {self.cg_steps}")
 
 
 @dataclass
@@ -82,8 +157,9 @@ class MetaConfig:
 
     algorithm: Algorithm = "maml"
     """A registered meta-learner: ``maml`` (second order), ``fomaml``, ``anil`` (inner loop on the
-    head only), ``metasgd`` (learned per-parameter inner rates) or ``reptile`` (checked by
-    ``TrainConfig`` and :func:`~metakd.meta.learners.learner_class`)."""
+    head only), ``metasgd`` (learned per-parameter inner rates), ``reptile`` or ``imaml``
+    (implicit gradients; see ``imaml``) (checked by ``TrainConfig`` and
+    :func:`~metakd.meta.learners.learner_class`)."""
     meta_lr: float = 5e-4
     """Adam step size of the outer optimiser. Small: with few meta-train tasks a large step
     memorises them (held-out AUROC falls below a random initialisation's)."""
@@ -104,6 +180,8 @@ class MetaConfig:
     on 2 CPU cores at meta-batch 32 (benchmarks/meta_train_speed.py; least for a 1000-feature
     teacher, most for a 64-feature one), after a one-off compilation of about a minute: worth it
     only for runs of thousands of iterations."""
+    imaml: IMAMLConfig = field(default_factory=IMAMLConfig)
+    """iMAML's settings (read only by ``algorithm: imaml``)."""
 
     def __post_init__(self) -> None:
         # The name is checked against the registry where a run's config is assembled
@@ -140,6 +218,17 @@ class AdaptationPlan:
     """Indices of the adapted layers (``None``: all)."""
     checkpoint: bool = False
     """Recompute each inner step's activations in the backward pass (``inner.checkpoint``)."""
+    optimizer: InnerOptimizer = SGD
+    """The inner optimiser (``inner.optimizer`` and its hyper-parameters)."""
+    proximal: float = 0.0
+    """Weight of the proximal term anchoring adaptation to the start (``inner.proximal``)."""
+
+    @property
+    def dense(self) -> bool:
+        """Whether adapted weights come back dense per task (the dense path of
+        :func:`~metakd.meta.inner.adapt`: learned rates, an optimiser with state, a proximal
+        term) rather than as the shared weights plus low-rank factors."""
+        return not isinstance(self.lr, float) or self.optimizer.name != "sgd" or self.proximal > 0
 
     @staticmethod
     def of(teacher: Teacher, inner: InnerConfig, rates: Sequence[Tensor] = ()) -> AdaptationPlan:
@@ -148,7 +237,7 @@ class AdaptationPlan:
         Args:
             teacher: supplies the layers (count, and which have a bias).
             inner: resolved adaptation settings (``layers: head`` adapts only the last layer;
-                ``checkpoint`` is carried over).
+                ``checkpoint``, the optimiser and the proximal weight are carried over).
             rates: Meta-SGD's learned rates as stored (weight, then bias if any, per layer in
                 order); empty for the scalar ``inner.lr``.
 
@@ -156,8 +245,9 @@ class AdaptationPlan:
             ValueError: ``rates`` do not fit the teacher's layers.
         """
         layers = (len(teacher.layers) - 1,) if inner.layers == "head" else None
+        optimizer, proximal = inner.inner_optimizer(), inner.proximal
         if len(rates) == 0:
-            return AdaptationPlan(inner.lr, layers, inner.checkpoint)
+            return AdaptationPlan(inner.lr, layers, inner.checkpoint, optimizer, proximal)
         expected = sum(1 + (layer.bias is not None) for layer in teacher.layers)
         if len(rates) != expected:
             raise ConfigError(f"{len(rates)} inner rates for a teacher with {expected} parameters")
@@ -165,7 +255,7 @@ class AdaptationPlan:
         per_layer = tuple(
             (next(flat), next(flat) if layer.bias is not None else None) for layer in teacher.layers
         )
-        return AdaptationPlan(per_layer, layers, inner.checkpoint)
+        return AdaptationPlan(per_layer, layers, inner.checkpoint, optimizer, proximal)
 
 
 class MetaLearner(nn.Module, abc.ABC):
@@ -278,6 +368,8 @@ class MetaLearner(nn.Module, abc.ABC):
             pool_x=px,
             pool=pool,
             checkpoint=plan.checkpoint,
+            optimizer=plan.optimizer,
+            proximal=plan.proximal,
         )
 
     def _adapt_and_score(

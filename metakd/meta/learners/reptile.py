@@ -20,7 +20,7 @@ from metakd.models.teachers import Teacher, score_logits
 class Reptile(MetaLearner):
     """Reptile (Nichol et al. 2018, "On First-Order Meta-Learning Algorithms", Alg. 2): the
     meta-gradient is the pseudo-gradient ``θ - mean_b φ_b``, with ``φ_b`` the weights after
-    first-order SGD on task ``b``.
+    first-order steps of the inner optimiser (``inner.optimizer``: SGD by default) on task ``b``.
 
     Reptile has no support/query split and no meta-loss, so ``meta.compile`` (which compiles a
     meta-loss) does not apply and is ignored.
@@ -58,11 +58,11 @@ class Reptile(MetaLearner):
     ) -> tuple[list[Tensor], MetaStats]:
         """Reptile's pseudo-gradient ``θ - mean_b φ_b``.
 
-        Each task's φ_b is ``steps`` first-order SGD steps on all its labelled rows (support ∪
-        query) under the supervised inner loss. ``pool_x`` (``[B, m, d]`` or ``None``) serves heads
-        with pool neighbours. Only the stack's weights get a pseudo-gradient; other
-        meta-parameters of the head (input skip, pool trust) have no inner loop to move them and
-        stay as they are.
+        Each task's φ_b is ``steps`` first-order steps of the inner optimiser on all its
+        labelled rows (support ∪ query) under the supervised inner loss. ``pool_x`` (``[B, m,
+        d]`` or ``None``) serves heads with pool neighbours. Only the stack's weights get a
+        pseudo-gradient; other meta-parameters of the head (input skip, pool trust) have no
+        inner loop to move them and stay as they are.
 
         Returns:
             ``(one gradient per parameter of teacher.layers, in order; per-task stats)``; stats'
@@ -80,9 +80,14 @@ class Reptile(MetaLearner):
             )
             # vmap returns tensors only: a layer without a bias (None) is left out here.
             biases = tuple(b for b in adapted.biases if b is not None)
-            return adapted.factors, biases, before
+            # The dense path (an optimiser with state, a proximal term) moves the weights
+            # themselves; the low-rank path only adds factors.
+            weights = adapted.weights if plan.dense else ()
+            return adapted.factors, weights, biases, before
 
-        factors, biases, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(params, x, y, pool_x)
+        factors, weights, biases, before = vmap(task, in_dims=(None, 0, 0, pool_dim))(
+            params, x, y, pool_x
+        )
         adapted_biases = iter(biases)
         grads: list[Tensor] = []
         batch = x.shape[0]
@@ -92,6 +97,8 @@ class Reptile(MetaLearner):
             g_w = torch.zeros_like(w)
             for h, g in facs:
                 g_w = g_w + g.reshape(-1, g.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+            if weights:
+                g_w = g_w + (w - weights[layer]).sum(0)
             grads.append((g_w / batch).detach())
             bias = params.biases[layer]
             if bias is not None:
