@@ -355,8 +355,10 @@ def export_torchscript(
     """
     contract = export_contract(scorer, schema=schema, window=window, target="torchscript")
     with warnings.catch_warnings():
-        # TorchScript is deprecated upstream but remains the format that runs without Python deps.
+        # TorchScript is deprecated upstream (a DeprecationWarning, a FutureWarning from torch
+        # 2.14) but remains the format that runs without Python deps; the user cannot act on it.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
         scripted = torch.jit.script(scorer)
         atomic_write_bytes(path, lambda f: torch.jit.save(scripted, f, _extra_files=dict(contract)))
 
@@ -474,6 +476,7 @@ def export_onnx(
         # deprecated upstream, but the torch.export-based one needs onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
         try:
             torch.onnx.export(
                 torch.jit.script(scorer),
