@@ -8,9 +8,10 @@ of a folder); the detector and its persistence are :mod:`metakd.detector` and
 from __future__ import annotations
 
 from metakd.detect import MIN_NORMALS_WITHOUT_POOL, AdaptConfig, FewShotDetector, score_rows
+from metakd.exports import export_torchscript
 from metakd.jobs.adapt import Domain, read_domain, run_adapt, save_domain
 from metakd.jobs.adapt_dir import SUMMARY_COLUMNS, domain_files, run_adapt_dir
-from metakd.persist import TeacherBundle, export_torchscript, load_scorer
+from metakd.persist import TeacherBundle, load_scorer
 
 __all__ = [
     "MIN_NORMALS_WITHOUT_POOL",

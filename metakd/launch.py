@@ -17,8 +17,9 @@ from metakd import configio
 from metakd.config import TrainConfig, load_train_config
 from metakd.distributed import DEFAULT_TIMEOUT, launch_from_env, process_group
 from metakd.errors import ConfigError
+from metakd.inputs import collection_inputs, real_path
 from metakd.resume import RESUME_FILE, ResumeState
-from metakd.rundir import collection_inputs, real_path, resume_source, staged_run_dir
+from metakd.rundir import resume_source, staged_run_dir
 from metakd.train import TrainingInterrupted, TrainResult, meta_train, resolve_streams
 
 

@@ -128,11 +128,9 @@ class FewShotDetector(BaseEstimator):
         """Adapt to the rows ``X [n, d]`` of one domain and optional unlabelled rows
         ``unlabeled [m, d]`` of the same domain.
 
-        ``fit(X)`` alone is PyOD's call: ``X`` is an unlabelled training set with a share
-        ``contamination`` of anomalies. Every row of ``X`` is then a pool row, scored and
-        thresholded as the pool (``labels_`` flags the ``contamination`` share of ``X``); the
-        support is the ``config.unlabeled_support`` rows of ``X`` most typical of it (lowest
-        kNN distance to the others), taken as normal.
+        ``fit(X)`` alone is PyOD's call: ``X`` is unlabelled, a share ``contamination`` of it
+        anomalous; every row is a pool row (``labels_`` flags that share) and the support is the
+        ``config.unlabeled_support`` rows most typical of ``X`` (:func:`.inputs.typical_rows`).
 
         Otherwise ``X`` is the labelled support: ``y`` labels its rows, 0 normal, 1 anomaly, and
         -1 or NaN unlabelled (``y`` omitted with ``unlabeled`` given: all normal). Rows labelled
@@ -314,9 +312,8 @@ class FewShotDetector(BaseEstimator):
         self.scorer_ = self.student_scorer_ or self.teacher_scorer_
         self.threshold_ = self.scorer_.threshold
         self.report_ = report
-        # The scores the threshold was fitted on, in the order of X: a support row's (or its
-        # kept twin's), the pool's for rows of X in the pool (its first rows), and a fresh score
-        # for normals beyond max_support.
+        # The scores the threshold was fitted on, in X's order: the support's (or a kept twin's),
+        # the pool's (its first rows), fresh ones for normals beyond max_support.
         source = p.domain.source
         train_scores = np.empty(len(source), dtype=fitted_support.dtype)
         from_support, from_pool = source >= 0, source == FROM_POOL

@@ -1,6 +1,6 @@
 """A fitted detector's files: ``teacher.pt``, and with a student ``student.pt``,
 ``student.torchscript.pt`` and ``student.onnx``, each with where it came from and how raw files
-become its rows (the exports as their metadata: :func:`metakd.persist.read_export_contract`)."""
+become its rows (the exports as their metadata: :func:`metakd.exports.read_export_contract`)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,15 @@ from torch import nn
 
 from metakd import configio
 from metakd.errors import MetakdError
-from metakd.models.deploy import DeployedScorer
-from metakd.models.teachers import Teacher
-from metakd.persist import (
-    InputSchema,
-    TeacherBundle,
+from metakd.exports import (
     export_onnx,
     export_torchscript,
     onnx_available,
-    save_scorer,
     warn_onnx_unavailable,
 )
+from metakd.models.deploy import DeployedScorer
+from metakd.models.teachers import Teacher
+from metakd.persist import InputSchema, TeacherBundle, save_scorer
 
 
 def write_detector(
@@ -68,7 +66,7 @@ def write_detector(
         info=info,
     )
     paths["torchscript"] = out_dir / "student.torchscript.pt"
-    # The exports carry their contract (columns, threshold, windows: persist.export_contract).
+    # The exports carry their contract (columns, threshold, windows: exports.export_contract).
     export_torchscript(student_scorer, paths["torchscript"], schema=schema, window=bundle.window)
     onnx_path = out_dir / "student.onnx"
     if onnx_available():

@@ -24,9 +24,10 @@ from metakd.checkpoint import atomic_write_text
 from metakd.data.readers import SUPPORTED_SUFFIXES
 from metakd.detect import AdaptConfig, FewShotDetector, fit_many
 from metakd.errors import DataError, MetakdError
+from metakd.inputs import folder_inputs
 from metakd.jobs.adapt import Domain, read_domain, save_domain
 from metakd.persist import TeacherBundle
-from metakd.rundir import folder_inputs, staged_run_dir
+from metakd.rundir import staged_run_dir
 from metakd.tracking import Run, progress_bar
 
 __all__ = [

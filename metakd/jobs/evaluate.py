@@ -14,7 +14,8 @@ from metakd.evaluate import EvaluationResult, headline_gaps, load_evaluate_confi
 from metakd.evaluate.baselines.transfer import POOLED_CACHE
 from metakd.evaluate.config import EvaluateConfig
 from metakd.evaluate.domains import run_domain_evaluation
-from metakd.rundir import Inputs, collection_inputs, staged_run_dir
+from metakd.inputs import Inputs, collection_inputs
+from metakd.rundir import staged_run_dir
 
 __all__ = ["Evaluation", "evaluate"]
 

@@ -31,14 +31,12 @@ from metakd.detect import ScoreConfig, score_rows
 from metakd.detect.config import SCORE_BLOCK_ROWS
 from metakd.detect.validation import as_rows
 from metakd.errors import InputError, MetakdError
+from metakd.exports import OnnxScorer, is_torchscript_archive, load_onnx_scorer
 from metakd.models.deploy import DeployedScorer
 from metakd.persist import (
     InputSchema,
-    OnnxScorer,
-    is_torchscript_archive,
     load_detector_window,
     load_input_schema,
-    load_onnx_scorer,
     load_scorer,
     windowing,
 )

@@ -36,14 +36,12 @@ Everything is computed in float64 in row blocks, never an ``N × M`` matrix wide
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from metakd.data.transforms import population_std
-from metakd.errors import ConfigError
 from metakd.models.evidence import (
     ShrunkGaussian,
     anomaly_evidence,
@@ -53,84 +51,16 @@ from metakd.models.evidence import (
     sorted_distances,
     typical_scale,
 )
-
-#: Task statistics of the three original evidences (``anomalies`` adds one).
-N_TASK_STATS = 6
-#: Every evidence, in profile column order; the first three are the original profile's.
-EVIDENCES = (
-    "support_b",
-    "support_a",
-    "pool",
-    "raw_pool",
-    "cosine_support",
-    "cosine_pool",
-    "gaussian_support",
-    "anomalies",
+from metakd.models.profile_config import (
+    EVIDENCES,
+    LEGACY_EVIDENCES,
+    N_TASK_STATS,
+    ProfileConfig,
 )
-#: The evidences of profiles saved before ``profile.evidences`` existed.
-LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
+
 #: Rows whose leave-one-out Gaussian distance is measured for its typical value (a median):
 #: each costs a fit on the other rows, so a large support is sampled (evenly over its rows).
 _LOO_ROWS = 32
-#: Evidences given as one value per row (the others as ``k`` sorted distances).
-_SCALAR = ("gaussian_support", "anomalies")
-
-
-@dataclass
-class ProfileConfig:
-    """Neighbourhood profile read by the ``profile`` teacher."""
-
-    neighbours: int = 5
-    """k: sorted distances kept per reference set."""
-    max_pool: int = 1024
-    """Most pool rows kept as the density reference (a seeded subsample above it), so scoring
-    costs at most ``max_pool + K`` distances per row whatever the pool size. ``metakd adapt``
-    bounds the stored reference of every teacher that keeps one (``knn``, ``svdd``) the same
-    way; every pool row is still scored and distilled on."""
-    max_gaussian: int = 256
-    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on (a seeded
-    subsample above it): its fit costs ``O(n³)``, so adapt's time and memory stay bounded
-    whatever the support size."""
-    clip: float = 10.0
-    """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
-    evidences: list[str] = field(default_factory=lambda: list(EVIDENCES))
-    """The evidences a profile holds (module docstring), in this order; the first three must be
-    ``support_b, support_a, pool``. Teachers saved before this option hold those three."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.neighbours, bool) or self.neighbours < 1:
-            raise ConfigError(f"profile.neighbours must be >= 1, got {self.neighbours!r}")
-        if isinstance(self.max_pool, bool) or self.max_pool < 1:
-            raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
-        if isinstance(self.max_gaussian, bool) or self.max_gaussian < 3:
-            raise ConfigError(f"profile.max_gaussian must be >= 3, got {self.max_gaussian!r}")
-        if not self.clip > 0:
-            raise ConfigError(f"profile.clip must be positive, got {self.clip!r}")
-        unknown = [e for e in self.evidences if e not in EVIDENCES]
-        if unknown or len(set(self.evidences)) < len(self.evidences):
-            raise ConfigError(
-                f"profile.evidences: {unknown or 'repeated'} (each at most once, of "
-                f"{', '.join(EVIDENCES)})"
-            )
-        if list(self.evidences[:3]) != LEGACY_EVIDENCES:
-            raise ConfigError(
-                f"profile.evidences must start with {', '.join(LEGACY_EVIDENCES)}, got "
-                f"{self.evidences}"
-            )
-
-    def columns(self) -> list[tuple[str, int]]:
-        """Each evidence with its number of columns (``k`` sorted distances, or one value)."""
-        return [(e, 1 if e in _SCALAR else self.neighbours) for e in self.evidences]
-
-    @property
-    def n_stats(self) -> int:
-        """Task statistics after the evidence columns."""
-        return N_TASK_STATS + ("anomalies" in self.evidences)
-
-    @property
-    def width(self) -> int:
-        """Columns of a profile row: every evidence's, then the task statistics."""
-        return sum(count for _, count in self.columns()) + self.n_stats
 
 
 def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:

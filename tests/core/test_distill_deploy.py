@@ -141,7 +141,7 @@ def _scorer(head: str) -> DeployedScorer:
 
 @pytest.mark.parametrize("head", ["linear", "distance"])
 def test_torchscript_export_gives_identical_scores(tmp_path: Path, head: str) -> None:
-    from metakd.persist import export_torchscript
+    from metakd.exports import export_torchscript
 
     scorer = _scorer(head)
     path = tmp_path / "student.torchscript.pt"

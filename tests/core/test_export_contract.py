@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from helpers import tiny_bundle, write_teacher_file
 
 import metakd
-from metakd import cli, persist
+from metakd import cli, exports
 from metakd.data.transforms import AlignmentConfig
 from metakd.errors import DataError
-from metakd.persist import TeacherBundle, load_scorer, read_export_contract
+from metakd.exports import read_export_contract
+from metakd.persist import TeacherBundle, load_scorer
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -93,7 +94,7 @@ def test_onnx_and_torchscript_carry_the_contract(adapted: Path) -> None:
     extra = dict.fromkeys(props, "")
     torch.jit.load(str(adapted / "student.torchscript.pt"), _extra_files=extra)
     scripted = {k: v.decode() for k, v in extra.items()}  # type: ignore[attr-defined]
-    assert set(props) == {f"metakd.{key}" for key in persist.EXPORT_CONTRACT_KEYS}
+    assert set(props) == {f"metakd.{key}" for key in exports.EXPORT_CONTRACT_KEYS}
     # The same contract but the call signature (ONNX's input name, TorchScript's methods).
     assert {k: v for k, v in scripted.items() if k != "metakd.signature"} == {
         k: v for k, v in props.items() if k != "metakd.signature"
@@ -111,7 +112,7 @@ def test_onnx_and_torchscript_carry_the_contract(adapted: Path) -> None:
         assert contract["ignore_columns"] == ["machine"]
         assert contract["input_dim"] == 3 and contract["window"] is None
         assert contract["threshold"] == student.threshold
-        assert contract["contract_version"] == persist.EXPORT_CONTRACT_VERSION
+        assert contract["contract_version"] == exports.EXPORT_CONTRACT_VERSION
         inside = contract["preprocessing_in_model"]
         assert inside["clip"] == student.preprocess.clip
         assert inside["neighbourhood_profile"]["neighbours"] == 5
@@ -127,9 +128,9 @@ def test_torchscript_contract_is_read_without_loading_the_program(
     monkeypatch.setattr(torch.jit, "load", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     assert read_export_contract(adapted / "student.torchscript.pt")["input_columns"] == FEATURES
-    assert persist.is_torchscript_archive(adapted / "student.torchscript.pt")
-    assert not persist.is_torchscript_archive(adapted / "student.pt")
-    assert not persist.is_torchscript_archive(adapted / "student.onnx")
+    assert exports.is_torchscript_archive(adapted / "student.torchscript.pt")
+    assert not exports.is_torchscript_archive(adapted / "student.pt")
+    assert not exports.is_torchscript_archive(adapted / "student.onnx")
 
 
 def test_score_onnx_equals_onnxruntime_and_student_pt(adapted: Path, tmp_path: Path) -> None:
@@ -189,7 +190,7 @@ def test_onnx_with_custom_operators_or_external_data_is_refused(
     model.graph.node[0].domain = "com.example.custom"
     onnx.save(model, str(tmp_path / "custom.onnx"))
     with pytest.raises(DataError, match="operators outside ONNX"):
-        persist.load_onnx_scorer(tmp_path / "custom.onnx")
+        exports.load_onnx_scorer(tmp_path / "custom.onnx")
     model = onnx.load(str(adapted / "student.onnx"))
     onnx.save(
         model,
@@ -200,7 +201,7 @@ def test_onnx_with_custom_operators_or_external_data_is_refused(
         size_threshold=0,
     )
     with pytest.raises(DataError, match="external data"):
-        persist.load_onnx_scorer(tmp_path / "external.onnx")
+        exports.load_onnx_scorer(tmp_path / "external.onnx")
 
 
 def test_score_refuses_a_torchscript_archive(adapted: Path, tmp_path: Path) -> None:
@@ -210,8 +211,8 @@ def test_score_refuses_a_torchscript_archive(adapted: Path, tmp_path: Path) -> N
 
 def test_exports_without_a_schema_have_unnamed_columns(adapted: Path, tmp_path: Path) -> None:
     scorer = load_scorer(adapted / "student.pt")
-    persist.export_torchscript(scorer, tmp_path / "s.torchscript.pt")
-    persist.export_onnx(scorer, tmp_path / "s.onnx")
+    exports.export_torchscript(scorer, tmp_path / "s.torchscript.pt")
+    exports.export_onnx(scorer, tmp_path / "s.onnx")
     for path in (tmp_path / "s.torchscript.pt", tmp_path / "s.onnx"):
         contract = read_export_contract(path)
         assert contract["input_columns"] is None and contract["input_dim"] == 3

@@ -183,7 +183,7 @@ def test_a_parquet_file_without_pyarrow_names_the_extra(
 
 
 def test_onnx_export_without_onnx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from metakd.persist import ONNX_INSTALL_HINT, onnx_available
+    from metakd.exports import ONNX_INSTALL_HINT, onnx_available
 
     _hide(monkeypatch, "onnx", "onnxruntime")
     assert not onnx_available()

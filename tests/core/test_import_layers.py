@@ -19,9 +19,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("extras", "progress"),  # optional dependencies by extra; progress bars and log lines
     ("configio", "tracking", "distributed", "prefetch", "threshold", "checkpoint"),
     ("data", "resume"),  # reading and shaping tasks; the resume checkpoint
+    ("inputs",),  # what a command reads (its --out may not hold any of it)
     ("models", "rundir"),  # the networks; run folders
     ("meta", "episodes", "distill"),  # meta-learning math; episodes; distillation
     ("config", "persist"),  # the training config; teacher bundles and detector files
+    ("contract",),  # what an export carries, read back without running it
+    ("exports",),  # TorchScript and ONNX exports
     ("train", "detect"),  # meta-training; few-shot adaptation
     ("launch", "evaluate"),  # torchrun launching; the evaluation protocol and its baselines
     ("jobs",),  # the commands' file I/O and run folders

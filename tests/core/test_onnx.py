@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import tiny_bundle
 
-from metakd import persist
+from metakd import exports
 from metakd.detect import files
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.distill import DistillConfig
@@ -57,7 +57,7 @@ def test_a_mismatching_export_raises_and_writes_nothing(
     detector = _detector("profile")
     scorer = detector.student_scorer_
     assert scorer is not None
-    original = persist._cast_boolean_cumsums
+    original = exports._cast_boolean_cumsums
 
     def tamper(graph: object) -> None:
         original(graph)
@@ -69,10 +69,10 @@ def test_a_mismatching_export_raises_and_writes_nothing(
             if value.dtype == np.float32 and value.size > 1:
                 init.CopyFrom(numpy_helper.from_array(value * 1.5, init.name))
 
-    monkeypatch.setattr(persist, "_cast_boolean_cumsums", tamper)
+    monkeypatch.setattr(exports, "_cast_boolean_cumsums", tamper)
     path = tmp_path / "student.onnx"
     with pytest.raises(MetakdError, match="differ from the scorer's by up to"):
-        persist.export_onnx(scorer, path)
+        exports.export_onnx(scorer, path)
     assert not path.exists()
     assert not list(tmp_path.iterdir())  # no temporary file either
 
@@ -84,7 +84,7 @@ def test_without_onnx_save_warns_once_and_writes_the_rest(
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "student.onnx").write_bytes(b"an earlier student")
     monkeypatch.setattr(files, "onnx_available", lambda: False)  # where save looks it up
-    monkeypatch.setattr(persist, "_warned_onnx_unavailable", False)
+    monkeypatch.setattr(exports, "_warned_onnx_unavailable", False)
     with pytest.warns(UserWarning, match=r"pip install \"metakd\[onnx\]\""):
         paths = detector.save(tmp_path / "model")
     assert "onnx" not in paths
