@@ -215,11 +215,15 @@ def export_onnx(
                     f"the ONNX export gives scores of shape {got.shape} for {len(rows)} rows, "
                     f"not {want.shape}; not written"
                 )
-            if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            # Float32 rounding in ONNX Runtime's kernels (reductions in another order) moves
+            # scores by ~1e-4 of their scale (measured: 6.7e-5 on a SKAB student); an export that
+            # scores differently (wrong weights, columns) is off by the scores' own scale.
+            atol = 1e-4 * max(1.0, float(np.abs(want).max()))
+            if not np.allclose(got, want, rtol=1e-3, atol=atol):
                 worst = float(np.max(np.abs(got.astype(np.float64) - want)))
                 raise MetakdError(
                     f"the ONNX export's scores differ from the scorer's by up to {worst:.3g} "
-                    f"(on {len(rows)} seeded rows; rtol 1e-4, atol 1e-5); not written"
+                    f"(on {len(rows)} seeded rows; rtol 1e-3, atol {atol:.2g}); not written"
                 )
     atomic_write_bytes(path, lambda f: f.write(data))
 

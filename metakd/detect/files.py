@@ -5,6 +5,7 @@ become its rows (the exports as their metadata: :func:`metakd.exports.read_expor
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,13 @@ def write_detector(
     export_torchscript(student_scorer, paths["torchscript"], schema=schema, window=bundle.window)
     onnx_path = out_dir / "student.onnx"
     if onnx_available():
-        paths["onnx"] = onnx_path
         try:
             export_onnx(student_scorer, onnx_path, schema=schema, window=bundle.window)
-        except MetakdError:
+            paths["onnx"] = onnx_path
+        except MetakdError as err:
+            # An optional export: the detector (student.pt, TorchScript) stands without it.
             onnx_path.unlink(missing_ok=True)  # never an earlier student's beside this one
-            raise
+            warnings.warn(f"student.onnx is not written: {err}", stacklevel=3)
     else:
         onnx_path.unlink(missing_ok=True)  # an earlier student's, not this one's
         warn_onnx_unavailable()

@@ -93,3 +93,22 @@ def test_without_onnx_save_warns_once_and_writes_the_rest(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         detector.save(tmp_path / "again")  # once per process
+
+
+def test_an_onnx_export_that_fails_its_check_is_a_warning_and_the_rest_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX is an optional export: a file that does not score as the scorer is not written, and
+    the detector (student.pt, TorchScript) still is, with a warning saying why."""
+    detector = _detector("knn")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "student.onnx").write_bytes(b"an earlier student")
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise MetakdError("the ONNX export's scores differ from the scorer's by up to 1")
+
+    monkeypatch.setattr(files, "export_onnx", failing)
+    with pytest.warns(UserWarning, match="student.onnx is not written: the ONNX export's"):
+        paths = detector.save(tmp_path / "model")
+    assert "onnx" not in paths and paths["student"].is_file() and paths["torchscript"].is_file()
+    assert not (tmp_path / "model" / "student.onnx").exists()
