@@ -366,3 +366,17 @@ def _higher_scores(
         reference = teacher.reference(_higher_run(fm, sx[b]), sx[b], 1 - sy[b], *pool)
     score = teacher.fit_scores if support else teacher.head
     return score(_higher_run(fm, x), x, reference, leave_one_out=support)
+
+
+def adapt_model(teacher: Path, support: Path, pool: Path, out: Path) -> Path:
+    """``metakd adapt`` of ``teacher`` on a support and pool file into ``out`` (tracking off),
+    asserted to succeed: a model folder for tests of what reads one."""
+    from click.testing import CliRunner
+
+    from metakd.cli import main
+
+    args = ["adapt", "--teacher", str(teacher), "--support", str(support)]
+    args += ["--unlabeled", str(pool), "--out", str(out), "--set", "tracking.mode=disabled"]
+    adapted = CliRunner().invoke(main, args)
+    assert adapted.exit_code == 0, adapted.output
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import TrainedRun, file_hashes, sets, write_csv
+from helpers import TrainedRun, adapt_model, file_hashes, sets, write_csv
 
 from metakd.cli import INTERRUPTED_EXIT, main, run_guarded
 
@@ -45,23 +45,7 @@ def workspace(
     files["text"].write_text("f0,f1,label\n1,abc,0\n2,3,0\n")
     files["nan"].write_text("f0,f1,label\n1,2,0\n3,,0\n")
     files["empty"].write_text("f0,f1,label\n")
-    adapted = CliRunner().invoke(
-        main,
-        [
-            "adapt",
-            "--teacher",
-            str(files["teacher"]),
-            "--support",
-            str(files["normals"]),
-            "--unlabeled",
-            str(files["pool"]),
-            "--out",
-            str(root / "model"),
-            "--set",
-            "tracking.mode=disabled",
-        ],
-    )
-    assert adapted.exit_code == 0, adapted.output
+    adapt_model(files["teacher"], files["normals"], files["pool"], root / "model")
     files["student"] = root / "model" / "student.pt"
     files["model_teacher"] = root / "model" / "teacher.pt"
     files["existing_file"] = root / "existing.txt"

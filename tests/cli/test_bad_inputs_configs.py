@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import TINY_TRAIN, TrainedRun, file_hashes, sets, write_csv
+from helpers import TINY_TRAIN, TrainedRun, adapt_model, file_hashes, sets, write_csv
 
 from metakd import configio
 from metakd.checkpoint import Fields
@@ -105,23 +105,7 @@ def workspace(
         "normals": write_csv(root / "normals.csv", x[:12], np.zeros(12)),
         "pool": write_csv(root / "pool.csv", x[12:], None),
     }
-    adapted = CliRunner().invoke(
-        main,
-        [
-            "adapt",
-            "--teacher",
-            str(files["teacher"]),
-            "--support",
-            str(files["normals"]),
-            "--unlabeled",
-            str(files["pool"]),
-            "--out",
-            str(root / "model"),
-            "--set",
-            "tracking.mode=disabled",
-        ],
-    )
-    assert adapted.exit_code == 0, adapted.output
+    adapt_model(files["teacher"], files["normals"], files["pool"], root / "model")
     student, model_teacher = root / "model" / "student.pt", root / "model" / "teacher.pt"
     files |= {"student": student, "model_teacher": model_teacher}
 
