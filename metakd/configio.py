@@ -7,6 +7,7 @@ type raises :class:`~metakd.errors.ConfigError` naming the dotted key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -22,11 +23,99 @@ if TYPE_CHECKING:
 
 #: A config dataclass.
 T = TypeVar("T", bound="DataclassInstance")
+S = TypeVar("S")
+
+
+#: Field metadata key of a config dataclass's field that holds plugin sections (its value: the
+#: :class:`SectionRegistry`); see there.
+SECTIONS = "metakd.sections"
+
+
+class SectionRegistry:
+    """Config sections that plugins add to a config dataclass, each under its own key.
+
+    A registry of kinds (``model.kind``) lets each kind bring its settings: a dataclass
+    registered here under the kind's name is a key of the owning config in YAML and ``--set``
+    (``model.vae.beta``), checked like any section. The owner stores them in one ``dict`` field
+    marked ``metadata={SECTIONS: registry}``; :func:`from_dict` fills it from the registered
+    keys, :func:`to_dict` writes them back as keys of the owner, so files read and written stay
+    flat. A new kind with settings is then its own module alone.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._types: dict[str, type] = {}
+
+    def register(self, name: str, settings: type) -> None:
+        """Make dataclass ``settings`` the section ``name`` of the owner.
+
+        Raises:
+            ValueError: ``name`` is taken, or ``settings`` is not a dataclass.
+        """
+        if name in self._types:
+            raise ValueError(f"config section '{self.owner}.{name}' is registered twice")
+        if not (isinstance(settings, type) and dataclasses.is_dataclass(settings)):
+            raise ValueError(f"config section '{self.owner}.{name}' must be a dataclass")
+        self._types[name] = settings
+
+    def types(self) -> dict[str, type]:
+        """Every section's name and dataclass, in registration order."""
+        return dict(self._types)
+
+    def complete(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` sections (name -> instance) checked, every other one at its defaults."""
+        unknown = sorted(set(given) - set(self._types))
+        if unknown:
+            raise ConfigError(
+                f"unknown config section '{self.owner}.{unknown[0]}' "
+                f"(known: {', '.join(self._types)})"
+            )
+        for name, value in given.items():
+            if not isinstance(value, self._types[name]):
+                raise ConfigError(
+                    f"config section '{self.owner}.{name}' must be a "
+                    f"{self._types[name].__name__}, got {_shown(value)}"
+                )
+        return {name: given[name] if name in given else cls() for name, cls in self._types.items()}
+
+    def pick(self, sections: dict[str, Any], settings: type[S]) -> S:
+        """The instance of dataclass ``settings`` among an owner's ``sections``."""
+        for name, cls in self._types.items():
+            if cls is settings:
+                return typing.cast(S, sections[name])
+        raise KeyError(f"{settings.__name__} is no registered section of {self.owner}:")
+
+
+def _sections_field(cls: Any) -> tuple[str, SectionRegistry] | None:
+    """The field of dataclass ``cls`` that holds plugin sections, and its registry."""
+    for f in dataclasses.fields(cls):
+        if SECTIONS in f.metadata:
+            return f.name, f.metadata[SECTIONS]
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain-data (YAML/JSON/``torch.save``-safe) dict of a config dataclass."""
-    return dataclasses.asdict(config)
+    """Plain-data (YAML/JSON/``torch.save``-safe) dict of a config dataclass; plugin sections
+    (:class:`SectionRegistry`) are keys of their owner."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if SECTIONS in f.metadata:
+            out.update({name: _plain(section) for name, section in value.items()})
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A copy of ``value`` with every config dataclass in it as a plain dict."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def _type_name(tp: Any) -> str:
@@ -113,14 +202,27 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    sections: dict[str, type] = {}
+    holder = _sections_field(cls)
+    if holder is not None:
+        # The field itself is no key: its sections are, each under its own name.
+        del fields[holder[0]]
+        sections = holder[1].types()
+    unknown = sorted(set(data) - set(fields) - set(sections))
     if unknown:
-        known = ", ".join(sorted(fields))
+        known = ", ".join(sorted([*fields, *sections]))
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known here: {known})")
-    kwargs = {
+    kwargs: dict[str, Any] = {
         name: _convert(_over_field_default(fields[name], value), hints[name], f"{prefix}{name}")
         for name, value in data.items()
+        if name in fields
     }
+    if holder is not None:
+        kwargs[holder[0]] = {
+            name: _convert(value, sections[name], f"{prefix}{name}")
+            for name, value in data.items()
+            if name in sections
+        }
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

@@ -35,6 +35,7 @@ from metakd.contract import (  # the contract's readers, here too: one import fo
     read_export_contract,
 )
 from metakd.errors import MetakdError
+from metakd.extras import note_once
 from metakd.models.deploy import (
     DeployedScorer,
 )
@@ -86,19 +87,13 @@ def onnx_available() -> bool:
     return True
 
 
-_warned_onnx_unavailable = False
-
-
 def warn_onnx_unavailable() -> None:
     """Warn, once per process, that ONNX files are not written and how to get them."""
-    global _warned_onnx_unavailable
-    if not _warned_onnx_unavailable:
-        _warned_onnx_unavailable = True
-        warnings.warn(
-            f"onnx / onnxruntime are not installed, so student.onnx is not written; "
-            f"install them with `{ONNX_INSTALL_HINT}`",
-            stacklevel=3,
-        )
+    note_once(
+        "onnx",
+        f"onnx / onnxruntime are not installed, so student.onnx is not written; "
+        f"install them with `{ONNX_INSTALL_HINT}`",
+    )
 
 
 def _cast_boolean_cumsums(graph: Any) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from collections.abc import Iterable
 from types import ModuleType
 
@@ -36,6 +37,18 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
 }
+
+
+#: The notes :func:`note_once` has given in this process.
+NOTED: set[str] = set()
+
+
+def note_once(key: str, message: str) -> None:
+    """Warn ``message`` the first time in this process a note on ``key`` is given (a feature
+    that goes on without an optional package says so once, not at every file it writes)."""
+    if key not in NOTED:
+        NOTED.add(key)
+        warnings.warn(message, stacklevel=4)
 
 
 class MissingExtra(MetakdError, ImportError):

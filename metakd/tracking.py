@@ -19,7 +19,6 @@ import netrc
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from metakd.errors import ConfigError
-from metakd.extras import MissingExtra, install_hint, is_installed, missing_message
+from metakd.extras import MissingExtra, install_hint, is_installed, missing_message, note_once
 
 # Re-exported: the jobs import the progress display from here.
 from metakd.progress import progress_bar as progress_bar
@@ -126,20 +125,14 @@ def _check_wandb_env() -> None:
         )
 
 
-_noted_without_wandb = False
-
-
 def _note_without_wandb() -> None:
     """Say, once per process, that the default tracking mode runs without W&B here."""
-    global _noted_without_wandb
-    if not _noted_without_wandb:
-        _noted_without_wandb = True
-        warnings.warn(
-            "wandb is not installed, so runs are tracked in metrics.jsonl only (W&B: "
-            f"{install_hint('tracking')}; --tracking disabled or tracking.mode=disabled skips "
-            "this note)",
-            stacklevel=3,
-        )
+    note_once(
+        "wandb",
+        "wandb is not installed, so runs are tracked in metrics.jsonl only (W&B: "
+        f"{install_hint('tracking')}; --tracking disabled or tracking.mode=disabled skips "
+        "this note)",
+    )
 
 
 def _sha256(path: Path) -> str:

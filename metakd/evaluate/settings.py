@@ -2,57 +2,53 @@
 
 They sit below the method registry (:mod:`~metakd.evaluate.methods`), whose contexts carry them
 to every method's factory, and below :class:`~metakd.evaluate.config.EvaluateConfig`, which
-holds them as sections. Each baseline takes its settings as its own ``__init__`` parameters;
-its registration line maps these keys onto them.
+holds them as sections. Each baseline declares its settings in its own module
+(:func:`baseline_settings`) and takes them as ``__init__`` parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
+from metakd.configio import SECTIONS, SectionRegistry
 from metakd.errors import ConfigError, check_number, check_seed
+
+#: The sections of ``baselines:``: each baseline with settings registers its own, in its module.
+BASELINE_SETTINGS = SectionRegistry("baselines")
+
+C = TypeVar("C", bound=type)
+S = TypeVar("S")
+
+
+def baseline_settings(name: str) -> Callable[[C], C]:
+    """Class decorator: make a baseline's settings dataclass the section ``baselines.<name>``
+    (YAML, ``--set``); its factory reads it with ``context.baselines.section(cls)``."""
+
+    def add(cls: C) -> C:
+        BASELINE_SETTINGS.register(name, cls)
+        return cls
+
+    return add
 
 
 @dataclass
 class BaselineConfig:
-    """Hyper-parameters of the classical baselines (fixed, not tuned per task: no labels exist
-    to tune them on in the few-shot setting)."""
+    """Every baseline's settings, a section each (fixed, not tuned per task: no labels exist to
+    tune them on in the few-shot setting)."""
 
-    knn_k: int = 5
-    """Neighbours of PyOD's kNN (its default); capped by the rows it is fitted on:
-    ``min(k, n - 1)``, as PyOD scores its training rows leave-one-out."""
-    lof_k: int = 20
-    """Neighbours of PyOD's LOF (its default); capped as ``knn_k``."""
-    iforest_trees: int = 100
-    """Trees of PyOD's Isolation Forest (its default)."""
-    logreg_c: float = 1.0
-    """Inverse L2 strength of the logistic regression."""
-    devnet_hidden: int = 20
-    """Hidden width of DevNet's network (the paper's default one-hidden-layer net)."""
-    devnet_steps: int = 200
-    """DevNet optimiser steps."""
-    devnet_batch_size: int = 64
-    """Rows per DevNet step, half of them labelled anomalies (DevNet's balanced batches)."""
-    devnet_lr: float = 1e-3
-    """DevNet RMSprop step size."""
-    devnet_margin: float = 5.0
-    """DevNet's deviation margin ``a``."""
+    sections: dict[str, Any] = field(default_factory=dict, metadata={SECTIONS: BASELINE_SETTINGS})
+    """By baseline module's name (``pyod``, ``logreg``, ``devnet``; those not given
+    at their defaults). In YAML and ``--set`` each is a key of ``baselines:`` itself
+    (``baselines.devnet.steps``)."""
+
+    def section(self, settings: type[S]) -> S:
+        """The settings of type ``settings`` (a baseline's section)."""
+        return BASELINE_SETTINGS.pick(self.sections, settings)
 
     def __post_init__(self) -> None:
-        for key in (
-            "knn_k",
-            "lof_k",
-            "iforest_trees",
-            "devnet_hidden",
-            "devnet_steps",
-            "devnet_batch_size",
-        ):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"baselines.{key} must be an integer >= 1, got {value!r}")
-        for key in ("logreg_c", "devnet_lr", "devnet_margin"):
-            check_number(f"baselines.{key}", getattr(self, key), low=0, low_open=True)
+        self.sections = BASELINE_SETTINGS.complete(self.sections)
 
 
 @dataclass
@@ -84,4 +80,4 @@ class PretrainConfig:
         check_seed("pretrain.seed", self.seed)
 
 
-__all__ = ["BaselineConfig", "PretrainConfig"]
+__all__ = ["BASELINE_SETTINGS", "BaselineConfig", "PretrainConfig", "baseline_settings"]

@@ -265,7 +265,7 @@ CASES: list[tuple[str, list[str], str]] = [
         _evaluate("--set", f"seed={MAX_SEED}", "--seeds", "2"),
         "seed + seeds - 1",
     ),
-    ("baseline lr inf", _evaluate("--set", "baselines.devnet_lr=.inf"), "baselines.devnet_lr"),
+    ("baseline lr inf", _evaluate("--set", "baselines.devnet.lr=.inf"), "baselines.devnet.lr"),
     ("pretrain seed", _evaluate("--set", "pretrain.seed=-2"), "pretrain.seed must be"),
     # config files: not text, too deep, alias bombs; --set values alike
     ("config utf-16", [*_train(), "--config", "{configs}/utf16.yaml"], "utf16.yaml: not a UTF-8"),
@@ -444,7 +444,7 @@ SECTION_CASES: list[tuple[type[Any], dict[str, Any], str]] = [
     (AdaptConfig, {"seed": MAX_SEED + 1}, "seed must be an integer in [0,"),
     (EvaluateConfig, {"seed": -1}, "seed must be an integer in [0,"),
     (EvaluateConfig, {"adapt": {"seed": MAX_SEED}, "seeds": 3}, "adapt.seed + seeds - 1"),
-    (EvaluateConfig, {"baselines": {"logreg_c": float("nan")}}, "baselines.logreg_c"),
+    (EvaluateConfig, {"baselines": {"logreg": {"c": float("nan")}}}, "baselines.logreg.c"),
     (EvaluateConfig, {"pretrain": {"lr": float("inf")}}, "pretrain.lr"),
 ]
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from helpers import REPO, TINY_TRAIN, TrainedRun, sets
 
-from metakd import extras, tracking
+from metakd import extras
 from metakd.data.readers import read_task
 from metakd.data.transforms import ScalingConfig
 from metakd.evaluate import load_evaluate_config
@@ -72,7 +72,7 @@ def test_missing_message_names_one_install_command() -> None:
 @pytest.fixture
 def without_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     _hide(monkeypatch, "wandb")
-    monkeypatch.setattr(tracking, "_noted_without_wandb", False)
+    monkeypatch.setattr(extras, "NOTED", set())
 
 
 @pytest.mark.usefixtures("without_wandb")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import tiny_bundle
 
-from metakd import exports
+from metakd import exports, extras
 from metakd.detect import files
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.distill import DistillConfig
@@ -84,7 +84,7 @@ def test_without_onnx_save_warns_once_and_writes_the_rest(
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "student.onnx").write_bytes(b"an earlier student")
     monkeypatch.setattr(files, "onnx_available", lambda: False)  # where save looks it up
-    monkeypatch.setattr(exports, "_warned_onnx_unavailable", False)
+    monkeypatch.setattr(extras, "NOTED", set())
     with pytest.warns(UserWarning, match=r"pip install \"metakd\[onnx\]\""):
         paths = detector.save(tmp_path / "model")
     assert "onnx" not in paths

@@ -84,7 +84,7 @@ def _config(**overrides: object) -> EvaluateConfig:
         "seeds": 1,
         "pool_size": 32,
         "adapt": {"distill": {"steps": 60}},
-        "baselines": {"devnet_steps": 30, "iforest_trees": 20},
+        "baselines": {"devnet": {"steps": 30}, "pyod": {"iforest_trees": 20}},
         "pretrain": {"iterations": 10},
         "tracking": {"mode": "disabled"},
     }

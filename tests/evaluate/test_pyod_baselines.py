@@ -22,6 +22,7 @@ from metakd.data.transforms import Scaler, ScalingConfig
 from metakd.detector import AdaptConfig
 from metakd.evaluate import REGISTRY, BaselineConfig, Detector, EvaluateConfig, MethodContext
 from metakd.evaluate.baselines.pyod import PyODDetector
+from metakd.evaluate.baselines.supervised import DevNetSettings
 from metakd.persist import TeacherBundle
 
 KINDS = ("knn", "iforest", "lof", "ecod", "copod")
@@ -69,7 +70,7 @@ def _built(name: str, *, seed: int = 0) -> Detector:
         bundle=bundle,
         adapt=AdaptConfig(),
         # DevNet's 200 default steps are more than this easy task needs.
-        baselines=BaselineConfig(devnet_steps=50),
+        baselines=BaselineConfig(sections={"devnet": DevNetSettings(steps=50)}),
         seed=seed,
         repetition=seed,
         selected=(method,),

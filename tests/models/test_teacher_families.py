@@ -74,9 +74,9 @@ def _encode(teacher: Teacher, x: Tensor) -> Tensor:
         # Embedding width 3 + 5 (input skip): 11 support and pool rows solve the 8 x 8 system,
         # the 6 support rows alone the 6 x 6 Woodbury one.
         ("gaussian", {}),
-        ("gaussian", {"gaussian": GaussianConfig(pool=False)}),
+        ("gaussian", {"sections": {"gaussian": GaussianConfig(pool=False)}}),
         ("vae", {}),
-        ("vae", {"vae": VAEConfig(score="reconstruction", samples=3, beta=0.5)}),
+        ("vae", {"sections": {"vae": VAEConfig(score="reconstruction", samples=3, beta=0.5)}}),
         ("ganomaly", {}),
     ],
 )
@@ -176,7 +176,7 @@ def test_gaussian_support_rows_are_scored_without_themselves(float64) -> None:
 
 
 def test_gaussian_trims_the_pool_and_scores_alone_after_adaptation() -> None:
-    teacher = _teacher("gaussian", gaussian=GaussianConfig(pool_trim=0.25))
+    teacher = _teacher("gaussian", sections={"gaussian": GaussianConfig(pool_trim=0.25)})
     g = torch.Generator().manual_seed(2)
     support, y = torch.randn(8, D, generator=g), torch.zeros(8)
     pool = torch.cat([torch.randn(14, D, generator=g), 8.0 + torch.randn(2, D, generator=g)])
@@ -212,7 +212,7 @@ def test_gaussian_trims_the_pool_and_scores_alone_after_adaptation() -> None:
 
 
 def test_vae_terms_scores_and_fixed_noise(float64) -> None:
-    teacher = _teacher("vae", vae=VAEConfig(beta=0.5, samples=4))
+    teacher = _teacher("vae", sections={"vae": VAEConfig(beta=0.5, samples=4)})
     assert isinstance(teacher, VAETeacher) and teacher.noise.shape == (4, 3)
     x = torch.randn(7, D, generator=torch.Generator().manual_seed(3))
     out = _encode(teacher, x)
@@ -253,7 +253,7 @@ def test_vae_scores_are_identical_for_the_same_seed() -> None:
 def test_vae_inner_loss_is_the_elbo(float64) -> None:
     """With `score: reconstruction` the inner loop still fits the ELBO (the fit-score hook):
     the support loss before adaptation is the one-class loss of the support normals' -ELBO."""
-    teacher = _teacher("vae", vae=VAEConfig(score="reconstruction"))
+    teacher = _teacher("vae", sections={"vae": VAEConfig(score="reconstruction")})
     learner = build_learner(teacher, inner=InnerConfig(), meta=MetaConfig(), anomaly_shots=0)
     sx, sy, qx, qy, _ = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     sy = torch.zeros_like(sy)
@@ -267,7 +267,7 @@ def test_vae_inner_loss_is_the_elbo(float64) -> None:
 
 def test_ganomaly_energy_and_score(float64) -> None:
     weights = GANomalyConfig(reconstruction_weight=10.0, latent_weight=2.0)
-    teacher = _teacher("ganomaly", ganomaly=weights)
+    teacher = _teacher("ganomaly", sections={"ganomaly": weights})
     assert isinstance(teacher, GANomalyTeacher)
     x = torch.randn(6, D, generator=torch.Generator().manual_seed(4))
     z = teacher(x)  # the stack is G_E; scores of a teacher without a reference need no fit
@@ -429,7 +429,9 @@ def test_ganomaly_adversarial_term_trains_discriminator_and_generator_apart(floa
     sx, sy, *_ = episode_batch(D, tasks=B, support=N, query=Q, pool=P)
     grads = {}
     for weight in (1.0, 2.0):
-        teacher = _teacher("ganomaly", ganomaly=GANomalyConfig(adversarial_weight=weight))
+        teacher = _teacher(
+            "ganomaly", sections={"ganomaly": GANomalyConfig(adversarial_weight=weight)}
+        )
         term = teacher.outer_term(sx, sy)
         assert term is not None
         named = dict(teacher.named_parameters())
@@ -447,5 +449,5 @@ def test_ganomaly_adversarial_term_trains_discriminator_and_generator_apart(floa
             assert one[name].abs().sum() > 0
         else:
             assert one[name] is None, name  # E is not in the adversarial term
-    off = _teacher("ganomaly", ganomaly=GANomalyConfig(adversarial_weight=0.0))
+    off = _teacher("ganomaly", sections={"ganomaly": GANomalyConfig(adversarial_weight=0.0)})
     assert off.outer_term(sx, sy) is None and off.discriminator is None

@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from metakd.data.transforms import ScalingConfig
-from metakd.errors import MetakdError
+from metakd.errors import MetakdError, check_int
 from metakd.evaluate.baselines.common import (
     FittedScaling,
     Source,
@@ -22,6 +23,7 @@ from metakd.evaluate.baselines.common import (
     scaling_rows,
 )
 from metakd.evaluate.methods import Detector, Method, MethodContext
+from metakd.evaluate.settings import baseline_settings
 from metakd.extras import require
 
 PyODName = Literal["knn", "iforest", "lof", "ecod", "copod"]
@@ -95,6 +97,24 @@ def _pyod_model(
     raise MetakdError(f"unknown PyOD detector {kind!r} (known: {', '.join(get_args(PyODName))})")
 
 
+@baseline_settings("pyod")
+@dataclass
+class PyODSettings:
+    """``baselines.pyod``: the PyOD detectors' settings (PyOD's defaults)."""
+
+    knn_k: int = 5
+    """Neighbours of kNN; capped by the rows it is fitted on, ``min(k, n - 1)``, as PyOD
+    scores its training rows leave-one-out."""
+    lof_k: int = 20
+    """Neighbours of LOF; capped as kNN's."""
+    iforest_trees: int = 100
+    """Trees of the Isolation Forest."""
+
+    def __post_init__(self) -> None:
+        for key in ("knn_k", "lof_k", "iforest_trees"):
+            check_int(f"baselines.pyod.{key}", getattr(self, key), low=1)
+
+
 class PyODDetector(Detector):
     """A PyOD detector fitted on the support normals or on the unlabelled pool.
 
@@ -102,13 +122,13 @@ class PyODDetector(Detector):
 
     * ``knn`` (``KNN``: distance to the ``n_neighbors``-th nearest fitted row) and ``lof``
       (``LOF``): ``min(n_neighbors, n - 1)`` neighbours for ``n`` fitted rows (defaults 5 for
-      ``knn`` and 20 for ``lof``, PyOD's; the config's ``baselines.knn_k`` and ``lof_k``),
+      ``knn`` and 20 for ``lof``, PyOD's; the config's ``baselines.pyod.knn_k`` and ``lof_k``),
       since PyOD scores its training rows leave-one-out when fitting: 5 support normals get 4
       neighbours. A single fitted row (``K = 1``) is given twice with one neighbour, so that
       PyOD can fit; a row's score then only depends on its distance to that row. Both run on
       the scaled rows.
     * ``iforest`` (``IForest``): ``n_estimators`` trees (default 100, PyOD's; the config's
-      ``baselines.iforest_trees``) and ``random_state = seed``; raw rows.
+      ``baselines.pyod.iforest_trees``) and ``random_state = seed``; raw rows.
     * ``ecod`` (``ECOD``) and ``copod`` (``COPOD``): raw rows, scored one row at a time (PyOD
       would refit its empirical CDFs on the whole batch scored, i.e. on the query). A single
       fitted row (``K = 1``) leaves them nothing to rank by (an empirical CDF of two rows).
@@ -181,14 +201,14 @@ class PyODDetector(Detector):
 
 def _method(kind: PyODName, source: Source) -> Method:
     def build(c: MethodContext) -> PyODDetector:
-        neighbours = {"knn": c.baselines.knn_k, "lof": c.baselines.lof_k}
+        settings = c.baselines.section(PyODSettings)
         return PyODDetector(
             kind,
             source=source,
             scaling=c.bundle.scaling,
             seed=c.seed,
-            n_neighbors=neighbours.get(kind),
-            n_estimators=c.baselines.iforest_trees,
+            n_neighbors={"knn": settings.knn_k, "lof": settings.lof_k}.get(kind),
+            n_estimators=settings.iforest_trees,
         )
 
     return Method(
@@ -208,4 +228,4 @@ METHODS: tuple[Method, ...] = tuple(
 )
 
 
-__all__ = ["METHODS", "PyODDetector", "PyODName"]
+__all__ = ["METHODS", "PyODDetector", "PyODName", "PyODSettings"]

@@ -3,12 +3,15 @@ regression (``logreg-support``) and DevNet (``devnet``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from metakd.data.transforms import ScalingConfig
+from metakd.errors import check_int, check_number
 from metakd.evaluate.baselines.common import (
     FittedScaling,
     checked_inputs,
@@ -17,14 +20,50 @@ from metakd.evaluate.baselines.common import (
     scaling_rows,
 )
 from metakd.evaluate.methods import Detector, Method
+from metakd.evaluate.settings import baseline_settings
 from metakd.meta.losses import deviation_loss
+
+
+@baseline_settings("logreg")
+@dataclass
+class LogRegSettings:
+    """``baselines.logreg``: the logistic regression."""
+
+    c: float = 1.0
+    """Inverse L2 strength."""
+
+    def __post_init__(self) -> None:
+        check_number("baselines.logreg.c", self.c, low=0, low_open=True)
+
+
+@baseline_settings("devnet")
+@dataclass
+class DevNetSettings:
+    """``baselines.devnet``: DevNet's network and training."""
+
+    hidden: int = 20
+    """Hidden width (the paper's default one-hidden-layer net)."""
+    steps: int = 200
+    """Optimiser steps."""
+    batch_size: int = 64
+    """Rows per step, half of them labelled anomalies (DevNet's balanced batches)."""
+    lr: float = 1e-3
+    """RMSprop step size."""
+    margin: float = 5.0
+    """The deviation margin ``a``."""
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "steps", "batch_size"):
+            check_int(f"baselines.devnet.{key}", getattr(self, key), low=1)
+        for key in ("lr", "margin"):
+            check_number(f"baselines.devnet.{key}", getattr(self, key), low=0, low_open=True)
 
 
 class LogRegDetector(Detector):
     """Class-balanced logistic regression on the scaled support (needs labelled anomalies).
 
     Args:
-        c: inverse L2 regularisation strength (the config's ``baselines.logreg_c``).
+        c: inverse L2 regularisation strength (the config's ``baselines.logreg.c``).
         scaling: per-feature scaling fitted on support + pool.
         seed: solver seed (for reproducibility; lbfgs is deterministic).
     """
@@ -63,7 +102,7 @@ class DevNetDetector(Detector):
     ``random_seed`` is unused (two fits with the same seed differ), its batches are not
     balanced, and it prints every epoch.
 
-    The defaults are the config's (``baselines.devnet_*``).
+    The defaults are the config's (``baselines.devnet``).
 
     Args:
         scaling: per-feature scaling fitted on support + pool.
@@ -134,30 +173,34 @@ class DevNetDetector(Detector):
             return self.net_(torch.from_numpy(self.scale_(checked_rows(X)))).squeeze(-1).numpy()
 
 
+def _devnet(settings: DevNetSettings, scaling: ScalingConfig, seed: int) -> DevNetDetector:
+    return DevNetDetector(
+        scaling=scaling,
+        seed=seed,
+        hidden=settings.hidden,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        margin=settings.margin,
+    )
+
+
 METHODS: tuple[Method, ...] = (
     Method(
         "logreg-support",
         group="labelled",
         needs_anomalies=True,
         build=lambda c: LogRegDetector(
-            c=c.baselines.logreg_c, scaling=c.bundle.scaling, seed=c.seed
+            c=c.baselines.section(LogRegSettings).c, scaling=c.bundle.scaling, seed=c.seed
         ),
     ),
     Method(
         "devnet",
         group="labelled",
         needs_anomalies=True,
-        build=lambda c: DevNetDetector(
-            scaling=c.bundle.scaling,
-            seed=c.seed,
-            hidden=c.baselines.devnet_hidden,
-            steps=c.baselines.devnet_steps,
-            batch_size=c.baselines.devnet_batch_size,
-            lr=c.baselines.devnet_lr,
-            margin=c.baselines.devnet_margin,
-        ),
+        build=lambda c: _devnet(c.baselines.section(DevNetSettings), c.bundle.scaling, c.seed),
     ),
 )
 
 
-__all__ = ["METHODS", "DevNetDetector", "LogRegDetector"]
+__all__ = ["METHODS", "DevNetDetector", "DevNetSettings", "LogRegDetector", "LogRegSettings"]

@@ -1,14 +1,15 @@
 """The teachers, one ``model.kind`` per module, each registered by its decorator.
 
 * :mod:`.base`: the :class:`Teacher` interface, :func:`register_kind`, :func:`build_teacher`;
-* :mod:`.config`: :class:`ModelConfig` (and the sections of the kinds that have settings);
+* :mod:`.config`: :class:`ModelConfig` and the registry of the kinds' own sections;
 * :mod:`.distance`: the masked kNN kernel the distance heads share;
 * one module per kind: ``profile`` (the default), ``svdd``, ``knn``, ``autoencoder``, ``mlp``,
   ``ganomaly``, ``gaussian``, ``vae``.
 
 Importing this package imports every module in it, so every kind registers itself
 (``teacher_kinds()`` lists the default first): a new kind is a new module here holding a
-:class:`Teacher` subclass decorated ``@register_kind("name")``, and nothing else.
+:class:`Teacher` subclass decorated ``@register_kind("name")`` (with ``settings=`` its own
+config dataclass, if it has settings: the section ``model.<name>``), and nothing else.
 """
 
 import importlib
@@ -26,13 +27,16 @@ from metakd.models.teachers.base import (
     score_logits,
     teacher_kinds,
 )
-from metakd.models.teachers.config import GANomalyConfig, GaussianConfig, ModelConfig, VAEConfig
+from metakd.models.teachers.config import KIND_SETTINGS, ModelConfig
 from metakd.models.teachers.distance import _masked_knn
 from metakd.models.teachers.embedding import _DistanceTeacher
+from metakd.models.teachers.ganomaly import GANomalyConfig
+from metakd.models.teachers.gaussian import GaussianConfig
 from metakd.models.teachers.knn import KNNNet
 from metakd.models.teachers.mlp import MLPScorer
 from metakd.models.teachers.profile import ProfileNet
 from metakd.models.teachers.svdd import SVDDNet
+from metakd.models.teachers.vae import VAEConfig
 
 # Every module here: each kind registers itself when its module is imported.
 for _module in pkgutil.iter_modules(__path__):
@@ -42,6 +46,7 @@ __all__ = [
     "AutoEncoder",
     "GANomalyConfig",
     "GaussianConfig",
+    "KIND_SETTINGS",
     "KNNNet",
     "LogitScorer",
     "MLPScorer",

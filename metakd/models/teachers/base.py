@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from metakd.errors import ConfigError
 from metakd.models.stack import ACTIVATIONS, StackParams, stack_forward
-from metakd.models.teachers.config import ModelConfig
+from metakd.models.teachers.config import KIND_SETTINGS, ModelConfig
 
 Reference = tuple[Tensor, ...]
 
@@ -165,9 +165,14 @@ _KINDS: dict[str, Callable[[int, ModelConfig], Teacher]] = {}
 T = TypeVar("T", bound=type[Teacher])
 
 
-def register_kind(kind: str) -> Callable[[T], T]:
+def register_kind(kind: str, *, settings: type | None = None) -> Callable[[T], T]:
     """Class decorator: make a :class:`Teacher` subclass the one built for ``model.kind: kind``
     (its constructor takes ``(input_dim, config)``).
+
+    Args:
+        kind: the ``model.kind`` name.
+        settings: the kind's own settings, a dataclass: it becomes the section ``model.<kind>``
+            (YAML, ``--set``, stored checkpoints), read with ``config.section(settings)``.
 
     Raises:
         ValueError: ``kind`` is taken.
@@ -176,6 +181,8 @@ def register_kind(kind: str) -> Callable[[T], T]:
     def add(cls: T) -> T:
         if kind in _KINDS:
             raise ValueError(f"teacher kind {kind!r} is registered twice")
+        if settings is not None:
+            KIND_SETTINGS.register(kind, settings)
         _KINDS[kind] = cls
         return cls
 

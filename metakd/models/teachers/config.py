@@ -1,80 +1,24 @@
-"""``model:``: the teacher's architecture and each kind's own settings."""
+"""``model:``: the teacher's architecture, and the registry of the kinds' own sections.
+
+A kind with settings of its own declares them as a dataclass in its module and passes it to
+``@register_kind(name, settings=...)``: the dataclass is then the section ``model.<name>``
+(:data:`KIND_SETTINGS`), checked in YAML and ``--set`` like any other, and the kind reads it
+with :meth:`ModelConfig.section`.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
+from metakd.configio import SECTIONS, SectionRegistry
 from metakd.errors import ConfigError
 from metakd.models.profile import ProfileConfig
 
+#: The sections of ``model:`` that kinds register with their settings (``model.vae``, ...).
+KIND_SETTINGS = SectionRegistry("model")
 
-@dataclass
-class GaussianConfig:
-    """The ``gaussian`` teacher's fit (:mod:`metakd.models.gaussian`)."""
-
-    pool: bool = True
-    """The task's unlabelled pool rows join the support normals in the Gaussian's fit, except
-    the ``pool_trim`` share of them that lie farthest from the support normals' own Gaussian
-    (possible anomalies). Few-shot supports hold far fewer rows than the embedding has
-    dimensions; the mostly normal pool makes the covariance much better determined."""
-    pool_trim: float = 0.2
-    """Fraction of the pool, the rows with the largest distance under the support normals'
-    Gaussian, left out of the fit."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.pool_trim < 1.0:
-            raise ConfigError(f"gaussian.pool_trim must be in [0, 1), got {self.pool_trim!r}")
-
-
-@dataclass
-class VAEConfig:
-    """The ``vae`` teacher (:mod:`metakd.models.vae`)."""
-
-    beta: float = 1.0
-    """Weight of the KL term in the (β-)ELBO the inner loop maximises and ``score: elbo``
-    reports (Higgins et al. 2017; 1 is the ELBO itself)."""
-    samples: int = 8
-    """Monte-Carlo samples of the latent code per row. The noise is drawn once when the teacher
-    is built and kept in its ``noise`` buffer, so scores are deterministic and survive saving."""
-    score: Literal["elbo", "reconstruction"] = "elbo"
-    """``elbo``: the negative β-ELBO per row. ``reconstruction``: the negative log of the
-    reconstruction probability (An & Cho 2015), the mean likelihood of the row over the latent
-    samples, without the KL term (the inner loop still maximises the ELBO)."""
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ConfigError(f"vae.beta must be a number >= 0, got {self.beta!r}")
-        if isinstance(self.samples, bool) or self.samples < 1:
-            raise ConfigError(f"vae.samples must be >= 1, got {self.samples!r}")
-
-
-@dataclass
-class GANomalyConfig:
-    """The ``ganomaly`` teacher's training energy (:mod:`metakd.models.ganomaly`)."""
-
-    reconstruction_weight: float = 50.0
-    """Weight of the reconstruction error ``‖x - x̂‖²`` (per feature) in the energy the inner
-    loop minimises on normal rows (Akçay et al. 2018's w_con = 50)."""
-    latent_weight: float = 1.0
-    """Weight of the latent mismatch ``‖z - ẑ‖²`` (per latent dimension), which is also the
-    anomaly score (Akçay et al. 2018's w_enc = 1)."""
-    adversarial_weight: float = 1.0
-    """Weight of the adversarial feature-matching term (Akçay et al. 2018's w_adv = 1), in the
-    outer loop only, with a discriminator meta-trained beside the generator; 0: no
-    discriminator (the generator is trained by the meta-loss alone)."""
-
-    def __post_init__(self) -> None:
-        for name in ("reconstruction_weight", "latent_weight", "adversarial_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"ganomaly.{name} must be a number >= 0, got {value!r}")
-        if self.reconstruction_weight + self.latent_weight == 0:
-            raise ConfigError(
-                "ganomaly.reconstruction_weight and ganomaly.latent_weight are both 0: the inner "
-                "loop would have nothing to minimise"
-            )
+S = TypeVar("S")
 
 
 @dataclass
@@ -134,18 +78,21 @@ class ModelConfig:
     """Neighbourhood profile of the ``profile`` teacher (unused by the other kinds)."""
     residual_hidden: int = 32
     """``profile`` teacher: hidden width of the residual network on the profile."""
-    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
-    """The ``gaussian`` teacher's use of the pool (unused by the other kinds)."""
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    """The ``vae`` teacher's β, latent samples and score (unused by the other kinds)."""
-    ganomaly: GANomalyConfig = field(default_factory=GANomalyConfig)
-    """The ``ganomaly`` teacher's training energy (unused by the other kinds)."""
+    sections: dict[str, Any] = field(default_factory=dict, metadata={SECTIONS: KIND_SETTINGS})
+    """Each kind's own settings by kind name (``gaussian``, ``vae``, ``ganomaly``, ...; those
+    not given at their defaults). In YAML and ``--set`` every one is a key of ``model:`` itself
+    (``model.vae.beta``), not of this field; a kind reads its own with :meth:`section`."""
 
     def input_profile(self) -> ProfileConfig | None:
         """The neighbourhood profile this kind reads after the aligned features, if any."""
         return self.profile if self.kind == "profile" else None
 
+    def section(self, settings: type[S]) -> S:
+        """The settings of type ``settings`` (a kind's section, registered with it)."""
+        return KIND_SETTINGS.pick(self.sections, settings)
+
     def __post_init__(self) -> None:
+        self.sections = KIND_SETTINGS.complete(self.sections)
         if self.residual_hidden < 1:
             raise ConfigError(f"residual_hidden must be positive, got {self.residual_hidden}")
         if not self.hidden or any(h < 1 for h in self.hidden):

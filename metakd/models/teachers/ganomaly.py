@@ -30,11 +30,14 @@ adversarial term there.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.errors import ConfigError
 from metakd.models.stack import stack_forward
 from metakd.models.teachers.base import Reference, Teacher, register_kind
 from metakd.models.teachers.config import ModelConfig
@@ -44,7 +47,34 @@ def _linears(sizes: list[int]) -> nn.ModuleList:
     return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
-@register_kind("ganomaly")
+@dataclass
+class GANomalyConfig:
+    """The ``ganomaly`` teacher's training energy."""
+
+    reconstruction_weight: float = 50.0
+    """Weight of the reconstruction error ``‖x - x̂‖²`` (per feature) in the energy the inner
+    loop minimises on normal rows (Akçay et al. 2018's w_con = 50)."""
+    latent_weight: float = 1.0
+    """Weight of the latent mismatch ``‖z - ẑ‖²`` (per latent dimension), which is also the
+    anomaly score (Akçay et al. 2018's w_enc = 1)."""
+    adversarial_weight: float = 1.0
+    """Weight of the adversarial feature-matching term (Akçay et al. 2018's w_adv = 1), in the
+    outer loop only, with a discriminator meta-trained beside the generator; 0: no
+    discriminator (the generator is trained by the meta-loss alone)."""
+
+    def __post_init__(self) -> None:
+        for name in ("reconstruction_weight", "latent_weight", "adversarial_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"ganomaly.{name} must be a number >= 0, got {value!r}")
+        if self.reconstruction_weight + self.latent_weight == 0:
+            raise ConfigError(
+                "ganomaly.reconstruction_weight and ganomaly.latent_weight are both 0: the inner "
+                "loop would have nothing to minimise"
+            )
+
+
+@register_kind("ganomaly", settings=GANomalyConfig)
 class GANomalyTeacher(Teacher):
     """Encoder ``G_E`` (the stack), decoder ``G_D`` and second encoder ``E``; score
     ``mean_j (z_j - ẑ_j)²``."""
@@ -60,9 +90,10 @@ class GANomalyTeacher(Teacher):
         super().__init__(encoder, activation=config.activation)
         self.decoder = _linears(encoder[::-1])
         self.encoder = _linears(encoder)
-        self.reconstruction_weight = config.ganomaly.reconstruction_weight
-        self.latent_weight = config.ganomaly.latent_weight
-        self.adversarial_weight = config.ganomaly.adversarial_weight
+        settings = config.section(GANomalyConfig)
+        self.reconstruction_weight = settings.reconstruction_weight
+        self.latent_weight = settings.latent_weight
+        self.adversarial_weight = settings.adversarial_weight
         # D: the encoder's widths, then one logit; its features are the last hidden layer's.
         self.discriminator = (
             _linears([input_dim, *config.hidden, 1]) if self.adversarial_weight > 0 else None

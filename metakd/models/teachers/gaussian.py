@@ -23,11 +23,13 @@ loop's second-order meta-gradient goes through the covariance and its solves).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from metakd.errors import ConfigError
 from metakd.models.teachers.base import Reference, register_kind
 from metakd.models.teachers.config import ModelConfig
 from metakd.models.teachers.embedding import _DistanceTeacher
@@ -192,7 +194,25 @@ def _floored(isotropic: Tensor, scale: Tensor) -> Tensor:
     return torch.maximum(isotropic, floor)
 
 
-@register_kind("gaussian")
+@dataclass
+class GaussianConfig:
+    """The ``gaussian`` teacher's fit ."""
+
+    pool: bool = True
+    """The task's unlabelled pool rows join the support normals in the Gaussian's fit, except
+    the ``pool_trim`` share of them that lie farthest from the support normals' own Gaussian
+    (possible anomalies). Few-shot supports hold far fewer rows than the embedding has
+    dimensions; the mostly normal pool makes the covariance much better determined."""
+    pool_trim: float = 0.2
+    """Fraction of the pool, the rows with the largest distance under the support normals'
+    Gaussian, left out of the fit."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pool_trim < 1.0:
+            raise ConfigError(f"gaussian.pool_trim must be in [0, 1), got {self.pool_trim!r}")
+
+
+@register_kind("gaussian", settings=GaussianConfig)
 class GaussianTeacher(_DistanceTeacher):
     """Embedding scored by squared Mahalanobis distance to the task's normals' shrunk Gaussian.
 
@@ -219,8 +239,9 @@ class GaussianTeacher(_DistanceTeacher):
         # every embedding moves by the same vector (its gradient is zero): Reptile cannot return
         # a stack with some biases missing out of vmap.
         super().__init__(input_dim, config, bias=True)
-        self.uses_pool = config.gaussian.pool
-        self.pool_trim = config.gaussian.pool_trim
+        settings = config.section(GaussianConfig)
+        self.uses_pool = settings.pool
+        self.pool_trim = settings.pool_trim
 
     def reference(
         self,

@@ -31,15 +31,40 @@ anomalies above normals by it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from metakd.errors import ConfigError
 from metakd.models.teachers.base import Reference, Teacher, register_kind
 from metakd.models.teachers.config import ModelConfig
 
 
-@register_kind("vae")
+@dataclass
+class VAEConfig:
+    """The ``vae`` teacher."""
+
+    beta: float = 1.0
+    """Weight of the KL term in the (β-)ELBO the inner loop maximises and ``score: elbo``
+    reports (Higgins et al. 2017; 1 is the ELBO itself)."""
+    samples: int = 8
+    """Monte-Carlo samples of the latent code per row. The noise is drawn once when the teacher
+    is built and kept in its ``noise`` buffer, so scores are deterministic and survive saving."""
+    score: Literal["elbo", "reconstruction"] = "elbo"
+    """``elbo``: the negative β-ELBO per row. ``reconstruction``: the negative log of the
+    reconstruction probability (An & Cho 2015), the mean likelihood of the row over the latent
+    samples, without the KL term (the inner loop still maximises the ELBO)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(f"vae.beta must be a number >= 0, got {self.beta!r}")
+        if isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"vae.samples must be >= 1, got {self.samples!r}")
+
+
+@register_kind("vae", settings=VAEConfig)
 class VAETeacher(Teacher):
     """Encoder stack to ``[μ, log σ²]``, a meta-learned decoder, scored by -ELBO or -log RP."""
 
@@ -59,10 +84,11 @@ class VAETeacher(Teacher):
         self.decoder = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
-        self.beta = config.vae.beta
-        self.score = config.vae.score
+        settings = config.section(VAEConfig)
+        self.beta = settings.beta
+        self.score = settings.score
         self.latent_dim = k
-        self.register_buffer("noise", torch.randn(config.vae.samples, k))
+        self.register_buffer("noise", torch.randn(settings.samples, k))
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder means ``[..., D]`` of latent codes ``z [..., k]`` (the module's own weights)."""
