@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -331,6 +332,16 @@ class _LimitedLoader(yaml.SafeLoader):
         if node is not None:
             _check_expanded(node)
         return node
+
+
+# PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: ``1e-4`` and ``1.0e4``
+# were strings, and ``--set inner.eps=1e-4`` failed with "expected a number". YAML 1.2 (and
+# every JSON reader) takes them as numbers; so does this loader.
+_LimitedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _check_expanded(root: yaml.Node) -> None:

@@ -75,6 +75,21 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     assert configio.from_dict(Outer, configio.read_yaml_text(configio.dump_yaml(cfg))) == cfg
 
 
+@pytest.mark.parametrize(
+    "text, value",
+    [("1e-4", 1e-4), ("1E5", 1e5), ("1.0e4", 1e4), ("-2e3", -2e3), ("+3e+2", 300.0), ("1.5", 1.5)],
+)
+def test_exponent_floats_are_numbers_in_overrides_and_files(
+    tmp_path: Path, text: str, value: float
+) -> None:
+    """``1e-4`` is a number (YAML 1.2, JSON), not YAML 1.1's string."""
+    assert configio.load(Outer, None, [f"inner.lr={text}"]).inner.lr == value
+    path = tmp_path / "c.yaml"
+    path.write_text(f"inner: {{lr: {text}}}\n")
+    assert configio.load(Outer, path).inner.lr == value
+    assert configio.parse_yaml("1e") == "1e" and configio.parse_yaml("10") == 10
+
+
 @dataclass
 class Tuned:
     inner: Inner = field(default_factory=lambda: Inner(steps=7, lr=0.5))
