@@ -8,7 +8,7 @@ from typing import Any
 from metakd.config import resolve_device
 from metakd.data.readers import ReadOptions
 from metakd.distill import DistillConfig
-from metakd.errors import ConfigError, check_seed
+from metakd.errors import ConfigError, check_int, check_seed
 from metakd.threshold import ThresholdConfig
 from metakd.tracking import TrackingConfig
 
@@ -45,6 +45,11 @@ class AdaptConfig:
     device: str = "cpu"
     """Torch device adapting and distilling: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA
     when the machine has it). The fitted detector is returned and saved on the CPU."""
+    threads: int | None = 1
+    """Torch CPU threads while fitting (restored afterwards); null keeps torch's. The teacher's
+    inner loop and the student are small, so a second thread mostly adds waiting: with one
+    other CPU-bound process on 2 cores, an MVTec domain adapted in 2.5 s and distilled in
+    1.5 s on one thread, 4.6-5.2 s and 9.4-15 s on two (same student, fidelity 0.983)."""
     read: ReadOptions = field(default_factory=ReadOptions)
     """How the support, unlabelled and eval files are read (label column, ignored columns, ...)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -62,6 +67,8 @@ class AdaptConfig:
             )
         if isinstance(self.unlabeled_support, bool) or self.unlabeled_support < 1:
             raise ConfigError(f"unlabeled_support must be >= 1, got {self.unlabeled_support!r}")
+        if self.threads is not None:
+            check_int("threads", self.threads, low=1)
 
 
 @dataclass

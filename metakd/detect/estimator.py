@@ -50,6 +50,7 @@ from metakd.persist import (
     load_input_schema,
     load_scorer,
 )
+from metakd.threads import torch_threads
 from metakd.threshold import calibrate_threshold
 from metakd.tracking import progress_bar
 
@@ -146,13 +147,16 @@ class FewShotDetector(BaseEstimator):
         leave-one-out scores (a row in the teacher's reference is not compared with itself),
         which can differ from ``decision_function(X)`` for teachers with a reference.
         """
-        prepared = self._prepare(X, y, unlabeled)
-        with progress_bar(enabled=self.verbose) as bar:
-            job = bar.add_task("adapt teacher", total=1, info=f"{len(prepared.xs)} support rows")
-            setup = _InnerSetup.of(prepared.bundle, prepared.cfg, prepared.labels)
-            params = setup.run(prepared.xs, prepared.labels, prepared.xr)
-            bar.update(job, completed=1, info=f"{setup.inner.steps} inner steps")
-        return self._finish(prepared, setup, params)
+        with torch_threads(self._resolved_config().threads):
+            prepared = self._prepare(X, y, unlabeled)
+            with progress_bar(enabled=self.verbose) as bar:
+                job = bar.add_task(
+                    "adapt teacher", total=1, info=f"{len(prepared.xs)} support rows"
+                )
+                setup = _InnerSetup.of(prepared.bundle, prepared.cfg, prepared.labels)
+                params = setup.run(prepared.xs, prepared.labels, prepared.xr)
+                bar.update(job, completed=1, info=f"{setup.inner.steps} inner steps")
+            return self._finish(prepared, setup, params)
 
     def _prepare(
         self,

@@ -9,6 +9,7 @@ from typing import Any
 from metakd.detect.adaptation import _InnerSetup, _Prepared
 from metakd.detect.estimator import FewShotDetector
 from metakd.errors import MetakdError
+from metakd.threads import torch_threads
 
 
 def fit_many(
@@ -27,6 +28,18 @@ def fit_many(
         (bad rows, too few normals, ...): one domain's failure does not stop the others.
         ``on_fitted(i)`` is called as domain ``i`` finishes (progress).
     """
+    # Every detector of a call shares one thread setting (the first's): torch's count is global.
+    threads = detectors[0]._resolved_config().threads if detectors else None
+    with torch_threads(threads):
+        return _fit_many(detectors, data, on_fitted=on_fitted)
+
+
+def _fit_many(
+    detectors: Sequence[FewShotDetector],
+    data: Sequence[tuple[Any, Any, Any]],
+    *,
+    on_fitted: Callable[[int], None] | None,
+) -> list[FewShotDetector | MetakdError]:
     results: list[FewShotDetector | MetakdError] = []
     prepared: dict[int, _Prepared] = {}
     for i, (detector, (X, y, unlabeled)) in enumerate(zip(detectors, data, strict=True)):

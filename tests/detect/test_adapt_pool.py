@@ -162,3 +162,34 @@ def test_adapt_runs_the_teachers_inner_optimizer(optimizer: str) -> None:
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_fit_runs_on_the_configured_threads_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch, threads: int | None
+) -> None:
+    """``adapt.threads`` (default 1) holds while fitting, single and many domains; torch's own
+    count is back afterwards."""
+    from metakd.detect import estimator
+    from metakd.detect.many import fit_many
+    from metakd.distill import DistillConfig
+
+    seen: list[int] = []
+    real = estimator.distill
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimator, "distill", recording)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        support, pool, _ = _rows(3)
+        config = AdaptConfig(distill=DistillConfig(steps=5), threads=threads)
+        FewShotDetector(_bundle("knn"), config=config).fit(support, unlabeled=pool)
+        fit_many([FewShotDetector(_bundle("knn"), config=config)], [(support, None, pool)])
+        assert seen == [1 if threads == 1 else 2] * 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
