@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,35 +194,13 @@ def higher_meta_gradient(
     on the last one (``head_only``, ANIL). The stack runs with tanh (a :func:`tanh_teacher`);
     the inner loss reads the teacher's fit scores, the outer loss its scores, and a term of the
     meta-parameters alone (:meth:`Teacher.outer_term`, GANomaly's adversarial one) is added."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import higher
-
-    teacher = learner.teacher
-    sx, sy, qx, qy, px = batch
-    tasks = sx.shape[0]
-    params = list(teacher.parameters())
-    stack = list(teacher.layers.parameters())
-    adapted = list(teacher.layers[-1].parameters()) if head_only else stack
-    total = [torch.zeros_like(p) for p in params]
-
-    def scores(fm, x: Tensor, b: int, *, support: bool) -> Tensor:
-        return _higher_scores(teacher, fm, x, batch, b, support=support)
-
-    for b in range(tasks):
-        opt = torch.optim.SGD(adapted, lr=lr)
-        with higher.innerloop_ctx(teacher, opt, copy_initial_weights=False) as (fm, diffopt):
-            for _ in range(steps):
-                diffopt.step(learner.inner_loss(scores(fm, sx[b], b, support=True), sy[b]))
-            q = scores(fm, qx[b], b, support=False)
-            loss = learner.outer_loss(score_logits(teacher, q), qy[b]) / tasks
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
-    extra = teacher.outer_term(sx, sy)
-    if extra is not None:
-        grads = torch.autograd.grad(extra, params, allow_unused=True)
-        total = [t + (g if g is not None else 0) for t, g in zip(total, grads, strict=True)]
-    return total
+    head = list(learner.teacher.layers[-1].parameters())
+    return higher_optimizer_meta_gradient(
+        learner,
+        batch,
+        steps=steps,
+        optimizer=lambda stack: torch.optim.SGD(head if head_only else stack, lr=lr),
+    )
 
 
 def loop_meta_gradient(
@@ -277,9 +255,6 @@ def assert_gradients_close(a: Sequence[Tensor], b: Sequence[Tensor]) -> None:
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
 
 
-from collections.abc import Callable  # noqa: E402  (appended with the helper below)
-
-
 def higher_optimizer_meta_gradient(
     learner: MetaLearner,
     batch: Batch,
@@ -289,9 +264,10 @@ def higher_optimizer_meta_gradient(
     override: Callable[[int], dict[str, list[Any]]] | None = None,
     wrt: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
-    """:func:`higher_meta_gradient` with any differentiable optimiser of `higher` on every layer
-    of the stack: ``optimizer(stack parameters)`` builds the ``torch.optim`` one it mirrors
-    (``torch.optim.SGD(momentum=...)``, ``torch.optim.Adam``), fresh for each task, and
+    """The meta-gradient from `higher`'s differentiable optimisers, one task at a time (see
+    :func:`higher_meta_gradient`): ``optimizer(stack parameters)`` builds the ``torch.optim`` one
+    it mirrors (``torch.optim.SGD(momentum=...)``, ``torch.optim.Adam``; on the parameters it
+    adapts, all of the stack's or some), fresh for each task, and
     ``override(step)`` (1-based) gives hyper-parameters for that step (``diffopt.step(override=)``:
     tensors that require grad, such as Meta-SGD's rates as per-group ``lr``, are differentiated
     through). The gradient is w.r.t. ``wrt`` (default: every teacher parameter)."""

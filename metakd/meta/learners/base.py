@@ -307,10 +307,15 @@ class MetaLearner(nn.Module, abc.ABC):
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest}, {"params": trust, "lr": self.meta.trust_lr}]
 
+    first_order_only: ClassVar[bool] = False
+    """The algorithm never differentiates through the inner loop (FOMAML, Reptile, iMAML): its
+    adaptation is first order whatever ``inner.first_order`` says."""
+
     @classmethod
     def resolve(cls, inner: InnerConfig) -> InnerConfig:
-        """The adaptation settings this algorithm implies (a copy; here unchanged)."""
-        return dataclasses.replace(inner)
+        """The adaptation settings this algorithm implies (a copy): first order where
+        :attr:`first_order_only`, else unchanged."""
+        return dataclasses.replace(inner, first_order=inner.first_order or cls.first_order_only)
 
     def plan(self) -> AdaptationPlan:
         """Step sizes and adapted layers of the inner loop, under the current meta-parameters."""

@@ -105,6 +105,8 @@ class IMAML(MetaLearner):
         anomaly_shots: whether supports carry labelled anomalies (chooses the ``auto`` loss).
     """
 
+    first_order_only = True  # the inner loop builds no graph: the meta-gradient is implicit
+
     def __init__(
         self, teacher: Teacher, *, inner: InnerConfig, meta: MetaConfig, anomaly_shots: int
     ) -> None:
@@ -117,11 +119,6 @@ class IMAML(MetaLearner):
             )
         # Stored with the teacher, so that adaptation anchors to θ with the same weight.
         self.inner = dataclasses.replace(self.inner, proximal=lam)
-
-    @classmethod
-    def resolve(cls, inner: InnerConfig) -> InnerConfig:
-        """First order: the inner loop builds no graph (the meta-gradient is implicit)."""
-        return dataclasses.replace(inner, first_order=True)
 
     def implicit_objective(
         self,

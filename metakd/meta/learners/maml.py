@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -108,7 +107,4 @@ class FOMAML(MAML):
     """First-order MAML (Finn et al. 2017, §5.2): MAML with the inner steps treated as constants,
     so the meta-gradient is the query gradient at the adapted weights."""
 
-    @classmethod
-    def resolve(cls, inner: InnerConfig) -> InnerConfig:
-        """First order, whatever ``inner.first_order`` says."""
-        return dataclasses.replace(inner, first_order=True)
+    first_order_only = True

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 from torch.func import vmap
@@ -33,6 +31,8 @@ class Reptile(MetaLearner):
             evaluation and ``metakd adapt`` adapt with).
     """
 
+    first_order_only = True  # the pseudo-gradient never differentiates through the inner loop
+
     def __init__(
         self, teacher: Teacher, *, inner: InnerConfig, meta: MetaConfig, anomaly_shots: int
     ) -> None:
@@ -42,11 +42,6 @@ class Reptile(MetaLearner):
         self.supervised_loss = inner_loss_fn(
             "auto", has_anomalies=True, score_is_logit=teacher.score_is_logit
         )
-
-    @classmethod
-    def resolve(cls, inner: InnerConfig) -> InnerConfig:
-        """First order: Reptile never differentiates through the inner loop."""
-        return dataclasses.replace(inner, first_order=True)
 
     def pseudo_gradients(
         self,
