@@ -17,13 +17,17 @@ holds, for each row, its *evidences* (``ProfileConfig.evidences``):
   normals (scaled), where joint deviations matter more than any one neighbour;
 * ``anomalies``: with labelled anomalies in the support, ``log(d_normal / d_anomaly)`` from the
   nearest support normal and the nearest labelled anomaly (0 without any);
+* ``linear``: with labelled anomalies, a ridge regression of the labels on the labelled rows
+  (scaled), read relative to its normals' leave-one-out predictions (0 without any): the
+  direction a supervised linear model finds, which no distance to a nearest row shows;
 
 each distance divided by its task's typical value (the median, over the reference rows
 themselves, of their leave-one-out value) and taken as ``log(d / σ + 0.01)``; then task
 statistics that say which evidence to trust (MetaOD-style meta-features, Zhao et al., NeurIPS
 2021): how the pool's scale compares to the support's, how typical the support is in the pool,
 how far the pool lies from the support, the feature count, pool size and support size, and
-(with ``anomalies``) the number of labelled anomalies. None of it depends on the domain's
+(with ``anomalies``) the number of labelled anomalies, (with ``linear``) how well the ridge
+regression separates the labelled rows it did not see (leave-one-out). None of it depends on the domain's
 feature count or units, so one teacher reads profiles of any task.
 
 A row that is itself in a reference set (a support row, a pool row being scored) is scored
@@ -43,9 +47,11 @@ from torch import Tensor, nn
 
 from metakd.data.transforms import population_std
 from metakd.models.evidence import (
+    RidgeDiscriminant,
     ShrunkGaussian,
     anomaly_evidence,
     both_distances,
+    linear_evidence,
     log_ratio,
     mahalanobis,
     sorted_distances,
@@ -87,7 +93,9 @@ class NeighbourProfile(nn.Module):
     the support normals and pool reference in the pipeline's scaling, ``raw_support``,
     ``raw_pool`` the same as read, ``anomalies_a [A, d]`` the labelled anomalies (scaled),
     ``g_*`` the support normals' shrunk Gaussian (:class:`~metakd.models.evidence.ShrunkGaussian`;
-    no rows with fewer than 2 normals), ``scales`` one normaliser ``σ`` per evidence but
+    no rows with fewer than 2 normals), ``l_*`` the labelled rows' ridge regression
+    (:class:`~metakd.models.evidence.RidgeDiscriminant`: its rows, their leave-one-out
+    predictions, weight, offset and scale; no rows without a labelled anomaly), ``scales`` one normaliser ``σ`` per evidence but
     ``anomalies``, ``stats`` the task statistics. References an evidence does not use are empty.
     """
 
@@ -107,6 +115,11 @@ class NeighbourProfile(nn.Module):
         g_inverse: Tensor
         g_a: Tensor
         g_isotropic: Tensor
+        l_rows: Tensor
+        l_loo: Tensor
+        l_weight: Tensor
+        l_offset: Tensor
+        l_scale: Tensor
         scales: Tensor
         stats: Tensor
 
@@ -137,7 +150,11 @@ class NeighbourProfile(nn.Module):
     def load_references(self, state: dict[str, Tensor]) -> None:
         """Load stored references of any size. A profile saved before ``evidences`` existed
         holds only the buffers of those three (the others stay empty)."""
-        needed = _LEGACY_BUFFERS if self.evidences == LEGACY_EVIDENCES else _BUFFERS
+        needed: tuple[str, ...] = (
+            _LEGACY_BUFFERS if self.evidences == LEGACY_EVIDENCES else _BUFFERS
+        )
+        if "linear" not in self.evidences:  # saved before the evidence existed, or without it
+            needed = tuple(name for name in needed if name not in _LINEAR_BUFFERS)
         missing = [name for name in needed if name not in state]
         unknown = [name for name in state if name not in _BUFFERS]
         if missing or unknown:
@@ -254,8 +271,24 @@ class NeighbourProfile(nn.Module):
                     scales.append(typical_scale(loo, gaussian.distance(sampled).median(-1).values))
                 else:  # no Gaussian of one row: the evidence is neutral (log 1)
                     scales.append(torch.ones_like(sigma_sa))
-        if "anomalies" in evidences and anomalies_a is not None and anomalies_a.shape[-2] > 0:
+        labelled = anomalies_a is not None and anomalies_a.shape[-2] > 0
+        if "anomalies" in evidences and anomalies_a is not None and labelled:
             buffers["anomalies_a"] = anomalies_a.to(torch.float64)
+        separation = torch.zeros_like(d)
+        if "linear" in evidences and anomalies_a is not None and labelled:
+            ridge = RidgeDiscriminant(
+                _bounded_rows(sa, config.max_gaussian, seed),
+                _bounded_rows(anomalies_a.to(torch.float64), config.max_gaussian, seed),
+                config.ridge,
+            )
+            buffers |= {
+                "l_rows": ridge.rows,
+                "l_loo": ridge.loo,
+                "l_weight": ridge.weight,
+                "l_offset": ridge.offset,
+                "l_scale": ridge.scale,
+            }
+            separation = ridge.separation
         counts = torch.full_like(d, 1.0)
         scale = torch.stack(scales, dim=-1)
         stats = [
@@ -267,8 +300,10 @@ class NeighbourProfile(nn.Module):
             torch.log(counts * float(n)) / 5.0,
         ]
         if "anomalies" in evidences:
-            labelled = 0 if anomalies_a is None else anomalies_a.shape[-2]
-            stats.append(torch.log(counts * float(labelled + 1)) / 5.0)
+            shots = 0 if anomalies_a is None else anomalies_a.shape[-2]
+            stats.append(torch.log(counts * float(shots + 1)) / 5.0)
+        if "linear" in evidences:
+            stats.append(separation)
         buffers |= {"scales": scale, "stats": torch.stack(stats, dim=-1)}
         return NeighbourProfile(
             neighbours=k, clip=config.clip, evidences=evidences, buffers=buffers
@@ -321,8 +356,11 @@ class NeighbourProfile(nn.Module):
         pool_near = [x.new_zeros(0), x.new_zeros(0)]
         if raw_pool or cosine_pool:
             pool_near = both_distances(x, self.raw_pool, k, euclidean=raw_pool, cosine=cosine_pool)
-        for i, evidence in enumerate(self.evidences[3:]):
-            sigma = scales[..., 3 + i : 4 + i]
+        scaled_evidences = 3  # the columns of ``scales`` read so far (not every evidence has one)
+        for evidence in self.evidences[3:]:
+            sigma = scales[..., scaled_evidences : scaled_evidences + 1]
+            if evidence not in ("anomalies", "linear"):
+                scaled_evidences += 1
             if evidence == "raw_pool":
                 columns.append(log_ratio(pool_near[0], sigma))
             elif evidence == "cosine_support":
@@ -340,6 +378,12 @@ class NeighbourProfile(nn.Module):
                     columns.append(log_ratio(sigma + torch.zeros_like(za[..., :1]), sigma))
             elif evidence == "anomalies":
                 columns.append(anomaly_evidence(za, self.support_a, self.anomalies_a))
+            elif evidence == "linear":
+                columns.append(
+                    linear_evidence(
+                        za, self.l_rows, self.l_loo, self.l_weight, self.l_offset, self.l_scale
+                    )
+                )
         columns.append(self.stats.unsqueeze(-2) + torch.zeros_like(za[..., :1]))
         return torch.cat(columns, dim=-1).to(torch.float32)
 
@@ -359,9 +403,15 @@ _BUFFERS = (
     "g_inverse",
     "g_a",
     "g_isotropic",
+    "l_rows",
+    "l_loo",
+    "l_weight",
+    "l_offset",
+    "l_scale",
     "scales",
     "stats",
 )
+_LINEAR_BUFFERS = ("l_rows", "l_loo", "l_weight", "l_offset", "l_scale")
 _LEGACY_BUFFERS = ("support_b", "b_shift", "b_scale", "support_a", "pool_a", "scales", "stats")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from metakd.errors import ConfigError
 
-#: Task statistics of the three original evidences (``anomalies`` adds one).
+#: Task statistics of the three original evidences (``anomalies`` and ``linear`` add one each).
 N_TASK_STATS = 6
 #: Every evidence, in profile column order; the first three are the original profile's.
 EVIDENCES = (
@@ -19,11 +19,12 @@ EVIDENCES = (
     "cosine_pool",
     "gaussian_support",
     "anomalies",
+    "linear",
 )
 #: The evidences of profiles saved before ``profile.evidences`` existed.
 LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
 #: Evidences given as one value per row (the others as ``k`` sorted distances).
-_SCALAR = ("gaussian_support", "anomalies")
+_SCALAR = ("gaussian_support", "anomalies", "linear")
 
 
 @dataclass
@@ -38,9 +39,13 @@ class ProfileConfig:
     bounds the stored reference of every teacher that keeps one (``knn``, ``svdd``) the same
     way; every pool row is still scored and distilled on."""
     max_gaussian: int = 256
-    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on (a seeded
-    subsample above it): its fit costs ``O(n³)``, so adapt's time and memory stay bounded
+    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on, and most
+    labelled rows of each kind the ``linear`` evidence's ridge regression is (a seeded
+    subsample above it): each fit costs ``O(n³)``, so adapt's time and memory stay bounded
     whatever the support size."""
+    ridge: float = 1.0
+    """The ``linear`` evidence's ridge penalty, relative to the labelled rows' mean squared
+    norm about their centre (:class:`~metakd.models.evidence.RidgeDiscriminant`)."""
     clip: float = 10.0
     """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
     evidences: list[str] = field(default_factory=lambda: list(EVIDENCES))
@@ -54,6 +59,8 @@ class ProfileConfig:
             raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
         if isinstance(self.max_gaussian, bool) or self.max_gaussian < 3:
             raise ConfigError(f"profile.max_gaussian must be >= 3, got {self.max_gaussian!r}")
+        if not 0 < self.ridge < float("inf"):
+            raise ConfigError(f"profile.ridge must be positive, got {self.ridge!r}")
         if not self.clip > 0:
             raise ConfigError(f"profile.clip must be positive, got {self.clip!r}")
         unknown = [e for e in self.evidences if e not in EVIDENCES]
@@ -75,7 +82,7 @@ class ProfileConfig:
     @property
     def n_stats(self) -> int:
         """Task statistics after the evidence columns."""
-        return N_TASK_STATS + ("anomalies" in self.evidences)
+        return N_TASK_STATS + ("anomalies" in self.evidences) + ("linear" in self.evidences)
 
     @property
     def width(self) -> int:

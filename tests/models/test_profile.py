@@ -36,8 +36,9 @@ def test_profile_width_does_not_depend_on_the_feature_count(features: int) -> No
     config = ProfileConfig(neighbours=4)
     profile, scaler = _fit(x[:10], x[10:], config)
     out = profile(torch.tensor(x), scaler(torch.tensor(x)))
-    # Six evidences of k sorted distances, two of one value, the statistics (+ anomaly shots).
-    assert out.shape == (120, config.width) == (120, 6 * 4 + 2 + N_TASK_STATS + 1)
+    # Six evidences of k sorted distances, three of one value, the statistics (+ anomaly shots,
+    # + the linear evidence's separation).
+    assert out.shape == (120, config.width) == (120, 6 * 4 + 3 + N_TASK_STATS + 2)
     assert torch.isfinite(out).all()
     # Task statistics are the same for every row.
     stats = out[:, -config.n_stats :]
@@ -91,7 +92,11 @@ def test_added_evidences_match_independent_references() -> None:
         start[name] = offset
         offset += count
     scales = dict(
-        zip([n for n, _ in config.columns() if n != "anomalies"], profile.scales, strict=True)
+        zip(
+            [n for n, _ in config.columns() if n not in ("anomalies", "linear")],
+            profile.scales,
+            strict=True,
+        )
     )
 
     def block(name: str, count: int = k) -> np.ndarray:
@@ -126,7 +131,8 @@ def test_added_evidences_match_independent_references() -> None:
     )
     none = plain(p, scaler(p))
     assert torch.all(none[:, start["anomalies"]] == 0)
-    assert none[0, -1] == 0 and out[0, -1] == pytest.approx(np.log(3) / 5)
+    assert none[0, -2] == 0 and out[0, -2] == pytest.approx(np.log(3) / 5)
+    assert torch.all(none[:, start["linear"]] == 0) and none[0, -1] == 0
 
 
 def test_gaussian_evidence_scores_support_rows_leave_one_out() -> None:
@@ -141,6 +147,76 @@ def test_gaussian_evidence_scores_support_rows_leave_one_out() -> None:
         others = torch.cat([x[:i], x[i + 1 :]])
         alone = ShrunkGaussian(others, torch.tensor(30.0)).distance(x[i : i + 1])
         torch.testing.assert_close(loo[i : i + 1], alone)
+
+
+def _linear_block(config: ProfileConfig) -> int:
+    return sum(count for name, count in config.columns()[: config.evidences.index("linear")])
+
+
+def test_linear_evidence_is_ridge_regression_scored_leave_one_out() -> None:
+    """The ``linear`` evidence against scikit-learn's ridge regression of the labels on the
+    labelled rows (centred on the class means' midpoint), each labelled row scored by the ridge
+    refitted without it; its separation statistic against scikit-learn's AUROC of those."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(7)
+    d = 30
+    x = rng.normal(size=(120, d)).astype(np.float32)
+    x[100:110, 0] += 2.5  # ten anomalies along one direction; the first five are labelled
+    normals, anomalies, pool = x[:10], x[100:105], np.concatenate([x[10:100], x[105:]])
+    s, a, p = (torch.tensor(v) for v in (normals, anomalies, pool))
+    config = ProfileConfig(neighbours=3)
+    scaler = Scaler.fit(torch.cat([s, a, p]), ScalingConfig())
+    profile = NeighbourProfile.fit_task(
+        torch.cat([s, a]), torch.arange(15) < 10, p, scale=scaler, config=config, seed=0
+    )
+    rows = scaler(torch.cat([s, a])).double().numpy()
+    y = np.r_[-np.ones(10), np.ones(5)]
+    centre = (rows[:10].mean(0) + rows[10:].mean(0)) / 2
+    centred = rows - centre
+    alpha = config.ridge * (centred**2).sum(1).mean()
+    ridge = Ridge(alpha=alpha, fit_intercept=False).fit(centred, y)
+    loo = np.array(
+        [
+            centred[i]
+            @ Ridge(alpha=alpha, fit_intercept=False)
+            .fit(np.delete(centred, i, 0), np.delete(y, i))
+            .coef_
+            for i in range(15)
+        ]
+    )
+    offset, scale = loo[:10].mean(), max(loo[:10].std(), abs(loo[10:].mean() - loo[:10].mean()) / 4)
+    column = _linear_block(config)
+    # Labelled rows: their leave-one-out prediction; new rows: the ridge fitted on all fifteen.
+    got = profile(torch.cat([s, a]), scaler(torch.cat([s, a])))[:, column].double().numpy()
+    np.testing.assert_allclose(got, np.arcsinh((loo - offset) / scale), rtol=1e-4, atol=1e-5)
+    z_p = scaler(p).double().numpy()
+    got = profile(p, scaler(p))[:, column].double().numpy()
+    expected = np.arcsinh(((z_p - centre) @ ridge.coef_ - offset) / scale)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    separation = float(profile.stats[-1])
+    assert separation == pytest.approx(2 * roc_auc_score(y > 0, loo) - 1, abs=1e-12)
+    # It finds the direction: the held-out anomalies score above the pool's normals.
+    labels = np.r_[np.zeros(90), np.ones(5), np.zeros(10)]
+    assert roc_auc_score(labels, got) > 0.9
+
+
+def test_profiles_saved_without_the_linear_evidence_still_load() -> None:
+    """A teacher saved before ``linear`` existed names its evidences without it, and holds none
+    of its buffers: it loads, and scores as it did."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    evidences = [e for e in ProfileConfig().evidences if e != "linear"]
+    config = ProfileConfig(neighbours=3, evidences=evidences)
+    profile, scaler = _fit(x[:10], x[10:], config)
+    state = {
+        name: value for name, value in profile.state_dict().items() if not name.startswith("l_")
+    }
+    loaded = NeighbourProfile.empty(neighbours=3, clip=10.0, n_features=5, evidences=evidences)
+    loaded.load_references(state)
+    xt = torch.tensor(x)
+    torch.testing.assert_close(loaded(xt, scaler(xt)), profile(xt, scaler(xt)))
+    assert loaded(xt, scaler(xt)).shape[-1] == config.width
 
 
 def test_profile_subsamples_large_pools_to_a_bounded_reference() -> None:
