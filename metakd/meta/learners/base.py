@@ -321,6 +321,12 @@ class MetaLearner(nn.Module, abc.ABC):
         """Step sizes and adapted layers of the inner loop, under the current meta-parameters."""
         return AdaptationPlan.of(self.teacher, self.inner, list(self.rates))
 
+    def with_outer_term(self, loss: Tensor, support_x: Tensor, support_y: Tensor) -> Tensor:
+        """``loss`` plus the teacher's :meth:`~metakd.models.teachers.Teacher.outer_term`, a
+        term of the meta-parameters alone (GANomaly's adversarial training), where it has one."""
+        extra = self.teacher.outer_term(support_x, support_y)
+        return loss if extra is None else loss + extra
+
     @abc.abstractmethod
     def meta_gradients(
         self,

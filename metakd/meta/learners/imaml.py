@@ -196,10 +196,7 @@ class IMAML(MetaLearner):
         objective, *stats = vmap(task, in_dims=(None, 0, 0, 0, 0, pool_dim))(
             theta, support_x, support_y, query_x, query_y, pool_x
         )
-        total = objective.mean()
-        # A teacher's term of the meta-parameters alone (GANomaly's adversarial training).
-        extra = self.teacher.outer_term(support_x, support_y)
-        return (total if extra is None else total + extra), MetaStats(*stats)
+        return self.with_outer_term(objective.mean(), support_x, support_y), MetaStats(*stats)
 
     def meta_gradients(
         self,

@@ -83,10 +83,7 @@ class MAML(MetaLearner):
                 self.teacher.stack_params(), support_x, support_y, query_x, query_y, pool_x
             )
         )
-        loss = stats.outer_loss.mean()
-        # A teacher's term of the meta-parameters alone (GANomaly's adversarial training).
-        extra = self.teacher.outer_term(support_x, support_y)
-        return (loss if extra is None else loss + extra), stats
+        return self.with_outer_term(stats.outer_loss.mean(), support_x, support_y), stats
 
     def meta_gradients(
         self,
