@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import metakd
-from metakd.configio import from_dict, read_yaml
+from metakd.configio import from_dict
 from metakd.data.builtin import BUILTIN_COLLECTIONS
 from metakd.data.readers import ReadOptions
 from metakd.data.splits import SplitConfig
 from metakd.data.transforms import AlignmentConfig
 from metakd.data.windows import WindowConfig
 from metakd.errors import ConfigError, MetakdError
+from metakd.yamlio import read_yaml
 
 MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 

@@ -29,8 +29,6 @@ from metakd.detect.config import (
 )
 from metakd.detect.files import write_detector
 from metakd.detect.inputs import (
-    FROM_POOL,
-    SCORED_AFTER,
     _by_name,
     _check_inputs,
     _column_names,
@@ -316,20 +314,15 @@ class FewShotDetector(BaseEstimator):
         self.scorer_ = self.student_scorer_ or self.teacher_scorer_
         self.threshold_ = self.scorer_.threshold
         self.report_ = report
-        # The scores the threshold was fitted on, in X's order: the support's (or a kept twin's),
-        # the pool's (its first rows), fresh ones for normals beyond max_support.
-        source = p.domain.source
-        train_scores = np.empty(len(source), dtype=fitted_support.dtype)
-        from_support, from_pool = source >= 0, source == FROM_POOL
-        train_scores[from_support] = fitted_support[source[from_support]]
-        if from_pool.any():
-            assert fitted_pool is not None
-            train_scores[from_pool] = fitted_pool[: int(from_pool.sum())]
-        if p.domain.after is not None:
-            train_scores[source == SCORED_AFTER] = decision_scores(self.scorer_, p.domain.after)
+        # The scores the threshold was fitted on, fresh ones for normals beyond max_support.
+        after = p.domain.after
+        self.decision_scores_ = p.domain.scores_of_x(
+            fitted_support,
+            fitted_pool,
+            None if after is None else decision_scores(self.scorer_, after),
+        )
         report["support_duplicates"] = p.domain.duplicates
-        self.decision_scores_ = train_scores
-        self.labels_ = (train_scores > self.threshold_).astype(np.int64)
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self
 
     def fit_predict(

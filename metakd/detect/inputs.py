@@ -68,6 +68,22 @@ class DomainRows:
     after: Tensor | None = None
     """The rows of ``X`` marked :data:`SCORED_AFTER`, in order (``None``: none)."""
 
+    def scores_of_x(
+        self, support: np.ndarray, pool: np.ndarray | None, after: np.ndarray | None
+    ) -> np.ndarray:
+        """``[len(X)]`` each row's training score in ``X``'s order, from the ``support``
+        rows' scores (or a kept twin's), the ``pool``'s (its first rows) and the scores of
+        :attr:`after` (``None`` when there are none)."""
+        scores = np.empty(len(self.source), dtype=support.dtype)
+        from_support, from_pool = self.source >= 0, self.source == FROM_POOL
+        scores[from_support] = support[self.source[from_support]]
+        if from_pool.any():
+            assert pool is not None
+            scores[from_pool] = pool[: int(from_pool.sum())]
+        if after is not None:
+            scores[self.source == SCORED_AFTER] = after
+        return scores
+
 
 def typical_rows(rows: Tensor, count: int, *, seed: int, neighbours: int = 5) -> Tensor:
     """Indices of the ``count`` rows of ``rows [N, d]`` most typical of them: the lowest mean

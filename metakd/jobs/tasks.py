@@ -70,7 +70,7 @@ def as_train_config(spec: str) -> TrainConfig | None:
     """The meta-train config ``spec`` names, if it is one (a YAML file with a ``tasks`` key and
     none of a manifest's ``files``), else ``None``."""
     from metakd.config import load_train_config
-    from metakd.configio import read_yaml
+    from metakd.yamlio import read_yaml
 
     path = Path(spec)
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():

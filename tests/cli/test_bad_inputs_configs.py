@@ -28,7 +28,7 @@ import torch
 from click.testing import CliRunner
 from helpers import TINY_TRAIN, TrainedRun, adapt_model, file_hashes, sets, write_csv
 
-from metakd import configio
+from metakd import configio, yamlio
 from metakd.checkpoint import Fields
 from metakd.cli import main
 from metakd.config import TrainConfig
@@ -474,17 +474,17 @@ def test_the_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     path.write_text(_bomb())
     start = time.monotonic()
     with pytest.raises(ConfigError, match="bomb.yaml: refused: the YAML holds more than"):
-        configio.read_yaml(path)
+        yamlio.read_yaml(path)
     assert time.monotonic() - start < 5
 
 
 def test_aliases_within_the_limits_still_load(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text("model: &m {hidden: [8], embedding_dim: 4}\ntracking: {tags: [a, b]}\n")
-    assert configio.read_yaml(path)["model"] == {"hidden": [8], "embedding_dim": 4}
+    assert yamlio.read_yaml(path)["model"] == {"hidden": [8], "embedding_dim": 4}
     chain = [f"k{i}: &a{i} [*a{i - 1}]" for i in range(1, 40)]
     path.write_text("\n".join(["k0: &a0 [1]", *chain]) + "\n")
-    assert len(configio.read_yaml(path)) == 40
+    assert len(yamlio.read_yaml(path)) == 40
 
 
 def test_a_chain_of_aliases_deeper_than_the_limit_is_refused(tmp_path: Path) -> None:
@@ -492,13 +492,13 @@ def test_a_chain_of_aliases_deeper_than_the_limit_is_refused(tmp_path: Path) -> 
     path = tmp_path / "chain.yaml"
     path.write_text("\n".join(["k0: &a0 [1]", *chain]) + "\n")
     with pytest.raises(ConfigError, match="levels deep once its aliases are expanded"):
-        configio.read_yaml(path)
+        yamlio.read_yaml(path)
 
 
 def test_a_fifo_as_config_is_refused_without_reading(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="not a regular file"):
-        configio.read_yaml(tmp_path / "c.yaml")
+        yamlio.read_yaml(tmp_path / "c.yaml")
 
 
 # -- checkpoint fields ------------------------------------------------------------------------------

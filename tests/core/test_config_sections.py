@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from metakd import configio
+from metakd import configio, yamlio
 from metakd.config import TrainConfig, load_train_config
 from metakd.errors import ConfigError
 from metakd.models.teachers import (
@@ -62,7 +62,7 @@ def test_sections_are_keys_of_their_owner_and_round_trip() -> None:
         "size": {"width": 1.0},
     }
     assert configio.from_dict(Box, data) == box
-    assert configio.from_dict(Box, configio.read_yaml_text(configio.dump_yaml(box))) == box
+    assert configio.from_dict(Box, yamlio.read_yaml_text(configio.dump_yaml(box))) == box
 
 
 @pytest.mark.parametrize(

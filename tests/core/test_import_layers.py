@@ -16,7 +16,7 @@ import metakd
 #: Lowest first. Layer of a unit = the index of the row that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("metakd", "errors", "threads"),  # the package face (version), errors, thread counts
-    ("extras", "progress"),  # optional dependencies by extra; progress bars and log lines
+    ("extras", "progress", "yamlio"),  # optional dependencies; progress bars; safe YAML
     ("configio", "tracking", "distributed", "prefetch", "threshold", "checkpoint"),
     ("data", "resume"),  # reading and shaping tasks; the resume checkpoint
     ("inputs",),  # what a command reads (its --out may not hold any of it)
@@ -124,3 +124,15 @@ def test_the_graph_reader_sees_imports() -> None:
     assert "metakd.train.loop" in graph["metakd.train"]
     assert "metakd.errors" in graph["metakd.configio"]
     assert "metakd.meta.learners.registry" in graph["metakd.meta.learners.maml"]
+
+
+#: Longest a module may grow (issue #26): past it, a module holds more than one role.
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    lengths = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in _modules().items()
+    }
+    assert {n: k for n, k in lengths.items() if k > MAX_MODULE_LINES} == {}
