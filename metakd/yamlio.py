@@ -136,29 +136,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     if "\x00" in text:
         raise ConfigError(f"{path}: not a text file (it holds NUL bytes); save it as UTF-8 YAML")
-    try:
-        data = parse_yaml(text)
-    except YAMLLimitError as err:
-        raise ConfigError(f"{path}: refused: the YAML {err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err.__class__.__name__})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    return _mapping(text, where=f"{path}: ", empty=True)
 
 
 def read_yaml_text(text: str) -> dict[str, Any]:
     """Parse YAML text that must hold a mapping."""
+    return _mapping(text, where="", empty=False)
+
+
+def _mapping(text: str, *, where: str, empty: bool) -> dict[str, Any]:
+    """The mapping ``text`` holds (``empty``: an empty document is an empty mapping); errors
+    start with ``where``."""
     try:
         data = parse_yaml(text)
     except YAMLLimitError as err:
-        raise ConfigError(f"refused: the YAML {err}") from None
+        raise ConfigError(f"{where}refused: the YAML {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML ({err.__class__.__name__})") from None
+        raise ConfigError(f"{where}invalid YAML ({err.__class__.__name__})") from None
+    if data is None and empty:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError("expected a mapping at the top level")
+        raise ConfigError(f"{where}expected a mapping at the top level")
     return data
 
 
