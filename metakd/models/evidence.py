@@ -51,17 +51,10 @@ def both_distances(
     euclid: list[Tensor] = []
     angle: list[Tensor] = []
     take = min(k + 1, ref.shape[-2])
-    batch = 1
-    for size in x.shape[:-2]:
-        batch *= size
-    # Bounds memory at block_rows × M × 8 bytes (summed over the batch of tasks).
-    block_rows = max(1, 2048 // max(1, batch))
+    block_rows = _block_rows(x)
     for start in range(0, x.shape[-2], block_rows):
         block = x[..., start : start + block_rows, :]
-        block_sq = block.pow(2).sum(-1, keepdim=True)
-        dot = block @ ref.transpose(-1, -2)
-        sq = (block_sq + ref_sq - 2.0 * dot).clamp_min(0.0)
-        first = _first_exact_match(sq, block_sq, ref_sq)
+        block_sq, dot, sq, first = _expansion(block, ref, ref_sq)
         if euclidean:
             near = sq.masked_fill(first, float("inf")).topk(take, dim=-1, largest=False).values
             euclid.append(near.sqrt())
@@ -74,13 +67,25 @@ def both_distances(
     return [first_kind, second_kind]
 
 
-def _first_exact_match(sq: Tensor, x_sq: Tensor, ref_sq: Tensor) -> Tensor:
-    """``[..., N, M]`` marking each row's first exact match among the reference rows, from the
-    squared distances ``sq`` and the squared norms ``x_sq [..., N, 1]``, ``ref_sq [..., 1, M]``.
-    """
+def _block_rows(x: Tensor) -> int:
+    """Rows of ``x [..., N, d]`` per block against a reference of ``M`` rows: bounds memory at
+    block_rows × M × 8 bytes, summed over the leading batch of tasks."""
+    batch = 1
+    for size in x.shape[:-2]:
+        batch *= size
+    return max(1, 2048 // max(1, batch))
+
+
+def _expansion(block: Tensor, ref: Tensor, ref_sq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Squared norms ``[..., N, 1]``, products ``[..., N, M]`` and squared distances of rows
+    ``block`` to ``ref`` (``ref_sq [..., 1, M]`` its squared norms) by the norm expansion, and
+    each row's first exact match among the reference rows ``[..., N, M]`` (bool)."""
+    block_sq = block.pow(2).sum(-1, keepdim=True)
+    dot = block @ ref.transpose(-1, -2)
+    sq = (block_sq + ref_sq - 2.0 * dot).clamp_min(0.0)
     # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
-    match = sq <= 1e-9 * (x_sq + ref_sq) + 1e-300
-    return match & (match.cumsum(-1) == 1)
+    match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
+    return block_sq, dot, sq, match & (match.cumsum(-1) == 1)
 
 
 def _finish(parts: list[Tensor], x: Tensor, k: int, take: int) -> Tensor:
@@ -214,7 +219,8 @@ class RidgeDiscriminant:
     ``z = (w·x − offset) / scale``, ``offset`` and ``scale`` the mean and spread of the normals'
     *leave-one-out* predictions (the closed form ``(f_i − h_ii y_i) / (1 − h_ii)`` of a linear
     smoother, the centre held fixed; Hastie, Tibshirani & Friedman, *Elements of Statistical
-    Learning*, §7.10), so an unseen normal reads about 0 whether or not the labelled rows are separable.
+    Learning*, §7.10), so an unseen normal reads about 0 whether or not the labelled rows are
+    separable.
 
     Args:
         normals: ``[..., n, d]`` labelled normals (scaled).
@@ -267,15 +273,9 @@ def linear_evidence(
     score = (x * weight.unsqueeze(-2)).sum(-1)  # [..., N]
     ref_sq = rows.pow(2).sum(-1).unsqueeze(-2)
     held_out: list[Tensor] = []
-    batch = 1
-    for size in x.shape[:-2]:
-        batch *= size
-    block_rows = max(1, 2048 // max(1, batch))  # as in both_distances: bounded memory
+    block_rows = _block_rows(x)
     for start in range(0, x.shape[-2], block_rows):
-        block = x[..., start : start + block_rows, :]
-        block_sq = block.pow(2).sum(-1, keepdim=True)
-        sq = (block_sq + ref_sq - 2.0 * (block @ rows.transpose(-1, -2))).clamp_min(0.0)
-        first = _first_exact_match(sq, block_sq, ref_sq)  # [..., rows of the block, r]
+        first = _expansion(x[..., start : start + block_rows, :], rows, ref_sq)[3]
         own = (first.to(x.dtype) * loo.unsqueeze(-2)).sum(-1)
         held_out.append(torch.where(first.any(-1), own, score[..., start : start + block_rows]))
     z = (torch.cat(held_out, dim=-1) - offset.unsqueeze(-1)) / scale.unsqueeze(-1)

@@ -27,8 +27,8 @@ statistics that say which evidence to trust (MetaOD-style meta-features, Zhao et
 2021): how the pool's scale compares to the support's, how typical the support is in the pool,
 how far the pool lies from the support, the feature count, pool size and support size, and
 (with ``anomalies``) the number of labelled anomalies, (with ``linear``) how well the ridge
-regression separates the labelled rows it did not see (leave-one-out). None of it depends on the domain's
-feature count or units, so one teacher reads profiles of any task.
+regression separates the labelled rows it did not see (leave-one-out). None of it depends on
+the domain's feature count or units, so one teacher reads profiles of any task.
 
 A row that is itself in a reference set (a support row, a pool row being scored) is scored
 leave-one-out: its first exact match in that set is not its own neighbour. An exact match is
@@ -61,6 +61,7 @@ from metakd.models.profile_config import (
     EVIDENCES,
     LEGACY_EVIDENCES,
     N_TASK_STATS,
+    UNSCALED,
     ProfileConfig,
 )
 
@@ -95,8 +96,8 @@ class NeighbourProfile(nn.Module):
     ``g_*`` the support normals' shrunk Gaussian (:class:`~metakd.models.evidence.ShrunkGaussian`;
     no rows with fewer than 2 normals), ``l_*`` the labelled rows' ridge regression
     (:class:`~metakd.models.evidence.RidgeDiscriminant`: its rows, their leave-one-out
-    predictions, weight, offset and scale; no rows without a labelled anomaly), ``scales`` one normaliser ``σ`` per evidence but
-    ``anomalies``, ``stats`` the task statistics. References an evidence does not use are empty.
+    predictions, weight, offset and scale; no rows without a labelled anomaly), ``scales`` one
+    normaliser ``σ`` per evidence but those of ``UNSCALED``, ``stats`` the task statistics. References an evidence does not use are empty.
     """
 
     if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class NeighbourProfile(nn.Module):
         self.neighbours = int(neighbours)
         self.clip = float(clip)
         self.evidences = list(evidences)
+        # Each evidence's column in ``scales`` (those of UNSCALED have none).
+        scaled = [e for e in self.evidences if e not in UNSCALED]
+        self.sigma_column = {e: i for i, e in enumerate(scaled)}
         for name in _BUFFERS:
             value = buffers.get(name, torch.zeros(0))
             self.register_buffer(name, value.detach().to(torch.float64).clone())
@@ -271,11 +275,12 @@ class NeighbourProfile(nn.Module):
                     scales.append(typical_scale(loo, gaussian.distance(sampled).median(-1).values))
                 else:  # no Gaussian of one row: the evidence is neutral (log 1)
                     scales.append(torch.ones_like(sigma_sa))
-        labelled = anomalies_a is not None and anomalies_a.shape[-2] > 0
-        if "anomalies" in evidences and anomalies_a is not None and labelled:
+        if anomalies_a is not None and anomalies_a.shape[-2] == 0:
+            anomalies_a = None
+        if "anomalies" in evidences and anomalies_a is not None:
             buffers["anomalies_a"] = anomalies_a.to(torch.float64)
         separation = torch.zeros_like(d)
-        if "linear" in evidences and anomalies_a is not None and labelled:
+        if "linear" in evidences and anomalies_a is not None:
             ridge = RidgeDiscriminant(
                 _bounded_rows(sa, config.max_gaussian, seed),
                 _bounded_rows(anomalies_a.to(torch.float64), config.max_gaussian, seed),
@@ -356,11 +361,9 @@ class NeighbourProfile(nn.Module):
         pool_near = [x.new_zeros(0), x.new_zeros(0)]
         if raw_pool or cosine_pool:
             pool_near = both_distances(x, self.raw_pool, k, euclidean=raw_pool, cosine=cosine_pool)
-        scaled_evidences = 3  # the columns of ``scales`` read so far (not every evidence has one)
         for evidence in self.evidences[3:]:
-            sigma = scales[..., scaled_evidences : scaled_evidences + 1]
-            if evidence not in ("anomalies", "linear"):
-                scaled_evidences += 1
+            column = self.sigma_column.get(evidence, 0)  # read only by evidences that have one
+            sigma = scales[..., column : column + 1]
             if evidence == "raw_pool":
                 columns.append(log_ratio(pool_near[0], sigma))
             elif evidence == "cosine_support":
@@ -388,6 +391,8 @@ class NeighbourProfile(nn.Module):
         return torch.cat(columns, dim=-1).to(torch.float32)
 
 
+#: The ``linear`` evidence's references (absent from profiles saved without it).
+_LINEAR_BUFFERS = ("l_rows", "l_loo", "l_weight", "l_offset", "l_scale")
 #: Every reference a profile may hold, and those of a profile saved before ``evidences``.
 _BUFFERS = (
     "support_b",
@@ -403,15 +408,10 @@ _BUFFERS = (
     "g_inverse",
     "g_a",
     "g_isotropic",
-    "l_rows",
-    "l_loo",
-    "l_weight",
-    "l_offset",
-    "l_scale",
+    *_LINEAR_BUFFERS,
     "scales",
     "stats",
 )
-_LINEAR_BUFFERS = ("l_rows", "l_loo", "l_weight", "l_offset", "l_scale")
 _LEGACY_BUFFERS = ("support_b", "b_shift", "b_scale", "support_a", "pool_a", "scales", "stats")
 
 

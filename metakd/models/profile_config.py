@@ -25,6 +25,8 @@ EVIDENCES = (
 LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
 #: Evidences given as one value per row (the others as ``k`` sorted distances).
 _SCALAR = ("gaussian_support", "anomalies", "linear")
+#: Evidences read as they are, with no typical value ``σ`` in a profile's ``scales``.
+UNSCALED = ("anomalies", "linear")
 
 
 @dataclass
@@ -90,4 +92,4 @@ class ProfileConfig:
         return sum(count for _, count in self.columns()) + self.n_stats
 
 
-__all__ = ["EVIDENCES", "LEGACY_EVIDENCES", "N_TASK_STATS", "ProfileConfig"]
+__all__ = ["EVIDENCES", "LEGACY_EVIDENCES", "N_TASK_STATS", "UNSCALED", "ProfileConfig"]
