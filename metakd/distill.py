@@ -154,6 +154,8 @@ class DistillResult:
     steps: int
     history: list[dict[str, float]]
     """``{"step", "loss", "fidelity"}`` at every fidelity check."""
+    threshold: float
+    """The teacher's threshold in the student's units ``z_τ``: where its hard labels change."""
 
 
 def _normaliser(values: Tensor) -> tuple[float, float]:
@@ -288,6 +290,7 @@ def distill(
         fidelity=best_fidelity,
         steps=step,
         history=history,
+        threshold=z_threshold,
     )
 
 

@@ -219,7 +219,12 @@ def print_adapt(
         "contamination": f"the top {config.threshold.contamination:.0%} of the unlabelled rows "
         "are anomalous (threshold.contamination)",
         "normal_quantile": f"the {config.threshold.normal_quantile:.0%} quantile of the support "
-        "normals' scores (threshold.normal_quantile)",
+        "normals' "
+        + (
+            f"cross-fitted scores (threshold.normal_quantile, {config.threshold.folds} folds)"
+            if report.get("threshold_cross_fitted")
+            else "scores (threshold.normal_quantile)"
+        ),
         "f1": "best F1 on the labelled support",
     }.get(method, method)
     out_console.print(f"threshold rule: {method}: {rule}", soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,13 @@ from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
 from metakd.meta.losses import LossFn, inner_loss_fn
 from metakd.models.deploy import Preprocessor
-from metakd.models.profile import NeighbourProfile
+from metakd.models.profile import NeighbourProfile, seeded_order
 from metakd.models.stack import StackParams
 from metakd.models.teachers import Teacher, score_logits
 from metakd.persist import (
     TeacherBundle,
 )
+from metakd.threshold import resolve_method
 
 
 @dataclass
@@ -37,6 +39,14 @@ class _Adapted:
     inner: InnerConfig
     support_scores: Tensor
     pool_scores: Tensor | None
+    calibration_scores: Tensor | None = None
+    """The support's cross-fitted scores (:func:`cross_fitted`), which the threshold then reads
+    instead of ``support_scores`` (those stay the student's targets: the teacher's own)."""
+
+    @property
+    def threshold_scores(self) -> Tensor:
+        """The support scores the threshold is calibrated on."""
+        return self.support_scores if self.calibration_scores is None else self.calibration_scores
 
 
 @dataclass
@@ -177,6 +187,41 @@ class _InnerSetup:
                 support_scores=score_logits(teacher, support_raw),
                 pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
             )
+
+
+def cross_fitted(prepared: _Prepared, setup: _InnerSetup, adapted: _Adapted) -> _Adapted:
+    """``adapted`` with the support's cross-fitted scores, when the threshold is read from them
+    alone (``normal_quantile``: no pool, no labelled anomalies), ``threshold.folds`` > 0 and at
+    most ``threshold.fold_rows`` normals.
+
+    A support row's own score runs low: the scaling, the profile and the inner loop were all
+    fitted on it (the leave-one-out reference alone does not undo that), so a quantile of those
+    scores flags far more unseen normals than it should (RESULTS.md §12). Split the normals
+    into ``folds`` seeded folds (leave-one-out below that many rows); each fold is scored by the
+    teacher fitted on the others, as a new row is: the scores a conformal quantile needs
+    (cross-conformal, Vovk 2015). The full fit's scores stay the student's targets: distilled
+    toward these, the student ranked worse (RESULTS.md §12).
+    """
+    p, cfg = prepared, prepared.cfg
+    method = resolve_method(
+        cfg.threshold, has_anomalies=bool((p.labels == 1).any()), has_pool=p.pool is not None
+    )
+    n, limit = len(p.support), cfg.threshold.fold_rows
+    if method != "normal_quantile" or cfg.threshold.folds == 0 or (limit is not None and n > limit):
+        return adapted
+    order = seeded_order(n, cfg.seed)
+    scores = torch.empty_like(adapted.support_scores)
+    for held in order.tensor_split(min(cfg.threshold.folds, n)):
+        keep = torch.ones(n, dtype=torch.bool, device=p.support.device)
+        keep[held] = False
+        rows, labels = p.support[keep], p.labels[keep]
+        preprocess = fit_preprocess(p.bundle, rows, labels, None, seed=cfg.seed)
+        xs = preprocess(rows)
+        fold = setup.complete(setup.run(xs, labels, None), xs, labels, None, None, None)
+        with torch.no_grad():
+            raw = fold.teacher(preprocess(p.support[held]))
+        scores[held.to(scores.device)] = score_logits(fold.teacher, raw)
+    return dataclasses.replace(adapted, calibration_scores=scores)
 
 
 def _unbatch(params: StackParams, i: int) -> StackParams:

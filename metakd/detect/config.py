@@ -13,9 +13,9 @@ from metakd.threshold import ThresholdConfig
 from metakd.tracking import TrackingConfig
 
 #: Without an unlabelled pool a support needs this many distinct normals: the threshold is
-#: calibrated on their leave-one-out scores, which run low (each row was in the scaling and the
-#: adaptation it is scored by); with 2 rows every unseen normal scored above both (measured on
-#: synthetic tasks: 100 % flagged at 2 rows, ~40 % at 5, ~5 % at 50; RESULTS.md §12).
+#: calibrated on their cross-fitted scores (``threshold.folds``), and below this a conformal
+#: threshold is the highest of a handful of scores (with 2 rows every unseen normal scored above
+#: both on their own scores; RESULTS.md §12).
 MIN_NORMALS_WITHOUT_POOL = 5
 #: Rows scored per forward pass (bounds the working memory of heads with a reference).
 SCORE_BLOCK_ROWS = 4096

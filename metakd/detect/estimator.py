@@ -20,6 +20,7 @@ from metakd.config import resolve_device
 from metakd.detect.adaptation import (
     _InnerSetup,
     _Prepared,
+    cross_fitted,
     fit_preprocess,
     student_preprocess,
 )
@@ -139,11 +140,11 @@ class FewShotDetector(BaseEstimator):
         exact duplicates count once; above ``config.max_support`` normals a seeded subsample is
         adapted on and the others scored after).
 
-        ``decision_scores_`` holds, for every row of ``X`` in order, the score the threshold
-        was calibrated on: with a student (the deployed scorer) the student's scores of the
-        rows, equal to ``decision_function(X)``; without one, the adapted teacher's
-        leave-one-out scores (a row in the teacher's reference is not compared with itself),
-        which can differ from ``decision_function(X)`` for teachers with a reference.
+        ``decision_scores_`` holds, for every row of ``X`` in order: with a student (the
+        deployed scorer) its scores of the rows, equal to ``decision_function(X)``; without one,
+        the adapted teacher's scores the threshold was calibrated on, leave-one-out (a row in its
+        reference is not compared with itself; without a pool, cross-fitted: ``threshold.folds``)
+        and so not always equal to ``decision_function(X)``.
         """
         with torch_threads(self._resolved_config().threads):
             prepared = self._prepare(X, y, unlabeled)
@@ -231,11 +232,10 @@ class FewShotDetector(BaseEstimator):
         bundle, cfg, preprocess = p.bundle, p.cfg, p.preprocess
         support, labels, pool = p.support, p.labels, p.pool
         xs, xp, device = p.xs, p.xp, p.support.device
-        adapted = setup.complete(params, xs, labels, xp, p.xr, p.kept)
+        adapted = cross_fitted(p, setup, setup.complete(params, xs, labels, xp, p.xr, p.kept))
         timings: dict[str, float] = {"adapt_seconds": time.perf_counter() - p.started}
-
         teacher_net = LogitScorer(adapted.teacher)
-        fitted_support = adapted.support_scores.cpu().numpy()
+        fitted_support = adapted.threshold_scores.cpu().numpy()
         fitted_pool = None if adapted.pool_scores is None else adapted.pool_scores.cpu().numpy()
         t_threshold, method = calibrate_threshold(
             fitted_support, labels.cpu().numpy(), fitted_pool, cfg.threshold
@@ -250,6 +250,7 @@ class FewShotDetector(BaseEstimator):
             "teacher_parameters": count_parameters(adapted.teacher),
             "teacher_threshold": t_threshold,
             "threshold_method": method,
+            "threshold_cross_fitted": adapted.calibration_scores is not None,
             "inner": configio.to_dict(adapted.inner),
         }
         if cfg.student:
@@ -285,6 +286,8 @@ class FewShotDetector(BaseEstimator):
             s_threshold, _ = calibrate_threshold(
                 s_support, labels.cpu().numpy(), s_pool, cfg.threshold
             )
+            if adapted.calibration_scores is not None:  # its own support scores run low too
+                s_threshold = result.threshold
             fitted_support, fitted_pool = s_support, s_pool
             # Clipped as the teacher's scaling, or at the reach of the distillation data where
             # the teacher's scaling has no clip (a student extrapolates beyond it).

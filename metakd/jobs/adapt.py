@@ -169,6 +169,8 @@ def save_domain(
         report["threshold"]["contamination"] = config.threshold.contamination
     elif used == "normal_quantile":
         report["threshold"]["normal_quantile"] = config.threshold.normal_quantile
+        report["threshold"]["cross_fitted"] = report["threshold_cross_fitted"]
+        report["threshold"]["folds"] = config.threshold.folds
     if domain.window is not None:
         report["window"] = configio.to_dict(domain.window)
     evaluation = domain.evaluation

@@ -19,7 +19,7 @@ from metakd.data.builtin import synthetic_collection
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import MetakdError
 from metakd.persist import TeacherBundle, load_scorer
-from metakd.threshold import ThresholdConfig
+from metakd.threshold import ThresholdConfig, calibrate_threshold
 from metakd.train import meta_train
 
 
@@ -253,6 +253,35 @@ def test_threshold_with_and_without_anomaly_shots(teacher_path: Path, domain) ->
         config=AdaptConfig(student=False, threshold=ThresholdConfig(method="normal_quantile")),
     ).fit(X, y)
     assert quantile.report_["threshold_method"] == "normal_quantile"
+
+
+def test_no_pool_threshold_reads_cross_fitted_support_scores(teacher_path: Path, domain) -> None:
+    """Without a pool the support's own scores run low (each row was in the scaling, profile and
+    inner loop that score it): each fold is scored by a detector fitted without it instead,
+    and the conformal order statistic of those scores is the threshold."""
+    X, y = domain["support"]
+    normals = X[y == 0]
+    n = len(normals)
+    bundle = TeacherBundle.load(teacher_path)
+    config = AdaptConfig(student=False)  # threshold.folds 10 >= n: leave-one-out
+    det = FewShotDetector(bundle, config=config).fit(normals, np.zeros(n))
+    for i in (0, n - 1):
+        without = FewShotDetector(bundle, config=config).fit(
+            np.delete(normals, i, axis=0), np.zeros(n - 1)
+        )
+        expected = without.decision_function(normals[i : i + 1])[0]
+        assert det.decision_scores_[i] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    threshold, _ = calibrate_threshold(det.decision_scores_, np.zeros(n), None, config.threshold)
+    assert det.threshold_ == threshold
+    # folds 0: the rows' own (reference-leave-one-out) scores from the one fit, as before.
+    own = FewShotDetector(
+        bundle, config=AdaptConfig(student=False, threshold=ThresholdConfig(folds=0))
+    ).fit(normals, np.zeros(n))
+    assert not np.allclose(own.decision_scores_, det.decision_scores_)
+    np.testing.assert_allclose(own.decision_function(normals), det.decision_function(normals))
+    # With a pool the threshold is the pool's quantile: nothing is refitted.
+    pooled = FewShotDetector(bundle, config=config).fit(normals, unlabeled=domain["pool"][0])
+    assert pooled.report_["threshold_method"] == "contamination"
 
 
 def test_fit_takes_read_only_arrays_without_warnings(teacher_path: Path, domain) -> None:

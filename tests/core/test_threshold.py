@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metakd.errors import MetakdError
-from metakd.threshold import ThresholdConfig, calibrate_threshold
+from metakd.errors import ConfigError, MetakdError
+from metakd.threshold import ThresholdConfig, calibrate_threshold, resolve_method
 
 
 def test_normals_only_threshold_is_high_not_the_lowest_score() -> None:
@@ -79,3 +79,23 @@ def test_threshold_warns_when_fitted_on_few_rows_or_flagging_every_normal() -> N
     assert any("flags every one of the 3 support normals" in str(w.message) for w in caught)
     with pytest.raises(MetakdError, match="not finite"):
         calibrate_threshold(np.array([1.0, np.nan, 2.0]), y, None, ThresholdConfig())
+
+
+@pytest.mark.parametrize(
+    ("method", "anomalies", "pool", "expected"),
+    [
+        ("auto", True, True, "f1"),
+        ("auto", False, True, "contamination"),
+        ("auto", False, False, "normal_quantile"),
+        ("normal_quantile", False, True, "normal_quantile"),
+    ],
+)
+def test_resolve_method(method: str, anomalies: bool, pool: bool, expected: str) -> None:
+    config = ThresholdConfig(method=method)  # type: ignore[arg-type]
+    assert resolve_method(config, has_anomalies=anomalies, has_pool=pool) == expected
+
+
+@pytest.mark.parametrize("folds", [1, -1, True, 2.5])
+def test_bad_folds_are_refused(folds: object) -> None:
+    with pytest.raises(ConfigError, match="threshold.folds"):
+        ThresholdConfig(folds=folds)  # type: ignore[arg-type]

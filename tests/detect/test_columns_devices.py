@@ -75,6 +75,14 @@ def test_score_matches_columns_by_name_and_refuses_renamed_ones(
     report = json.loads((model / "report.json").read_text())
     assert report["inputs"]["columns"] == FEATURES
     assert report["threshold"]["method"] == report["threshold_method"]
+    # 30 normals, no pool: the threshold reads the support's cross-fitted scores.
+    assert report["threshold"] == {
+        "method": "normal_quantile",
+        "configured": "auto",
+        "normal_quantile": 0.95,
+        "cross_fitted": True,
+        "folds": 10,
+    }
     frame = _frame(20, 1)
     code, output = _score(tmp_path, model, frame)
     assert code == 0, output
