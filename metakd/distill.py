@@ -154,8 +154,9 @@ class DistillResult:
     steps: int
     history: list[dict[str, float]]
     """``{"step", "loss", "fidelity"}`` at every fidelity check."""
-    threshold: float
-    """The teacher's threshold in the student's units ``z_τ``: where its hard labels change."""
+    offset: float
+    scale: float
+    """The student's units: it learns ``z = (logit − offset) / scale`` of the teacher's logits."""
 
 
 def _normaliser(values: Tensor) -> tuple[float, float]:
@@ -290,7 +291,8 @@ def distill(
         fidelity=best_fidelity,
         steps=step,
         history=history,
-        threshold=z_threshold,
+        offset=offset,
+        scale=scale,
     )
 
 

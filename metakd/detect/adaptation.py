@@ -27,7 +27,7 @@ from metakd.models.teachers import Teacher, score_logits
 from metakd.persist import (
     TeacherBundle,
 )
-from metakd.threshold import resolve_method
+from metakd.threshold import calibrate_threshold, resolve_method
 
 
 @dataclass
@@ -42,6 +42,13 @@ class _Adapted:
     calibration_scores: Tensor | None = None
     """The support's cross-fitted scores (:func:`cross_fitted`), which the threshold then reads
     instead of ``support_scores`` (those stay the student's targets: the teacher's own)."""
+    own_threshold: float | None = None
+    """With ``calibration_scores``: the threshold ``support_scores`` give, where the student's
+    hard labels split as they did before cross-fitting."""
+
+    def hard_label_threshold(self, threshold: float) -> float:
+        """Where distillation splits the student's hard labels, given the teacher's threshold."""
+        return threshold if self.own_threshold is None else self.own_threshold
 
     @property
     def threshold_scores(self) -> Tensor:
@@ -199,8 +206,9 @@ def cross_fitted(prepared: _Prepared, setup: _InnerSetup, adapted: _Adapted) -> 
     scores flags far more unseen normals than it should (RESULTS.md §12). Split the normals
     into ``folds`` seeded folds (leave-one-out below that many rows); each fold is scored by the
     teacher fitted on the others, as a new row is: the scores a conformal quantile needs
-    (cross-conformal, Vovk 2015). The full fit's scores stay the student's targets: distilled
-    toward these, the student ranked worse (RESULTS.md §12).
+    (cross-conformal, Vovk 2015). Only the thresholds move: the student is distilled on the full
+    fit's scores and threshold as before (distilled toward these, it ranked worse; RESULTS.md
+    §12), and its threshold is the teacher's in its units.
     """
     p, cfg = prepared, prepared.cfg
     method = resolve_method(
@@ -221,7 +229,10 @@ def cross_fitted(prepared: _Prepared, setup: _InnerSetup, adapted: _Adapted) -> 
         with torch.no_grad():
             raw = fold.teacher(preprocess(p.support[held]))
         scores[held.to(scores.device)] = score_logits(fold.teacher, raw)
-    return dataclasses.replace(adapted, calibration_scores=scores)
+    own, _ = calibrate_threshold(
+        adapted.support_scores.cpu().numpy(), p.labels.cpu().numpy(), None, cfg.threshold
+    )
+    return dataclasses.replace(adapted, calibration_scores=scores, own_threshold=own)
 
 
 def _unbatch(params: StackParams, i: int) -> StackParams:

@@ -267,7 +267,7 @@ class FewShotDetector(BaseEstimator):
                     xs,
                     labels,
                     xp,
-                    teacher_threshold=t_threshold,
+                    teacher_threshold=adapted.hard_label_threshold(t_threshold),
                     config=dataclasses.replace(cfg.distill, student=student_config),
                     seed=cfg.seed,
                     support_scores=adapted.support_scores,
@@ -287,7 +287,7 @@ class FewShotDetector(BaseEstimator):
                 s_support, labels.cpu().numpy(), s_pool, cfg.threshold
             )
             if adapted.calibration_scores is not None:  # its own support scores run low too
-                s_threshold = result.threshold
+                s_threshold = (t_threshold - result.offset) / result.scale
             fitted_support, fitted_pool = s_support, s_pool
             # Clipped as the teacher's scaling, or at the reach of the distillation data where
             # the teacher's scaling has no clip (a student extrapolates beyond it).

@@ -279,6 +279,19 @@ def test_no_pool_threshold_reads_cross_fitted_support_scores(teacher_path: Path,
     ).fit(normals, np.zeros(n))
     assert not np.allclose(own.decision_scores_, det.decision_scores_)
     np.testing.assert_allclose(own.decision_function(normals), det.decision_function(normals))
+    # Only thresholds move: the student is distilled as before, on the full fit's own scores.
+    students = [
+        FewShotDetector(bundle, config=AdaptConfig(threshold=ThresholdConfig(folds=f))).fit(
+            normals, np.zeros(n)
+        )
+        for f in (0, 10)
+    ]
+    eval_rows = domain["eval"][0]
+    np.testing.assert_array_equal(
+        students[0].decision_function(eval_rows), students[1].decision_function(eval_rows)
+    )
+    assert students[1].report_["threshold_cross_fitted"]
+    assert students[0].threshold_ != students[1].threshold_
     # With a pool the threshold is the pool's quantile: nothing is refitted.
     pooled = FewShotDetector(bundle, config=config).fit(normals, unlabeled=domain["pool"][0])
     assert pooled.report_["threshold_method"] == "contamination"
