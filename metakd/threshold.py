@@ -1,8 +1,10 @@
 """Decision thresholds for a task's scores, calibrated without touching evaluation labels.
 
 Without anomaly labels we follow PyOD's contract: the threshold is the ``1 - contamination``
-quantile of the scores of the unlabelled pool (or of the support normals when there is no pool).
-With labelled anomalies in the support, the threshold maximises F1 on the support.
+quantile of the scores of the unlabelled pool. Without a pool it is the conformal order statistic
+of the support normals' scores, which the detector cross-fits (``folds``): each normal scored by a
+detector fitted without it, as an unseen normal is. With labelled anomalies in the support, the
+threshold maximises F1 on the support.
 
 A threshold fitted on normal rows alone must never be the *lowest* normal score (the failure
 anomalib users hit when the adaptive F1 threshold sees only normals): then every unseen normal

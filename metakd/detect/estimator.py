@@ -283,11 +283,11 @@ class FewShotDetector(BaseEstimator):
             with torch.no_grad():
                 s_support = student_net(xs).cpu().numpy()
                 s_pool = student_net(xp).cpu().numpy() if xp is not None else None
-            s_threshold, _ = calibrate_threshold(
-                s_support, labels.cpu().numpy(), s_pool, cfg.threshold
-            )
             if adapted.calibration_scores is not None:  # its own support scores run low too
                 s_threshold = (t_threshold - result.offset) / result.scale
+            else:
+                fitted = (s_support, labels.cpu().numpy(), s_pool)
+                s_threshold = calibrate_threshold(*fitted, cfg.threshold)[0]
             fitted_support, fitted_pool = s_support, s_pool
             # Clipped as the teacher's scaling, or at the reach of the distillation data where
             # the teacher's scaling has no clip (a student extrapolates beyond it).
