@@ -67,11 +67,7 @@ def domain_row(
     config = TrainConfig()
     profile_config = config.model.input_profile()
     assert profile_config is not None  # the default teacher reads a profile
-    names = list(profile_config.evidences)
-    spans, start = [], 0
-    for _, count in profile_config.columns():
-        spans.append((start, start + count))
-        start += count
+    names, spans = list(profile_config.evidences), profile_config.spans()
     b, p = names.index("support_b"), names.index("pool")
     normals = np.flatnonzero(y == 0)
     if len(normals) < shots + 10 or (y == 1).sum() < 2:

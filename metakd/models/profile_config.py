@@ -81,6 +81,15 @@ class ProfileConfig:
         """Each evidence with its number of columns (``k`` sorted distances, or one value)."""
         return [(e, 1 if e in _SCALAR else self.neighbours) for e in self.evidences]
 
+    def spans(self) -> list[tuple[int, int]]:
+        """Each evidence's columns ``[start, stop)`` in a profile row, in :meth:`columns`'
+        order; the task statistics follow the last."""
+        spans, start = [], 0
+        for _, count in self.columns():
+            spans.append((start, start + count))
+            start += count
+        return spans
+
     @property
     def n_stats(self) -> int:
         """Task statistics after the evidence columns."""

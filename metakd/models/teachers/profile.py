@@ -48,12 +48,8 @@ class ProfileNet(Teacher):
             )
         self.neighbours = config.neighbours
         # Each evidence's columns in the profile; the task statistics follow them.
-        self.evidence_columns: list[tuple[int, int]] = []
-        start = 0
-        for _, count in config.profile.columns():
-            self.evidence_columns.append((start, start + count))
-            start += count
-        self.stats_start = start
+        self.evidence_columns = config.profile.spans()
+        self.stats_start = config.profile.width - config.profile.n_stats
         # Evidences, then the embedding's support and pool distances; the hedge
         # (support_b + pool) / 2 to start with, every other evidence untrusted.
         evidences = config.profile.evidences
