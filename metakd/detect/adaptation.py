@@ -24,6 +24,7 @@ from metakd.models.deploy import Preprocessor
 from metakd.models.profile import NeighbourProfile, seeded_order
 from metakd.models.stack import StackParams
 from metakd.models.teachers import Teacher, score_logits
+from metakd.models.teachers.profile import ProfileNet
 from metakd.persist import (
     TeacherBundle,
 )
@@ -42,6 +43,8 @@ class _Adapted:
     calibration_scores: Tensor | None = None
     """The support's cross-fitted scores (:func:`cross_fitted`), which the threshold then reads
     instead of ``support_scores`` (those stay the student's targets: the teacher's own)."""
+    linear_mix: float = 0.0
+    """The weight the ``linear`` evidence was mixed into the scores with (0: not mixed)."""
     own_threshold: float | None = None
     """With ``calibration_scores``: the threshold ``support_scores`` give, where the student's
     hard labels split as they did before cross-fitting."""
@@ -97,6 +100,9 @@ class _InnerSetup:
     params: StackParams
     plan: AdaptationPlan
     pool: PoolTerm | None
+    linear_mix: float = 0.0
+    """``adapt.linear_mix``: with labelled anomalies, the weight of the ``linear`` evidence in
+    the adapted teacher's score (:meth:`~metakd.models.teachers.profile.ProfileNet.mixed`)."""
 
     @staticmethod
     def of(bundle: TeacherBundle, cfg: AdaptConfig, labels: Tensor) -> _InnerSetup:
@@ -122,7 +128,9 @@ class _InnerSetup:
         )
         # Meta-SGD's learned rates, unless the step size is overridden.
         plan = AdaptationPlan.of(teacher, inner, [] if "lr" in cfg.inner else bundle.rates)
-        return _InnerSetup(inner, teacher, loss, params, plan, inner.pool_term())
+        return _InnerSetup(
+            inner, teacher, loss, params, plan, inner.pool_term(), linear_mix=cfg.linear_mix
+        )
 
     def run(self, xs: Tensor, labels: Tensor, xr: Tensor | None) -> StackParams:
         """The one inner loop on one domain's preprocessed support ``xs [n, D]`` (and reference
@@ -188,11 +196,23 @@ class _InnerSetup:
                 in_reference = pool_raw
                 pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
                 pool_raw[kept] = in_reference
+            normals = labels == 0
+            mixed = (
+                isinstance(teacher, ProfileNet)
+                and bool((labels == 1).any())
+                and teacher.fit_linear_mix(xs[normals], support_raw[normals], self.linear_mix)
+            )
+            if mixed:  # the scores every later step reads are the mixed ones
+                assert isinstance(teacher, ProfileNet)
+                support_raw = teacher.mixed(xs, support_raw)
+                if pool_raw is not None and xp is not None:
+                    pool_raw = teacher.mixed(xp, pool_raw)
             return _Adapted(
                 teacher=teacher,
                 inner=self.inner,
                 support_scores=score_logits(teacher, support_raw),
                 pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
+                linear_mix=self.linear_mix if mixed else 0.0,
             )
 
 

@@ -33,6 +33,12 @@ class AdaptConfig:
     """Student architecture and distillation."""
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     """Threshold calibration."""
+    linear_mix: float = 1.0
+    """With labelled anomalies, and a teacher whose profile holds the ``linear`` evidence (the
+    labelled rows' ridge discriminant): that evidence's weight in the adapted teacher's score,
+    both standardised by the support normals' median and spread (``score``'s weight is 1), so
+    the student, the threshold and the saved teacher all read the mix. Meta-training leaves
+    that evidence's trust near 0 where it wins (RESULTS.md §11). 0: the teacher's score alone."""
     max_support: int | None = 1024
     """Most labelled normal rows adapted on (a seeded subsample above it; every row is still
     scored): adapting costs memory and time linear in the support, as in the pool. ``None``:
@@ -65,6 +71,8 @@ class AdaptConfig:
                 f"max_support must be >= {MIN_NORMALS_WITHOUT_POOL} or null, got "
                 f"{self.max_support!r}"
             )
+        if not 0 <= self.linear_mix < float("inf"):
+            raise ConfigError(f"linear_mix must be a finite number >= 0, got {self.linear_mix!r}")
         if isinstance(self.unlabeled_support, bool) or self.unlabeled_support < 1:
             raise ConfigError(f"unlabeled_support must be >= 1, got {self.unlabeled_support!r}")
         if self.threads is not None:

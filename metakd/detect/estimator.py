@@ -24,10 +24,7 @@ from metakd.detect.adaptation import (
     fit_preprocess,
     student_preprocess,
 )
-from metakd.detect.config import (
-    SCORE_BLOCK_ROWS,
-    AdaptConfig,
-)
+from metakd.detect.config import SCORE_BLOCK_ROWS, AdaptConfig
 from metakd.detect.files import write_detector
 from metakd.detect.inputs import (
     _by_name,
@@ -251,6 +248,7 @@ class FewShotDetector(BaseEstimator):
             "teacher_threshold": t_threshold,
             "threshold_method": method,
             "threshold_cross_fitted": adapted.calibration_scores is not None,
+            "linear_mix": adapted.linear_mix,
             "inner": configio.to_dict(adapted.inner),
         }
         if cfg.student:

@@ -9,6 +9,9 @@ from metakd.models.teachers.base import Reference, Teacher, register_kind
 from metakd.models.teachers.config import ModelConfig
 from metakd.models.teachers.distance import _geometric_mean, _knn_mean, _masked_knn, _pairwise_sq
 
+#: :meth:`ProfileNet.mixed`'s terms that leave a score unchanged.
+_NO_MIX = [0.0, 1.0, 0.0, 0.0]
+
 
 @register_kind("profile")
 class ProfileNet(Teacher):
@@ -33,6 +36,7 @@ class ProfileNet(Teacher):
         "any collection, any feature count: starts as kNN evidence and meta-learns what to add"
     )
     score_is_logit = True
+    linear_mix: Tensor
     uses_reference = True
     uses_pool = True
 
@@ -63,6 +67,53 @@ class ProfileNet(Teacher):
         self.residual = nn.Sequential(residual_in, nn.Tanh(), residual_out)
         self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
         self.register_buffer("memory_scale", torch.ones(2))
+        # (m_s, σ_s, m_l, w / σ_l) of :meth:`mixed`; these values leave a score as it is.
+        self.register_buffer("linear_mix", torch.tensor(_NO_MIX))
+        # The ``linear`` evidence's column counted from the row's end (None: not in the profile).
+        self.linear_column = (
+            config.profile.spans()[evidences.index("linear")][0] - self.profile_width
+            if "linear" in evidences
+            else None
+        )
+
+    def load_weights(self, state_dict: dict[str, Tensor]) -> None:
+        # Teachers and detectors saved before the mix existed score without it.
+        super().load_weights({"linear_mix": torch.tensor(_NO_MIX)} | state_dict)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mixed(x, super().forward(x))
+
+    def mixed(self, x: Tensor, scores: Tensor) -> Tensor:
+        """``scores [N]`` of rows ``x [N, d]`` combined with their ``linear`` evidence ``l``
+        (the labelled rows' ridge discriminant) as :meth:`fit_linear_mix` set it,
+
+            (score − m_s) / σ_s + w · (l − m_l) / σ_l,
+
+        or as they are, before that or without the evidence. Only a fitted teacher's scores
+        mix: meta-training and the inner loop score through :meth:`head`."""
+        if self.linear_column is None:
+            return scores
+        centre, spread, linear_centre, weight = self.linear_mix.unbind()
+        # The defaults give exactly `scores` (x − 0) / 1 + 0 · finite.
+        return (scores - centre) / spread + weight * (x[..., self.linear_column] - linear_centre)
+
+    def fit_linear_mix(self, normals: Tensor, scores: Tensor, weight: float) -> bool:
+        """Set :meth:`mixed`'s terms from labelled normals ``normals [n, d]`` and the
+        teacher's leave-one-out ``scores [n]`` of them: each expert standardised by the
+        normals' median and spread, so the two weigh alike whatever their units (a product of
+        an unsupervised and a supervised expert). False, and nothing set, where the profile
+        has no ``linear`` evidence or either spread is 0 (no scale to standardise by)."""
+        if self.linear_column is None or weight == 0 or len(scores) < 2:
+            return False
+        linear = normals[..., self.linear_column]
+        spreads = torch.stack([scores.std(correction=0), linear.std(correction=0)])
+        if not bool((spreads > 1e-6).all()):
+            return False
+        centres = torch.stack([scores.quantile(0.5), linear.quantile(0.5)])
+        self.linear_mix = torch.stack([centres[0], spreads[0], centres[1], weight / spreads[1]]).to(
+            self.linear_mix
+        )
+        return True
 
     def trust_parameters(self) -> list[nn.Parameter]:
         """``α`` and ``G``: the trust in each evidence, and how task statistics move it."""
