@@ -228,6 +228,12 @@ def print_adapt(
         "f1": "best F1 on the labelled support",
     }.get(method, method)
     out_console.print(f"threshold rule: {method}: {rule}", soft_wrap=True)
+    if report.get("linear_mix"):
+        out_console.print(
+            "teacher score: standardised and mixed with the labelled rows' ridge discriminant "
+            f"(adapt.linear_mix {report['linear_mix']:g})",
+            soft_wrap=True,
+        )
     timings = report["timings"]
     out_console.print(
         "adapt {:.2f} s, distil {:.2f} s; fidelity (Spearman) {}; wrote {}".format(

@@ -196,23 +196,22 @@ class _InnerSetup:
                 in_reference = pool_raw
                 pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
                 pool_raw[kept] = in_reference
-            normals = labels == 0
-            mixed = (
+            normals, mix = labels == 0, 0.0
+            if (
                 isinstance(teacher, ProfileNet)
                 and bool((labels == 1).any())
                 and teacher.fit_linear_mix(xs[normals], support_raw[normals], self.linear_mix)
-            )
-            if mixed:  # the scores every later step reads are the mixed ones
-                assert isinstance(teacher, ProfileNet)
+            ):  # the scores every later step reads are the mixed ones
                 support_raw = teacher.mixed(xs, support_raw)
                 if pool_raw is not None and xp is not None:
                     pool_raw = teacher.mixed(xp, pool_raw)
+                mix = self.linear_mix
             return _Adapted(
                 teacher=teacher,
                 inner=self.inner,
                 support_scores=score_logits(teacher, support_raw),
                 pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
-                linear_mix=self.linear_mix if mixed else 0.0,
+                linear_mix=mix,
             )
 
 

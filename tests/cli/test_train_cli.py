@@ -255,6 +255,22 @@ def test_threshold_with_and_without_anomaly_shots(teacher_path: Path, domain) ->
     assert quantile.report_["threshold_method"] == "normal_quantile"
 
 
+def test_adapt_with_labelled_anomalies_mixes_in_the_linear_evidence(
+    tmp_path: Path, teacher_path: Path, domain
+) -> None:
+    """With labelled anomalies the report and the output say the teacher's score was mixed with
+    the ridge discriminant (``adapt.linear_mix``); ``linear_mix=0`` turns it off."""
+    X, y = domain["support"]
+    support = tmp_path / "support.csv"
+    write_csv(support, X, y)
+    for extra, weight in (((), 1.0), (("--set", "linear_mix=0"), 0.0)):
+        result = _adapt(tmp_path, teacher_path, support, "--set", "student=false", *extra)
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert report["linear_mix"] == weight
+        assert ("adapt.linear_mix 1" in result.output) == (weight == 1.0)
+
+
 def test_no_pool_threshold_reads_cross_fitted_support_scores(teacher_path: Path, domain) -> None:
     """Without a pool the support's own scores run low (each row was in the scaling, profile and
     inner loop that score it): each fold is scored by a detector fitted without it instead,
