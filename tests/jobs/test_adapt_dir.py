@@ -26,16 +26,29 @@ def test_batched_fit_equals_separate_fits(kind: str) -> None:
     bundle = tiny_bundle(8, kind=kind, inner_steps=2, alignment=ANY_WIDTH)
     config = AdaptConfig(student=False)
     # Domains 0 and 1 share their shapes (one batched call); 2 has another support size and
-    # width; 3 has too few normals and fails alone.
+    # width; 3 has too few normals and fails alone; 4 and 5 have labelled anomalies (batched
+    # together; the profile teacher's score is mixed with its linear evidence in each).
+    labels = np.r_[np.zeros(10), np.ones(3)]
     data = [
         (normal_rows(10, 0, d=3), None, normal_rows(40, 1, d=3)),
         (normal_rows(10, 2, d=3, shift=1.0), None, normal_rows(40, 3, d=3)),
         (normal_rows(7, 4, d=5), None, normal_rows(30, 5, d=5)),
         (normal_rows(3, 6, d=3), np.array([1, 1, 1]), None),
+        (
+            np.r_[normal_rows(10, 7, d=3), normal_rows(3, 8, d=3, shift=3.0)],
+            labels,
+            normal_rows(40, 9, d=3),
+        ),
+        (
+            np.r_[normal_rows(10, 10, d=3), normal_rows(3, 11, d=3, shift=3.0)],
+            labels,
+            normal_rows(40, 12, d=3),
+        ),
     ]
     results = fit_many([FewShotDetector(bundle, config=config) for _ in data], data)
     assert isinstance(results[3], MetakdError) and "normal" in str(results[3])
-    for (X, y, pool), batched in zip(data[:3], results[:3], strict=True):
+    rest = data[:3] + data[4:]
+    for (X, y, pool), batched in zip(rest, results[:3] + results[4:], strict=True):
         assert isinstance(batched, FewShotDetector)
         alone = FewShotDetector(bundle, config=config).fit(X, y, unlabeled=pool)
         new = normal_rows(25, 9, d=X.shape[1], shift=0.5)
@@ -43,6 +56,8 @@ def test_batched_fit_equals_separate_fits(kind: str) -> None:
             batched.decision_function(new), alone.decision_function(new), rtol=1e-4, atol=1e-5
         )
         np.testing.assert_allclose(batched.threshold_, alone.threshold_, rtol=1e-4, atol=1e-5)
+        assert batched.report_["linear_mix"] == alone.report_["linear_mix"]
+    assert [r.report_["linear_mix"] for r in results[4:]] == [float(kind == "profile")] * 2
 
 
 def test_support_dir_adapts_every_domain_and_reports_a_broken_one(
