@@ -97,7 +97,8 @@ class NeighbourProfile(nn.Module):
     no rows with fewer than 2 normals), ``l_*`` the labelled rows' ridge regression
     (:class:`~metakd.models.evidence.RidgeDiscriminant`: its rows, their leave-one-out
     predictions, weight, offset and scale; no rows without a labelled anomaly), ``scales`` one
-    normaliser ``σ`` per evidence but those of ``UNSCALED``, ``stats`` the task statistics. References an evidence does not use are empty.
+    normaliser ``σ`` per evidence but those of ``UNSCALED``, ``stats`` the task statistics.
+    References an evidence does not use are empty.
     """
 
     if TYPE_CHECKING:

@@ -71,7 +71,7 @@ class ProfileNet(Teacher):
         self.register_buffer("linear_mix", torch.tensor(_NO_MIX))
         # The ``linear`` evidence's column counted from the row's end (None: not in the profile).
         self.linear_column = (
-            config.profile.spans()[evidences.index("linear")][0] - self.profile_width
+            self.evidence_columns[evidences.index("linear")][0] - self.profile_width
             if "linear" in evidences
             else None
         )
