@@ -21,8 +21,9 @@ from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
 from metakd.meta.losses import LossFn, inner_loss_fn
 from metakd.models.deploy import Preprocessor
-from metakd.models.profile import NeighbourProfile, seeded_order
+from metakd.models.profile import NeighbourProfile
 from metakd.models.stack import StackParams
+from metakd.models.subsample import seeded_order
 from metakd.models.teachers import Teacher, score_logits
 from metakd.models.teachers.profile import ProfileNet
 from metakd.persist import (

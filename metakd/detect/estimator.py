@@ -36,8 +36,8 @@ from metakd.detect.scoring import decision_scores
 from metakd.distill import distill
 from metakd.errors import InputError, MetakdError
 from metakd.models.deploy import DeployedScorer, ScoreHead
-from metakd.models.profile import bounded_reference, seeded_order
 from metakd.models.stack import StackParams
+from metakd.models.subsample import bounded_reference, seeded_order
 from metakd.models.teachers import LogitScorer, count_parameters
 from metakd.persist import (
     InputSchema,

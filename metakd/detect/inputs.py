@@ -14,7 +14,7 @@ from metakd.detect.config import MIN_NORMALS_WITHOUT_POOL
 from metakd.detect.validation import as_labels, as_rows
 from metakd.errors import InputError
 from metakd.models.evidence import sorted_distances
-from metakd.models.profile import bounded_reference
+from metakd.models.subsample import bounded_reference
 from metakd.threshold import MIN_THRESHOLD_ROWS
 
 

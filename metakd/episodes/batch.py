@@ -68,7 +68,7 @@ class EpisodePlan:
         support: ``K + A`` row indices, the normals first.
         query: ``Q`` row indices, shuffled.
         pool: ``P`` row indices (empty when ``P == 0``).
-        seed: Seed of the profile's pool subsample (:func:`~metakd.models.profile.bounded_reference`).
+        seed: Seed of the profile's pool subsample (:func:`~metakd.models.subsample.bounded_reference`).
     """
 
     task: Task

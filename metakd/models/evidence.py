@@ -10,6 +10,8 @@
 * :func:`typical_scale`, :func:`log_ratio`: a task's typical distance and a distance on its
   scale; :func:`mahalanobis`, :func:`anomaly_evidence`, :func:`linear_evidence`: the scalar
   evidences from stored parts.
+* :func:`pool_gaussians`: two shrunk Gaussians of the unlabelled pool, each fitted on a trimmed
+  half of it, so every pool row is read by one that never saw it.
 * :class:`RidgeDiscriminant`: a ridge regression of the labels on a support with labelled
   anomalies, in its dual, with each fitted row's leave-one-out prediction.
 
@@ -191,6 +193,65 @@ def mahalanobis(
     return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()
 
 
+def pool_gaussians(
+    rows: Tensor, order: Tensor, n_features: Tensor, *, cap: int, trim: float
+) -> list[Tensor]:
+    """Two shrunk Gaussians of a pool ``rows [..., m, d]``, each fitted on one half of it in
+    the seeded ``order [..., m]`` (at most ``cap`` rows a half), so that every pool row can be
+    read by a Gaussian that never saw it (cross-fitting: a fitted row lies in its Gaussian's
+    span and reads near, whatever it is). ``trim``: the fraction of each half farthest from the
+    *other* half's Gaussian is dropped and both are refitted, so the anomalies an unlabelled
+    pool holds shape the covariance less (as a minimum-covariance-determinant fit trims them,
+    Rousseeuw 1984).
+
+    Returns the stacked parts ``[mean [..., 2, 1, d], u [..., 2, h, d], inverse [..., 2, h, h],
+    a [..., 2], isotropic [..., 2]]`` that :func:`pool_gaussian_distance` reads; empty tensors
+    with fewer than 3 rows a half.
+    """
+    half = min(rows.shape[-2], 2 * cap) // 2
+    kept = half - int(trim * half)
+    if kept < 3:
+        return [rows.new_zeros(0)] * 5
+    index = order[..., : 2 * half].unsqueeze(-1).expand(*order.shape[:-1], 2 * half, rows.shape[-1])
+    halves = torch.take_along_dim(rows, index, dim=-2).unflatten(-2, (2, half))  # [..., 2, h, d]
+    counts = n_features.unsqueeze(-1)
+    fitted = ShrunkGaussian(halves, counts)
+    if kept < half:
+        # Each half's rows as the other half's Gaussian reads them: keep the nearest ``kept``.
+        other = fitted.distance(halves.flip(-3)).flip(-2)
+        nearest = other.topk(kept, dim=-1, largest=False).indices.sort(-1).values
+        halves = torch.take_along_dim(halves, nearest.unsqueeze(-1), dim=-2)
+        fitted = ShrunkGaussian(halves, counts)
+    return [fitted.mean, fitted.u, fitted.inverse, fitted.a, fitted.isotropic.to(rows.dtype)]
+
+
+def pool_gaussian_distance(
+    x: Tensor, mean: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
+) -> Tensor:
+    """Distances ``[..., N]`` of rows ``x [..., N, d]`` to the pool's two Gaussians
+    (:func:`pool_gaussians`): their mean, or for a row that is one of a half's fitted rows the
+    other half's distance alone (leave-one-out as every evidence). Scriptable."""
+    parts: list[Tensor] = []
+    block_rows = _block_rows(x)
+    for start in range(0, x.shape[-2], block_rows):
+        v = x[..., start : start + block_rows, :].unsqueeze(-3) - mean  # [..., 2, N, d]
+        proj = v @ u.transpose(-1, -2)  # [..., 2, N, h]
+        quad = (proj @ inverse * proj).sum(-1)
+        v_sq = v.pow(2).sum(-1)
+        explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
+        both = ((v_sq - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()  # [..., 2, N]
+        # A fitted row of a half: zero distance to it up to float64 rounding (as _expansion).
+        u_sq = u.pow(2).sum(-1).unsqueeze(-2)
+        sq = (v_sq.unsqueeze(-1) + u_sq - 2.0 * proj).clamp_min(0.0)
+        own = (sq <= 1e-9 * (v_sq.unsqueeze(-1) + u_sq) + 1e-300).any(-1)  # [..., 2, N]
+        first, second = both.unbind(-2)
+        mean_of_two = (first + second) / 2.0
+        parts.append(
+            torch.where(own[..., 0, :], second, torch.where(own[..., 1, :], first, mean_of_two))
+        )
+    return torch.cat(parts, dim=-1)
+
+
 def nearest_distance(x: Tensor, ref: Tensor) -> Tensor:
     """Distance ``[..., N]`` to the nearest row of ``ref`` (leave-one-out; ``inf`` if none)."""
     if ref.numel() == 0:  # none (an empty reference is stored as a 0-element buffer)
@@ -292,6 +353,8 @@ __all__ = [
     "log_ratio",
     "mahalanobis",
     "nearest_distance",
+    "pool_gaussian_distance",
+    "pool_gaussians",
     "sorted_distances",
     "typical_scale",
 ]

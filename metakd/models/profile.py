@@ -15,6 +15,10 @@ holds, for each row, its *evidences* (``ProfileConfig.evidences``):
   units, how embeddings are usually compared;
 * ``gaussian_support``: the Mahalanobis distance to a Ledoit–Wolf-shrunk Gaussian of the support
   normals (scaled), where joint deviations matter more than any one neighbour;
+* ``gaussian_pool``: the Mahalanobis distance, in the rows' own units, to shrunk Gaussians of
+  the unlabelled pool, each fitted on a trimmed half of it and read by the rows it never saw
+  (:func:`~metakd.models.evidence.pool_gaussians`): the whole-image Gaussian of PaDiM-style
+  detectors, fitted where the rows are plentiful;
 * ``anomalies``: with labelled anomalies in the support, ``log(d_normal / d_anomaly)`` from the
   nearest support normal and the nearest labelled anomaly (0 without any);
 * ``linear``: with labelled anomalies, a ridge regression of the labels on the labelled rows
@@ -54,6 +58,8 @@ from metakd.models.evidence import (
     linear_evidence,
     log_ratio,
     mahalanobis,
+    pool_gaussian_distance,
+    pool_gaussians,
     sorted_distances,
     typical_scale,
 )
@@ -64,23 +70,11 @@ from metakd.models.profile_config import (
     UNSCALED,
     ProfileConfig,
 )
+from metakd.models.subsample import bounded_rows, seeded_orders
 
 #: Rows whose leave-one-out Gaussian distance is measured for its typical value (a median):
 #: each costs a fit on the other rows, so a large support is sampled (evenly over its rows).
 _LOO_ROWS = 32
-
-
-def bounded_reference(rows: int, cap: int, seed: int) -> Tensor:
-    """Sorted indices of at most ``cap`` of ``rows`` rows: all of them, or a seeded subsample."""
-    if rows <= cap:
-        return torch.arange(rows)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(rows, generator=generator)[:cap].sort().values
-
-
-def seeded_order(rows: int, seed: int) -> Tensor:
-    """A seeded random order of ``rows`` rows (its first ``n`` are a random subsample)."""
-    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
 
 
 class NeighbourProfile(nn.Module):
@@ -94,7 +88,8 @@ class NeighbourProfile(nn.Module):
     the support normals and pool reference in the pipeline's scaling, ``raw_support``,
     ``raw_pool`` the same as read, ``anomalies_a [A, d]`` the labelled anomalies (scaled),
     ``g_*`` the support normals' shrunk Gaussian (:class:`~metakd.models.evidence.ShrunkGaussian`;
-    no rows with fewer than 2 normals), ``l_*`` the labelled rows' ridge regression
+    no rows with fewer than 2 normals), ``gp_*`` the pool halves' two
+    (:func:`~metakd.models.evidence.pool_gaussians`), ``l_*`` the labelled rows' ridge regression
     (:class:`~metakd.models.evidence.RidgeDiscriminant`: its rows, their leave-one-out
     predictions, weight, offset and scale; no rows without a labelled anomaly), ``scales`` one
     normaliser ``σ`` per evidence but those of ``UNSCALED``, ``stats`` the task statistics.
@@ -117,6 +112,11 @@ class NeighbourProfile(nn.Module):
         g_inverse: Tensor
         g_a: Tensor
         g_isotropic: Tensor
+        gp_mean: Tensor
+        gp_u: Tensor
+        gp_inverse: Tensor
+        gp_a: Tensor
+        gp_isotropic: Tensor
         l_rows: Tensor
         l_loo: Tensor
         l_weight: Tensor
@@ -158,8 +158,9 @@ class NeighbourProfile(nn.Module):
         needed: tuple[str, ...] = (
             _LEGACY_BUFFERS if self.evidences == LEGACY_EVIDENCES else _BUFFERS
         )
-        if "linear" not in self.evidences:  # saved before the evidence existed, or without it
-            needed = tuple(name for name in needed if name not in _LINEAR_BUFFERS)
+        for evidence, names in (("linear", _LINEAR_BUFFERS), ("gaussian_pool", _POOL_GAUSSIAN)):
+            if evidence not in self.evidences:  # saved before the evidence existed, or without
+                needed = tuple(name for name in needed if name not in names)
         missing = [name for name in needed if name not in state]
         unknown = [name for name in state if name not in _BUFFERS]
         if missing or unknown:
@@ -208,7 +209,7 @@ class NeighbourProfile(nn.Module):
         sa = support_a.to(torch.float64)
         no_pool = pool_a is None or pool_a.shape[-2] == 0
         pa = sa if pool_a is None or no_pool else pool_a.to(torch.float64)
-        pa = _bounded_rows(pa, config.max_pool, seed)
+        pa = bounded_rows(pa, config.max_pool, seed)
         sampled = pa if scale_rows is None else pa[..., :scale_rows, :]
         s_b_self = sorted_distances(sb, sb, k).mean(-1)
         s_a_self = sorted_distances(sa, sa, k).mean(-1)
@@ -231,7 +232,7 @@ class NeighbourProfile(nn.Module):
             "pool_a": pa,
         }
         rp = raw if raw_pool is None or no_pool else raw_pool.to(torch.float64)
-        rp = _bounded_rows(rp, config.max_pool, seed)
+        rp = bounded_rows(rp, config.max_pool, seed)
         raw_sampled = rp if scale_rows is None else rp[..., :scale_rows, :]
         if {"raw_pool", "cosine_support", "cosine_pool"} & set(evidences):
             buffers |= {"raw_support": raw, "raw_pool": rp}
@@ -263,7 +264,7 @@ class NeighbourProfile(nn.Module):
                 if n >= 2:
                     # A bounded subsample: its n × n Gram (Woodbury) and the leave-one-out fits
                     # cost O(n³) each, so a large support must not enter them whole.
-                    fitted_rows = _bounded_rows(sa, config.max_gaussian, seed)
+                    fitted_rows = bounded_rows(sa, config.max_gaussian, seed)
                     gaussian = ShrunkGaussian(fitted_rows, d)
                     buffers |= {
                         "g_mean": gaussian.mean,
@@ -276,6 +277,14 @@ class NeighbourProfile(nn.Module):
                     scales.append(typical_scale(loo, gaussian.distance(sampled).median(-1).values))
                 else:  # no Gaussian of one row: the evidence is neutral (log 1)
                     scales.append(torch.ones_like(sigma_sa))
+            elif evidence == "gaussian_pool":
+                # Halves in a seeded order: a pool may arrive sorted (by time, say).
+                order = seeded_orders(rp.shape[-2], seed)
+                parts = pool_gaussians(rp, order, d, cap=config.max_gaussian, trim=config.pool_trim)
+                buffers |= dict(zip(_POOL_GAUSSIAN, parts, strict=True))
+                ones = torch.ones_like(sigma_sa)
+                far = pool_gaussian_distance(raw_sampled, *parts) if parts[1].numel() else None
+                scales.append(ones if far is None else typical_scale(far, ones))
         if anomalies_a is not None and anomalies_a.shape[-2] == 0:
             anomalies_a = None
         if "anomalies" in evidences and anomalies_a is not None:
@@ -283,8 +292,8 @@ class NeighbourProfile(nn.Module):
         separation = torch.zeros_like(d)
         if "linear" in evidences and anomalies_a is not None:
             ridge = RidgeDiscriminant(
-                _bounded_rows(sa, config.max_gaussian, seed),
-                _bounded_rows(anomalies_a.to(torch.float64), config.max_gaussian, seed),
+                bounded_rows(sa, config.max_gaussian, seed),
+                bounded_rows(anomalies_a.to(torch.float64), config.max_gaussian, seed),
                 config.ridge,
             )
             buffers |= {
@@ -372,14 +381,18 @@ class NeighbourProfile(nn.Module):
                 columns.append(log_ratio(near, sigma))
             elif evidence == "cosine_pool":
                 columns.append(log_ratio(pool_near[1], sigma))
-            elif evidence == "gaussian_support":
-                if self.g_u.numel() > 0:
+            elif evidence == "gaussian_support" or evidence == "gaussian_pool":
+                if (self.g_u if evidence == "gaussian_support" else self.gp_u).numel() == 0:
+                    g = sigma[..., 0] + torch.zeros_like(za[..., 0])  # too few rows: neutral
+                elif evidence == "gaussian_support":
                     g = mahalanobis(
                         za, self.g_mean, self.g_u, self.g_inverse, self.g_a, self.g_isotropic
                     )
-                    columns.append(log_ratio(g.unsqueeze(-1), sigma))
-                else:  # fitted on one normal: neutral
-                    columns.append(log_ratio(sigma + torch.zeros_like(za[..., :1]), sigma))
+                else:
+                    g = pool_gaussian_distance(
+                        x, self.gp_mean, self.gp_u, self.gp_inverse, self.gp_a, self.gp_isotropic
+                    )
+                columns.append(log_ratio(g.unsqueeze(-1), sigma))
             elif evidence == "anomalies":
                 columns.append(anomaly_evidence(za, self.support_a, self.anomalies_a))
             elif evidence == "linear":
@@ -392,8 +405,9 @@ class NeighbourProfile(nn.Module):
         return torch.cat(columns, dim=-1).to(torch.float32)
 
 
-#: The ``linear`` evidence's references (absent from profiles saved without it).
+#: The ``linear`` and ``gaussian_pool`` evidences' references (absent from profiles without).
 _LINEAR_BUFFERS = ("l_rows", "l_loo", "l_weight", "l_offset", "l_scale")
+_POOL_GAUSSIAN = ("gp_mean", "gp_u", "gp_inverse", "gp_a", "gp_isotropic")
 #: Every reference a profile may hold, and those of a profile saved before ``evidences``.
 _BUFFERS = (
     "support_b",
@@ -409,23 +423,12 @@ _BUFFERS = (
     "g_inverse",
     "g_a",
     "g_isotropic",
+    *_POOL_GAUSSIAN,
     *_LINEAR_BUFFERS,
     "scales",
     "stats",
 )
 _LEGACY_BUFFERS = ("support_b", "b_shift", "b_scale", "support_a", "pool_a", "scales", "stats")
-
-
-def _bounded_rows(rows: Tensor, cap: int, seed: int | list[int]) -> Tensor:
-    """``rows [..., m, d]`` bounded to ``cap`` rows by :func:`bounded_reference`: one seed, or
-    one per task of a batch ``[B, m, d]`` (each task its own subsample)."""
-    if rows.shape[-2] <= cap:
-        return rows
-    if isinstance(seed, int):
-        return rows[..., bounded_reference(rows.shape[-2], cap, seed), :]
-    return torch.stack(
-        [task[bounded_reference(task.shape[0], cap, s)] for task, s in zip(rows, seed, strict=True)]
-    )
 
 
 __all__ = [
@@ -434,6 +437,4 @@ __all__ = [
     "N_TASK_STATS",
     "NeighbourProfile",
     "ProfileConfig",
-    "bounded_reference",
-    "seeded_order",
 ]

@@ -18,13 +18,14 @@ EVIDENCES = (
     "cosine_support",
     "cosine_pool",
     "gaussian_support",
+    "gaussian_pool",
     "anomalies",
     "linear",
 )
 #: The evidences of profiles saved before ``profile.evidences`` existed.
 LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
 #: Evidences given as one value per row (the others as ``k`` sorted distances).
-_SCALAR = ("gaussian_support", "anomalies", "linear")
+_SCALAR = ("gaussian_support", "gaussian_pool", "anomalies", "linear")
 #: Evidences read as they are, with no typical value ``σ`` in a profile's ``scales``.
 UNSCALED = ("anomalies", "linear")
 
@@ -41,10 +42,13 @@ class ProfileConfig:
     bounds the stored reference of every teacher that keeps one (``knn``, ``svdd``) the same
     way; every pool row is still scored and distilled on."""
     max_gaussian: int = 256
-    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on, and most
-    labelled rows of each kind the ``linear`` evidence's ridge regression is (a seeded
-    subsample above it): each fit costs ``O(n³)``, so adapt's time and memory stay bounded
-    whatever the support size."""
+    """Most support normals the ``gaussian_support`` evidence's Gaussian is fitted on, most pool
+    rows each half of the ``gaussian_pool`` evidence's is, and most labelled rows of each kind
+    the ``linear`` evidence's ridge regression is (a seeded subsample above it): each fit costs
+    ``O(n³)``, so adapt's time and memory stay bounded whatever the support or pool size."""
+    pool_trim: float = 0.25
+    """The fraction of each pool half the ``gaussian_pool`` evidence drops before its final fit:
+    those farthest from the other half's Gaussian, the pool's likely anomalies."""
     ridge: float = 1.0
     """The ``linear`` evidence's ridge penalty, relative to the labelled rows' mean squared
     norm about their centre (:class:`~metakd.models.evidence.RidgeDiscriminant`)."""
@@ -61,6 +65,8 @@ class ProfileConfig:
             raise ConfigError(f"profile.max_pool must be >= 1, got {self.max_pool!r}")
         if isinstance(self.max_gaussian, bool) or self.max_gaussian < 3:
             raise ConfigError(f"profile.max_gaussian must be >= 3, got {self.max_gaussian!r}")
+        if not 0 <= self.pool_trim < 1:
+            raise ConfigError(f"profile.pool_trim must be in [0, 1), got {self.pool_trim!r}")
         if not 0 < self.ridge < float("inf"):
             raise ConfigError(f"profile.ridge must be positive, got {self.ridge!r}")
         if not self.clip > 0:
