@@ -132,7 +132,9 @@ class ShrunkGaussian:
         eye = torch.eye(n, dtype=x.dtype, device=x.device)
         system = ratio[..., None, None] * eye + gram
         self.u = u
-        self.inverse = torch.linalg.inv(system)
+        # Positive definite (ratio > 0): Cholesky, not LU, whose batched MKL kernel fails on
+        # entry ("DLASWP") and stalls with two torch threads on large batches of systems.
+        self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(system))
         # λ = 1 (no usable covariance): the isotropic distance alone.
         self.isotropic = shrink >= 1.0 - 1e-12
 
