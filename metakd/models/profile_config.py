@@ -22,6 +22,9 @@ EVIDENCES = (
     "anomalies",
     "linear",
 )
+#: The evidences a profile holds by default: all but ``gaussian_pool``, which ranks best on its
+#: own on image embeddings but, meta-trained beside the others, lost on tables (RESULTS §11).
+DEFAULT_EVIDENCES = tuple(e for e in EVIDENCES if e != "gaussian_pool")
 #: The evidences of profiles saved before ``profile.evidences`` existed.
 LEGACY_EVIDENCES = ["support_b", "support_a", "pool"]
 #: Evidences given as one value per row (the others as ``k`` sorted distances).
@@ -54,9 +57,10 @@ class ProfileConfig:
     norm about their centre (:class:`~metakd.models.evidence.RidgeDiscriminant`)."""
     clip: float = 10.0
     """Support-standardised values are clipped to ``±clip`` (as ``scaling.clip``)."""
-    evidences: list[str] = field(default_factory=lambda: list(EVIDENCES))
-    """The evidences a profile holds (module docstring), in this order; the first three must be
-    ``support_b, support_a, pool``. Teachers saved before this option hold those three."""
+    evidences: list[str] = field(default_factory=lambda: list(DEFAULT_EVIDENCES))
+    """The evidences a profile holds (module docstring), in this order; the first
+    three must be ``support_b, support_a, pool``. By default every one but ``gaussian_pool``
+    (opt in by listing it). Teachers saved before this option hold those three."""
 
     def __post_init__(self) -> None:
         if isinstance(self.neighbours, bool) or self.neighbours < 1:
@@ -107,4 +111,11 @@ class ProfileConfig:
         return sum(count for _, count in self.columns()) + self.n_stats
 
 
-__all__ = ["EVIDENCES", "LEGACY_EVIDENCES", "N_TASK_STATS", "UNSCALED", "ProfileConfig"]
+__all__ = [
+    "DEFAULT_EVIDENCES",
+    "EVIDENCES",
+    "LEGACY_EVIDENCES",
+    "N_TASK_STATS",
+    "UNSCALED",
+    "ProfileConfig",
+]

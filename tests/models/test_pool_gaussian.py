@@ -12,8 +12,15 @@ from sklearn.metrics import roc_auc_score
 from metakd.data.transforms import Scaler, ScalingConfig
 from metakd.errors import ConfigError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
-from metakd.models.profile import NeighbourProfile, ProfileConfig
+from metakd.models.profile import EVIDENCES, NeighbourProfile, ProfileConfig
 from metakd.models.subsample import seeded_order
+
+#: Every evidence: ``gaussian_pool`` is opt-in.
+ALL = list(EVIDENCES)
+
+
+def test_pool_gaussian_is_opt_in() -> None:
+    assert "gaussian_pool" in EVIDENCES and "gaussian_pool" not in ProfileConfig().evidences
 
 
 def _column(config: ProfileConfig, name: str) -> int:
@@ -60,7 +67,7 @@ def test_pool_gaussian_matches_ledoit_wolf_on_cross_fitted_halves(trim: float) -
     mixing = rng.normal(size=(6, 6))
     x = (rng.normal(size=(91, 6)) @ mixing).astype(np.float32) + 3.0
     normals, pool, new = x[:10], x[10:81], x[81:]
-    config = ProfileConfig(neighbours=3, pool_trim=trim)
+    config = ProfileConfig(neighbours=3, pool_trim=trim, evidences=ALL)
     profile, scaler = _fit(normals, pool, config, seed=5)
     order = seeded_order(len(pool), 5).numpy()
     pool64, column = pool.astype(np.float64), _column(config, "gaussian_pool")
@@ -79,7 +86,7 @@ def test_pool_gaussian_matches_ledoit_wolf_on_cross_fitted_halves(trim: float) -
 def test_pool_gaussian_finds_anomalies_along_the_pools_narrow_directions() -> None:
     """Anomalies off the normals' narrow directions, by far less than the wide ones spread: a
     Gaussian of the pool sees them, kNN in the same units barely does."""
-    config = ProfileConfig(neighbours=5)
+    config = ProfileConfig(neighbours=5, evidences=ALL)
     column, raw_pool = _column(config, "gaussian_pool"), _column(config, "raw_pool")
     for seed in range(3):
         rng = np.random.default_rng(seed)
@@ -118,7 +125,7 @@ def test_pool_gaussians_of_a_batch_equal_each_task_alone() -> None:
 def test_pool_gaussian_is_neutral_without_enough_pool_rows() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(15, 4)).astype(np.float32)
-    config = ProfileConfig(neighbours=3)
+    config = ProfileConfig(neighbours=3, evidences=ALL)
     profile, scaler = _fit(x[:10], x[10:], config)
     xt = torch.tensor(x)
     column = profile(xt, scaler(xt))[:, _column(config, "gaussian_pool")]
@@ -130,7 +137,7 @@ def test_profiles_saved_without_the_pool_gaussian_still_load() -> None:
     none of its buffers: it loads, and scores as it did."""
     rng = np.random.default_rng(8)
     x = rng.normal(size=(60, 5)).astype(np.float32)
-    evidences = [e for e in ProfileConfig().evidences if e != "gaussian_pool"]
+    evidences = [e for e in ALL if e != "gaussian_pool"]
     profile, scaler = _fit(x[:10], x[10:], ProfileConfig(neighbours=3, evidences=evidences))
     state = {k: v for k, v in profile.state_dict().items() if not k.startswith("gp_")}
     loaded = NeighbourProfile.empty(neighbours=3, clip=10.0, n_features=5, evidences=evidences)

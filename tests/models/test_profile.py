@@ -38,7 +38,7 @@ def test_profile_width_does_not_depend_on_the_feature_count(features: int) -> No
     out = profile(torch.tensor(x), scaler(torch.tensor(x)))
     # Six evidences of k sorted distances, three of one value, the statistics (+ anomaly shots,
     # + the linear evidence's separation).
-    assert out.shape == (120, config.width) == (120, 6 * 4 + 4 + N_TASK_STATS + 2)
+    assert out.shape == (120, config.width) == (120, 6 * 4 + 3 + N_TASK_STATS + 2)
     assert torch.isfinite(out).all()
     # Task statistics are the same for every row.
     stats = out[:, -config.n_stats :]
