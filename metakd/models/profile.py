@@ -15,7 +15,7 @@ holds, for each row, its *evidences* (``ProfileConfig.evidences``):
   units, how embeddings are usually compared;
 * ``gaussian_support``: the Mahalanobis distance to a Ledoit–Wolf-shrunk Gaussian of the support
   normals (scaled), where joint deviations matter more than any one neighbour;
-* ``gaussian_pool``: the Mahalanobis distance, in the rows' own units, to shrunk Gaussians of
+* ``gaussian_pool`` (opt-in): the Mahalanobis distance, in the rows' own units, to Gaussians of
   the unlabelled pool, each fitted on a trimmed half of it and read by the rows it never saw
   (:func:`~metakd.models.evidence.pool_gaussians`): the whole-image Gaussian of PaDiM-style
   detectors, fitted where the rows are plentiful;

@@ -3,17 +3,24 @@ halves and trimmed, against scikit-learn's Ledoit–Wolf covariance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from metakd.config import load_train_config
 from metakd.data.transforms import Scaler, ScalingConfig
+from metakd.detector import FewShotDetector
 from metakd.errors import ConfigError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
 from metakd.models.profile import EVIDENCES, NeighbourProfile, ProfileConfig
 from metakd.models.subsample import seeded_order
+from metakd.persist import load_scorer
+from metakd.train import meta_train
 
 #: Every evidence: ``gaussian_pool`` is opt-in.
 ALL = list(EVIDENCES)
@@ -150,3 +157,32 @@ def test_profiles_saved_without_the_pool_gaussian_still_load() -> None:
 def test_pool_trim_outside_zero_to_one_is_refused(trim: float) -> None:
     with pytest.raises(ConfigError, match="profile.pool_trim"):
         ProfileConfig(pool_trim=trim)
+
+
+def test_a_teacher_meta_trained_with_the_pool_gaussian_adapts_saves_and_loads(
+    tmp_path: Path,
+) -> None:
+    """Opted in, the evidence runs through meta-training's batched episodes, ``fit`` and the
+    saved detector, which scores as the fitted one did."""
+    evidences = "[" + ",".join(ALL) + "]"
+    config = load_train_config(
+        None, ["tasks=synthetic", *TINY_TRAIN, f"model.profile.evidences={evidences}"]
+    )
+    meta_train(config, out_dir=tmp_path / "run", progress=False)
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(200, 6)).astype(np.float32)
+    normal[:, 3:] = normal[:, :3] @ rng.normal(size=(3, 3)).astype(np.float32)
+    anomalous = rng.normal(size=(20, 6)).astype(np.float32) * normal.std(0)
+    pool = np.concatenate([normal[10:], anomalous])
+    det = FewShotDetector(tmp_path / "run" / "teacher.pt").fit(normal[:10], unlabeled=pool)
+    assert det.teacher_scorer_ is not None
+    profile = det.teacher_scorer_.preprocess.profile
+    assert profile.evidences == ALL
+    assert profile.gp_u.shape == (2, 79, 6)  # two halves of 105 pool rows, a quarter trimmed
+    with torch.no_grad():
+        fitted = det.teacher_scorer_(torch.tensor(pool))
+    assert torch.isfinite(fitted).all()
+    paths = det.save(tmp_path / "adapted")
+    with torch.no_grad():
+        loaded = load_scorer(paths["teacher"])(torch.tensor(pool))
+    torch.testing.assert_close(loaded, fitted)
