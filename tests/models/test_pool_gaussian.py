@@ -186,3 +186,7 @@ def test_a_teacher_meta_trained_with_the_pool_gaussian_adapts_saves_and_loads(
     with torch.no_grad():
         loaded = load_scorer(paths["teacher"])(torch.tensor(pool))
     torch.testing.assert_close(loaded, fitted)
+    scripted = torch.jit.load(str(paths["torchscript"]))  # the student, its profile with it
+    with torch.no_grad():
+        exported = scripted(torch.tensor(pool)).numpy()
+    np.testing.assert_allclose(exported, det.decision_function(pool), rtol=1e-5, atol=1e-5)
