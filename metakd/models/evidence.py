@@ -85,9 +85,15 @@ def _expansion(block: Tensor, ref: Tensor, ref_sq: Tensor) -> tuple[Tensor, Tens
     block_sq = block.pow(2).sum(-1, keepdim=True)
     dot = block @ ref.transpose(-1, -2)
     sq = (block_sq + ref_sq - 2.0 * dot).clamp_min(0.0)
-    # The row itself: zero up to float64 rounding of the norm expansion (~1e-16 relative).
-    match = sq <= 1e-9 * (block_sq + ref_sq) + 1e-300
+    match = _exact_match(sq, block_sq, ref_sq)
     return block_sq, dot, sq, match & (match.cumsum(-1) == 1)
+
+
+def _exact_match(sq: Tensor, row_sq: Tensor, ref_sq: Tensor) -> Tensor:
+    """Where squared distances ``sq [..., N, M]`` by the norm expansion (squared norms
+    ``row_sq [..., N, 1]``, ``ref_sq [..., 1, M]``) are the row itself: zero up to float64
+    rounding of the expansion (~1e-16 relative)."""
+    return sq <= 1e-9 * (row_sq + ref_sq) + 1e-300
 
 
 def _finish(parts: list[Tensor], x: Tensor, k: int, take: int) -> Tensor:
@@ -140,12 +146,7 @@ class ShrunkGaussian:
 
     def distance(self, x: Tensor) -> Tensor:
         """Mahalanobis distances ``[..., N]`` of rows ``x [..., N, d]``."""
-        v = x - self.mean
-        proj = v @ self.u.transpose(-1, -2)  # [..., N, n]
-        quad = (proj @ self.inverse * proj).sum(-1)
-        explained = torch.where(self.isotropic[..., None], torch.zeros_like(quad), quad)
-        sq = (v.pow(2).sum(-1) - explained) / self.a[..., None]
-        return sq.clamp_min(0.0).sqrt()
+        return mahalanobis(x, self.mean, self.u, self.inverse, self.a, self.isotropic)
 
     @staticmethod
     def leave_one_out(x: Tensor, n_features: Tensor, *, rows: int | None = None) -> Tensor:
@@ -188,11 +189,18 @@ def mahalanobis(
     x: Tensor, mean: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
 ) -> Tensor:
     """:meth:`ShrunkGaussian.distance` from its stored parts (scriptable)."""
-    v = x - mean
+    return _centred_mahalanobis(x - mean, u, inverse, a, isotropic)[0]
+
+
+def _centred_mahalanobis(
+    v: Tensor, u: Tensor, inverse: Tensor, a: Tensor, isotropic: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Distances ``[..., N]`` of rows ``v [..., N, d]`` already centred on the Gaussian's mean,
+    and their products ``[..., N, n]`` with its centred rows ``u``."""
     proj = v @ u.transpose(-1, -2)
     quad = (proj @ inverse * proj).sum(-1)
     explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
-    return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()
+    return ((v.pow(2).sum(-1) - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt(), proj
 
 
 def pool_gaussians(
@@ -237,15 +245,11 @@ def pool_gaussian_distance(
     block_rows = _block_rows(x)
     for start in range(0, x.shape[-2], block_rows):
         v = x[..., start : start + block_rows, :].unsqueeze(-3) - mean  # [..., 2, N, d]
-        proj = v @ u.transpose(-1, -2)  # [..., 2, N, h]
-        quad = (proj @ inverse * proj).sum(-1)
-        v_sq = v.pow(2).sum(-1)
-        explained = torch.where(isotropic.unsqueeze(-1) > 0, torch.zeros_like(quad), quad)
-        both = ((v_sq - explained) / a.unsqueeze(-1)).clamp_min(0.0).sqrt()  # [..., 2, N]
-        # A fitted row of a half: zero distance to it up to float64 rounding (as _expansion).
-        u_sq = u.pow(2).sum(-1).unsqueeze(-2)
-        sq = (v_sq.unsqueeze(-1) + u_sq - 2.0 * proj).clamp_min(0.0)
-        own = (sq <= 1e-9 * (v_sq.unsqueeze(-1) + u_sq) + 1e-300).any(-1)  # [..., 2, N]
+        both, proj = _centred_mahalanobis(v, u, inverse, a, isotropic)  # [..., 2, N]
+        # A fitted row of a half, found from the same products with its rows.
+        v_sq, u_sq = v.pow(2).sum(-1, keepdim=True), u.pow(2).sum(-1).unsqueeze(-2)
+        sq = (v_sq + u_sq - 2.0 * proj).clamp_min(0.0)
+        own = _exact_match(sq, v_sq, u_sq).any(-1)  # [..., 2, N]
         first, second = both.unbind(-2)
         mean_of_two = (first + second) / 2.0
         parts.append(

@@ -382,13 +382,12 @@ class NeighbourProfile(nn.Module):
             elif evidence == "cosine_pool":
                 columns.append(log_ratio(pool_near[1], sigma))
             elif evidence == "gaussian_support" or evidence == "gaussian_pool":
-                if (self.g_u if evidence == "gaussian_support" else self.gp_u).numel() == 0:
-                    g = sigma[..., 0] + torch.zeros_like(za[..., 0])  # too few rows: neutral
-                elif evidence == "gaussian_support":
+                g = sigma[..., 0] + torch.zeros_like(za[..., 0])  # fitted on too few rows: neutral
+                if evidence == "gaussian_support" and self.g_u.numel() > 0:
                     g = mahalanobis(
                         za, self.g_mean, self.g_u, self.g_inverse, self.g_a, self.g_isotropic
                     )
-                else:
+                elif evidence == "gaussian_pool" and self.gp_u.numel() > 0:
                     g = pool_gaussian_distance(
                         x, self.gp_mean, self.gp_u, self.gp_inverse, self.gp_a, self.gp_isotropic
                     )

@@ -31,7 +31,7 @@ def test_pool_gaussian_is_opt_in() -> None:
 
 
 def _column(config: ProfileConfig, name: str) -> int:
-    return sum(count for e, count in config.columns()[: config.evidences.index(name)])
+    return config.spans()[config.evidences.index(name)][0]
 
 
 def _fit(normals: np.ndarray, pool: np.ndarray, config: ProfileConfig, seed: int = 0) -> tuple:

@@ -150,7 +150,7 @@ def test_gaussian_evidence_scores_support_rows_leave_one_out() -> None:
 
 
 def _linear_block(config: ProfileConfig) -> int:
-    return sum(count for name, count in config.columns()[: config.evidences.index("linear")])
+    return config.spans()[config.evidences.index("linear")][0]
 
 
 def test_linear_evidence_is_ridge_regression_scored_leave_one_out() -> None:
