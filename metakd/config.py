@@ -38,6 +38,11 @@ class TrainConfig:
     """Fixed episodes per meta-val task (the same ones at every validation)."""
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
+    pool_share_episodes: int = 16
+    """After meta-training: episodes of the meta-train domains at adapt-time sizes (``shots``
+    normals, the rest of a domain as its pool) on which the share of the pool's Gaussian in
+    adapted scores is fitted (:func:`metakd.detect.pool_share.fit_pool_share`), stored in
+    ``teacher.pt`` for ``metakd adapt``; 0: share 0, the teacher's score alone."""
     checkpoint_every: int = 50
     """Write the resume checkpoint (``resume.pt`` in the run's staging folder) every this many
     iterations, so a run killed outright loses at most that many; 0 writes none periodically.
@@ -96,6 +101,7 @@ class TrainConfig:
             raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
         check_int("val_episodes", self.val_episodes, low=1)
         check_int("test_episodes", self.test_episodes, low=1)
+        check_int("pool_share_episodes", self.pool_share_episodes, low=0)
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every must be >= 0 (0: no periodic checkpoints), got "

@@ -35,6 +35,7 @@ from metakd.models.deploy import (
     StudentConfig,
     build_student,
 )
+from metakd.models.experts import PoolGaussianMix
 from metakd.models.profile import EVIDENCES, LEGACY_EVIDENCES, NeighbourProfile
 from metakd.models.teachers import LogitScorer, ModelConfig, Teacher, build_teacher
 
@@ -55,6 +56,9 @@ class TeacherBundle:
     window: dict[str, Any] | None = None
     """How raw rows became the meta-train tasks' rows (``{"config": WindowConfig as a dict,
     "raw_widths": [...]}``), or ``None``; see :func:`windowing`."""
+    pool_share: float = 0.0
+    """The share of the pool's Gaussian in an adapted score, fitted after meta-training
+    (:class:`~metakd.models.experts.PoolGaussianMix`); 0 for teachers saved before it."""
 
     @staticmethod
     def load(path: str | Path) -> TeacherBundle:
@@ -106,6 +110,7 @@ class TeacherBundle:
                 path=str(path),
                 # Teachers saved before windows were kept have none.
                 window=stored_window(fields, "window"),
+                pool_share=_share(fields),
             )
         except DataError:
             raise
@@ -113,6 +118,35 @@ class TeacherBundle:
             raise DataError(
                 str(path), f"teacher checkpoint is incomplete or inconsistent ({one_line(err)})"
             ) from None
+
+
+def _share(fields: Fields) -> float:
+    """A teacher's ``pool_share``, in [0, 1] (0 where it has none)."""
+    if not fields.has("pool_share"):
+        return 0.0
+    share = fields.number("pool_share")
+    if not 0 <= share <= 1:
+        raise fields.bad("pool_share", f"must be in [0, 1], got {share!r}")
+    return share
+
+
+def _stored_mix(fields: Fields) -> PoolGaussianMix | None:
+    """A detector's pool-Gaussian mix (``None``: saved without one)."""
+    if not fields.has("mix"):
+        return None
+    state = fields.tensors("mix")
+    terms = state["terms"]
+    if (
+        terms.shape != (5,)
+        or not bool(torch.isfinite(terms).all())
+        or not (bool(terms[2] > 0) and bool(terms[4] > 0) and 0 <= float(terms[0]) <= 1)
+    ):
+        raise fields.bad(
+            "mix", "terms must be [share in [0, 1], centre, spread > 0, centre, spread > 0]"
+        )
+    return PoolGaussianMix(
+        [state[name] for name in ("mean", "u", "inverse", "a", "isotropic")], terms
+    )
 
 
 def windowing(window: dict[str, Any] | None, n_features: int) -> WindowConfig | None:
@@ -253,6 +287,11 @@ def save_scorer(
                 ),
             },
             "threshold": scorer.threshold,
+            "mix": (
+                {k: v.detach().cpu() for k, v in scorer.mix.state_dict().items()}
+                if scorer.mix.terms.numel()
+                else None
+            ),
             "info": info,
         },
     )
@@ -302,7 +341,9 @@ def load_scorer(path: str | Path) -> DeployedScorer:
             center, scale, pre.number("clip", finite=False, positive=True), projection, profile
         )
         # A NaN threshold flags nothing (no score is above NaN): every row would pass as normal.
-        scorer = DeployedScorer(preprocess, net, fields.number("threshold")).eval()
+        scorer = DeployedScorer(
+            preprocess, net, fields.number("threshold"), _stored_mix(fields)
+        ).eval()
         _check_scores_a_row(scorer, fields)
         return scorer
     except DataError:

@@ -164,6 +164,21 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
             "saved teacher is the initialisation",
             soft_wrap=True,
         )
+    if result.pool_share is not None:
+        fit = result.pool_share
+        if fit["episodes"]:
+            share = f"{fit['share']:g}"
+            out_console.print(
+                f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
+                f"episodes of the meta-train domains: mean AUROC {fit['auroc']['0']:.3f} at 0, "
+                f"{fit['auroc'][share]:.3f} at {share})",
+                soft_wrap=True,
+            )
+        else:
+            out_console.print(
+                "pool Gaussian share 0: no meta-train domain had labelled anomalies to fit it on",
+                soft_wrap=True,
+            )
     if result.test_auroc:
         table = Table(
             title=f"Held-out few-shot AUROC ({', '.join(result.test_tasks)}; "

@@ -21,9 +21,10 @@ from metakd.meta.inner import PoolTerm, adapt, reference_scores
 from metakd.meta.learners import AdaptationPlan, InnerConfig
 from metakd.meta.losses import LossFn, inner_loss_fn
 from metakd.models.deploy import Preprocessor
+from metakd.models.experts import PoolGaussianMix
 from metakd.models.profile import NeighbourProfile
 from metakd.models.stack import StackParams
-from metakd.models.subsample import seeded_order
+from metakd.models.subsample import bounded_reference, seeded_order
 from metakd.models.teachers import Teacher, score_logits
 from metakd.models.teachers.profile import ProfileNet
 from metakd.persist import (
@@ -165,7 +166,22 @@ class _InnerSetup:
             if domains[0].xr is None
             else torch.stack([d.xr for d in domains if d.xr is not None])
         )
-        batched = torch.func.vmap(self.run, in_dims=(0, 0, None if xr is None else 0))(xs, ys, xr)
+        has_bias = [b is not None for b in self.params.biases]
+
+        def run(xs: Tensor, ys: Tensor, xr: Tensor | None) -> tuple[Any, ...]:
+            # vmap returns tensors only: a bias-free layer's None (svdd) is put back after.
+            p = self.run(xs, ys, xr)
+            return p.weights, tuple(b for b in p.biases if b is not None), p.factors
+
+        weights, biases, factors = torch.func.vmap(run, in_dims=(0, 0, None if xr is None else 0))(
+            xs, ys, xr
+        )
+        given = iter(biases)
+        batched = StackParams(
+            weights=weights,
+            biases=tuple(next(given) if has else None for has in has_bias),
+            factors=factors,
+        )
         return [_unbatch(batched, i) for i in range(len(domains))]
 
     def complete(
@@ -340,3 +356,72 @@ def student_preprocess(
         preprocess.projection if preprocess.use_projection else None,
         preprocess.profile if preprocess.use_profile else None,
     )
+
+
+def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | None:
+    """The pool Gaussian's mix for a domain (``adapt.pool_share``, else the teacher's fitted
+    share), standardised by the teacher's leave-one-out ``support_scores [n]`` of its normals;
+    ``None`` at share 0, without a pool, or where :meth:`PoolGaussianMix.fit` finds none."""
+    p = prepared
+    share = p.bundle.pool_share if p.cfg.pool_share is None else p.cfg.pool_share
+    if share == 0 or p.pool is None:
+        return None
+    normals = (p.labels == 0).cpu()
+    profile = p.bundle.model.profile
+    return PoolGaussianMix.fit(
+        p.pool.cpu(),
+        p.support.cpu()[normals],
+        support_scores.cpu()[normals],
+        share=share,
+        seed=p.cfg.seed,
+        cap=profile.max_gaussian,
+        trim=profile.pool_trim,
+    )
+
+
+def mixed(
+    mix: PoolGaussianMix | None, prepared: _Prepared, support: Any, pool: Any
+) -> tuple[Any, Any]:
+    """A domain's ``support`` and ``pool`` scores (NumPy, ``pool`` may be ``None``) through
+    ``mix``; as they are without one."""
+    if mix is None:
+        return support, pool
+    with torch.no_grad():
+        support = mix(prepared.support.cpu(), torch.as_tensor(support)).numpy()
+        if pool is not None and prepared.pool is not None:
+            pool = mix(prepared.pool.cpu(), torch.as_tensor(pool)).numpy()
+    return support, pool
+
+
+def restandardised(
+    mix: PoolGaussianMix | None, prepared: _Prepared, support_scores: Any
+) -> PoolGaussianMix | None:
+    """``mix`` for another scorer (the student) from its NumPy ``support_scores``."""
+    if mix is None:
+        return None
+    normals = (prepared.labels == 0).cpu()
+    return mix.for_scores(prepared.support.cpu()[normals], torch.as_tensor(support_scores)[normals])
+
+
+def pool_reference(
+    bundle: TeacherBundle, pool: Tensor | None, seed: int
+) -> tuple[Tensor | None, Tensor | None]:
+    """The pool rows the teacher's references read (all, or a bounded seeded subsample) and
+    the indices ``kept`` of those its embedding reads (``None``: all)."""
+    # A bounded, seeded subsample of a large pool is the teacher's reference (its profile's
+    # density reference and its embedding's pool neighbours): adapting and scoring then cost
+    # memory and time linear in the rows, not quadratic. Every pool row is still scored and
+    # distilled on.
+    reference_pool, kept = pool, None
+    pool_rows = bundle.model.pool_rows
+    if pool is not None and bundle.teacher.uses_reference and pool_rows is not None:
+        # The pool in a seeded random order: the profile's reference is its first max_pool
+        # rows, and the teacher's embedding reads its first pool_rows, as in meta-training.
+        order = seeded_order(len(pool), seed)
+        reference_pool = pool[order[: bundle.model.profile.max_pool]]
+        kept = order[:pool_rows]
+    elif pool is not None and bundle.teacher.uses_reference:
+        kept = bounded_reference(len(pool), bundle.model.profile.max_pool, seed)
+        if len(kept) < len(pool):
+            reference_pool = pool[kept]
+    return reference_pool, kept

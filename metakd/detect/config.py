@@ -39,6 +39,13 @@ class AdaptConfig:
     both standardised by the support normals' median and spread (``score``'s weight is 1), so
     the student, the threshold and the saved teacher all read the mix. Meta-training leaves
     that evidence's trust near 0 where it wins (RESULTS.md §11). 0: the teacher's score alone."""
+    pool_share: float | None = None
+    """With an unlabelled pool: the share ``λ`` of the pool's Gaussian in the adapted score,
+    ``(1 − λ)`` times the score and ``λ`` times the Mahalanobis distance to the pool's
+    cross-fitted Gaussians, both standardised by the support normals
+    (:class:`~metakd.models.experts.PoolGaussianMix`). Null: the share the teacher was fitted
+    with after meta-training (``pool_share_episodes``; 0 for teachers saved before it). 0: the
+    score alone."""
     max_support: int | None = 1024
     """Most labelled normal rows adapted on (a seeded subsample above it; every row is still
     scored): adapting costs memory and time linear in the support, as in the pool. ``None``:
@@ -73,6 +80,8 @@ class AdaptConfig:
             )
         if not 0 <= self.linear_mix < float("inf"):
             raise ConfigError(f"linear_mix must be a finite number >= 0, got {self.linear_mix!r}")
+        if self.pool_share is not None and not 0 <= self.pool_share <= 1:
+            raise ConfigError(f"pool_share must be in [0, 1] or null, got {self.pool_share!r}")
         if isinstance(self.unlabeled_support, bool) or self.unlabeled_support < 1:
             raise ConfigError(f"unlabeled_support must be >= 1, got {self.unlabeled_support!r}")
         if self.threads is not None:

@@ -22,6 +22,10 @@ from metakd.detect.adaptation import (
     _Prepared,
     cross_fitted,
     fit_preprocess,
+    mixed,
+    pool_mix,
+    pool_reference,
+    restandardised,
     student_preprocess,
 )
 from metakd.detect.config import SCORE_BLOCK_ROWS, AdaptConfig
@@ -37,7 +41,6 @@ from metakd.distill import distill
 from metakd.errors import InputError, MetakdError
 from metakd.models.deploy import DeployedScorer, ScoreHead
 from metakd.models.stack import StackParams
-from metakd.models.subsample import bounded_reference, seeded_order
 from metakd.models.teachers import LogitScorer, count_parameters
 from metakd.persist import (
     InputSchema,
@@ -193,26 +196,13 @@ class FewShotDetector(BaseEstimator):
         support, labels = support.to(device), labels.to(device)
         pool = None if pool is None else pool.to(device)
         tick = time.perf_counter()
-        # A bounded, seeded subsample of a large pool is the teacher's reference (its profile's
-        # density reference and its embedding's pool neighbours): adapting and scoring then cost
-        # memory and time linear in the rows, not quadratic. Every pool row is still scored and
-        # distilled on.
-        reference_pool, kept = pool, None
-        pool_rows = bundle.model.pool_rows
-        if pool is not None and bundle.teacher.uses_reference and pool_rows is not None:
-            # The pool in a seeded random order: the profile's reference is its first max_pool
-            # rows, and the teacher's embedding reads its first pool_rows, as in meta-training.
-            order = seeded_order(len(pool), cfg.seed)
-            reference_pool = pool[order[: bundle.model.profile.max_pool]]
-            kept = order[:pool_rows]
-        elif pool is not None and bundle.teacher.uses_reference:
-            kept = bounded_reference(len(pool), bundle.model.profile.max_pool, cfg.seed)
-            if len(kept) < len(pool):
-                reference_pool = pool[kept]
+        reference_pool, kept = pool_reference(bundle, pool, cfg.seed)
         preprocess = fit_preprocess(bundle, support, labels, reference_pool, seed=cfg.seed)
         xs = preprocess(support)
         xp = preprocess(pool) if pool is not None else None
-        if kept is None or (pool is not None and len(kept) == len(pool) and pool_rows is None):
+        if kept is None or (
+            pool is not None and len(kept) == len(pool) and bundle.model.pool_rows is None
+        ):
             xr = xp
         else:
             assert pool is not None  # kept is set only with a pool
@@ -237,7 +227,14 @@ class FewShotDetector(BaseEstimator):
         t_threshold, method = calibrate_threshold(
             fitted_support, labels.cpu().numpy(), fitted_pool, cfg.threshold
         )
-        self.teacher_scorer_ = DeployedScorer(preprocess, teacher_net, t_threshold).eval()
+        own_threshold = adapted.hard_label_threshold(t_threshold)  # the student's, unmixed
+        mix = pool_mix(p, adapted.threshold_scores)
+        if mix is not None:  # the threshold and the saved teacher read the mixed score
+            fitted_support, fitted_pool = mixed(mix, p, fitted_support, fitted_pool)
+            t_threshold = calibrate_threshold(
+                fitted_support, labels.cpu().numpy(), fitted_pool, cfg.threshold
+            )[0]
+        self.teacher_scorer_ = DeployedScorer(preprocess, teacher_net, t_threshold, mix).eval()
         self.student_scorer_: DeployedScorer | None = None
         report: dict[str, Any] = {
             "support_rows": int(support.shape[0]),
@@ -249,6 +246,7 @@ class FewShotDetector(BaseEstimator):
             "threshold_method": method,
             "threshold_cross_fitted": adapted.calibration_scores is not None,
             "linear_mix": adapted.linear_mix,
+            "pool_share": 0.0 if mix is None else mix.share,
             "inner": configio.to_dict(adapted.inner),
         }
         if cfg.student:
@@ -265,7 +263,7 @@ class FewShotDetector(BaseEstimator):
                     xs,
                     labels,
                     xp,
-                    teacher_threshold=adapted.hard_label_threshold(t_threshold),
+                    teacher_threshold=own_threshold,
                     config=dataclasses.replace(cfg.distill, student=student_config),
                     seed=cfg.seed,
                     support_scores=adapted.support_scores,
@@ -281,7 +279,9 @@ class FewShotDetector(BaseEstimator):
             with torch.no_grad():
                 s_support = student_net(xs).cpu().numpy()
                 s_pool = student_net(xp).cpu().numpy() if xp is not None else None
-            if adapted.calibration_scores is not None:  # its own support scores run low too
+            s_mix = restandardised(mix, p, s_support)  # the same mix for the student's scores
+            s_support, s_pool = mixed(s_mix, p, s_support, s_pool)
+            if adapted.calibration_scores is not None and mix is None:  # its own run low too
                 s_threshold = (t_threshold - result.offset) / result.scale
             else:
                 fitted = (s_support, labels.cpu().numpy(), s_pool)
@@ -291,7 +291,9 @@ class FewShotDetector(BaseEstimator):
             # the teacher's scaling has no clip (a student extrapolates beyond it).
             rows = [support] if pool is None else [support, pool]
             s_preprocess = student_preprocess(preprocess, rows, cfg.distill)
-            self.student_scorer_ = DeployedScorer(s_preprocess, student_net, s_threshold).eval()
+            self.student_scorer_ = DeployedScorer(
+                s_preprocess, student_net, s_threshold, s_mix
+            ).eval()
             self._student_config = student_config
             self._student = result.student
             report |= {

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.errors import ConfigError
+from metakd.models.experts import PoolGaussianMix
 from metakd.models.profile import NeighbourProfile
 
 
@@ -185,19 +186,28 @@ class ScoreHead(nn.Module):
 
 
 class DeployedScorer(nn.Module):
-    """Raw rows ``[N, d]`` to anomaly scores ``[N]``; ``threshold`` flags anomalies."""
+    """Raw rows ``[N, d]`` to anomaly scores ``[N]``; ``threshold`` flags anomalies. ``mix``:
+    the pool Gaussian mixed into the net's scores (:class:`PoolGaussianMix`; none: an empty
+    one, which leaves them as they are)."""
 
-    def __init__(self, preprocess: Preprocessor, net: nn.Module, threshold: float) -> None:
+    def __init__(
+        self,
+        preprocess: Preprocessor,
+        net: nn.Module,
+        threshold: float,
+        mix: PoolGaussianMix | None = None,
+    ) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.net = net
         self.threshold = float(threshold)
+        self.mix = mix if mix is not None else PoolGaussianMix()
 
     def forward(self, x: Tensor) -> Tensor:
         # Rows of any real dtype (float64 from NumPy, say) are cast to the fitted buffers' dtype:
         # the networks' weights would reject them. A no-op for float32 rows.
         x = x.to(self.preprocess.center.dtype)
-        return self.net(self.preprocess(x))
+        return self.mix(x, self.net(self.preprocess(x)))
 
     @torch.jit.export
     def predict(self, x: Tensor) -> Tensor:

@@ -59,6 +59,9 @@ class TrainResult:
     ``knn_pool``; see :func:`~metakd.train.references.held_out_report`)."""
     test_tasks: list[str]
     seconds: float
+    pool_share: dict[str, Any] | None = None
+    """The share of the pool's Gaussian fitted after meta-training (``share``, ``episodes``,
+    ``auroc`` per share tried; :func:`metakd.detect.pool_share.fit_pool_share`), or ``None``."""
 
 
 class MetaTrainer:

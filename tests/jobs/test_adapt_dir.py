@@ -21,7 +21,8 @@ from metakd.persist import TeacherBundle
 ANY_WIDTH = AlignmentConfig(kind="project", width=8)
 
 
-@pytest.mark.parametrize("kind", ["knn", "profile"])
+# svdd: layers without biases (vmap returns tensors only; the Nones are put back).
+@pytest.mark.parametrize("kind", ["knn", "profile", "svdd"])
 def test_batched_fit_equals_separate_fits(kind: str) -> None:
     bundle = tiny_bundle(8, kind=kind, inner_steps=2, alignment=ANY_WIDTH)
     config = AdaptConfig(student=False)

@@ -1,0 +1,162 @@
+"""The share of the pool's Gaussian in adapted scores, fitted on the meta-train domains.
+
+Meta-training learns how far to trust each profile evidence from episodes; whether the pool's
+own Gaussian ranks a collection's anomalies better than the adapted teacher is a property of
+the collection (image embeddings: yes, by 0.04 AUROC; tables and sensor series: no; RESULTS.md
+§11), and one number. After meta-training, :func:`fit_pool_share` adapts the teacher as
+``metakd adapt`` does (:class:`~metakd.detect.FewShotDetector`) on episodes of the meta-train
+domains at adapt-time sizes (``shots`` normals, the rest of the domain as the unlabelled pool,
+bounded as adapt bounds it) and picks the share ``λ`` of
+:class:`~metakd.models.experts.PoolGaussianMix` whose mixed scores rank the pool's labelled
+anomalies best on average: a closed-form fit of one trust, on the teacher's own domains, never
+on a domain it is evaluated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from metakd.checkpoint import load_checkpoint, save_checkpoint
+from metakd.config import TrainConfig
+from metakd.data.collection import load_collection
+from metakd.data.task import Task
+from metakd.detect.config import AdaptConfig
+from metakd.detect.estimator import FewShotDetector
+from metakd.detect.many import fit_many
+from metakd.errors import MetakdError
+from metakd.models.experts import PoolGaussianMix
+from metakd.persist import TeacherBundle
+from metakd.tracking import progress_bar
+
+#: The shares tried, 0 (the teacher alone) to 1 (the Gaussian alone).
+SHARES = tuple(i / 10 for i in range(11))
+#: Pool rows of a fitting episode (a seeded subsample of larger domains), as adapt bounds them.
+POOL_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class PoolShareFit:
+    """What :func:`fit_pool_share` found."""
+
+    share: float
+    """The share with the highest mean AUROC (the smaller one on a tie)."""
+    episodes: int
+    """Episodes it was fitted on (0: no domain had enough normals and anomalies; share 0)."""
+    auroc: dict[float, float]
+    """Mean AUROC of the pool's labelled rows at each share tried."""
+
+
+def fit_pool_share(
+    bundle: TeacherBundle, tasks: Sequence[Task], *, episodes: int, shots: int, seed: int
+) -> PoolShareFit:
+    """Fit ``λ`` on up to ``episodes`` episodes, drawn over ``tasks`` in turn (seeded).
+
+    A task serves when its labelled rows hold more than ``shots`` normals and an anomaly
+    outside the support; unlabelled rows join no episode. A teacher of windowed series is not
+    fitted (share 0): its tasks hold windows where ``metakd adapt`` reads raw series.
+    """
+    if bundle.window is not None:  # its tasks hold windows, adapt reads raw series
+        return PoolShareFit(share=0.0, episodes=0, auroc={})
+    usable = [t for t in tasks if int((t.y == 0).sum()) > shots + 1 and int((t.y == 1).sum()) >= 1]
+    drawn = [
+        _episode(usable[i % len(usable)], shots=shots, seed=[seed, i])
+        for i in range(episodes if usable else 0)
+    ]
+    detectors = [
+        FewShotDetector(bundle, config=AdaptConfig(student=False, pool_share=0.0, seed=seed + i))
+        for i in range(len(drawn))
+    ]
+    # Rows labelled -1 are the pool: each fit's own scores cover its support and pool. Episodes
+    # of one shape adapt in one batched inner loop, as `metakd adapt --support-dir` does.
+    fitted = fit_many(detectors, [(rows, labels, None) for rows, labels, _ in drawn])
+    totals = np.zeros(len(SHARES))
+    done = 0
+    for i, ((rows, _, pool_y), detector) in enumerate(zip(drawn, fitted, strict=True)):
+        if isinstance(detector, MetakdError):
+            raise detector
+        scores = torch.as_tensor(detector.decision_scores_, dtype=torch.float64)
+        mix = PoolGaussianMix.fit(
+            torch.as_tensor(rows[shots:]),
+            torch.as_tensor(rows[:shots]),
+            scores[:shots],
+            share=1.0,
+            seed=seed + i,
+            cap=bundle.model.profile.max_gaussian,
+            trim=bundle.model.profile.pool_trim,
+        )
+        if mix is None:
+            continue
+        _, centre, spread, g_centre, g_spread = mix.terms.unbind()
+        own = ((scores[shots:] - centre) / spread).numpy()
+        gaussian = ((mix.distance(torch.as_tensor(rows[shots:])) - g_centre) / g_spread).numpy()
+        totals += np.array([_auroc((1 - s) * own + s * gaussian, pool_y) for s in SHARES])
+        done += 1
+    if done == 0:
+        return PoolShareFit(share=0.0, episodes=0, auroc={})
+    means = totals / done
+    best = int(np.argmax(means))  # the first maximum: the smaller share on a tie
+    return PoolShareFit(
+        share=SHARES[best],
+        episodes=done,
+        auroc={s: float(m) for s, m in zip(SHARES, means, strict=True)},
+    )
+
+
+def _episode(
+    task: Task, *, shots: int, seed: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, labels, pool anomalies)``: ``shots`` random normals of ``task`` (label 0)
+    then the rest of its labelled rows as the pool (label -1; at most :data:`POOL_ROWS`)."""
+    rng = np.random.default_rng(seed)
+    support = rng.choice(np.flatnonzero(task.y == 0), shots, replace=False)
+    rest = np.setdiff1d(np.flatnonzero(task.y >= 0), support)
+    if len(rest) > POOL_ROWS:
+        rest = np.sort(rng.choice(rest, POOL_ROWS, replace=False))
+    labels = np.r_[np.zeros(shots), -np.ones(len(rest))]
+    return task.X[np.r_[support, rest]], labels, task.y[rest] == 1
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC as the Mann–Whitney statistic of midranks (ties count one half)."""
+    ranks = rankdata(scores)
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def store_pool_share(config: TrainConfig, path: Path, *, progress: bool) -> dict[str, Any] | None:
+    """After meta-training with ``config``: fit the share of the teacher at ``path`` on its
+    meta-train domains and store it in that ``teacher.pt`` (rewritten atomically), with what
+    the fit found (``pool_share_fit``: ``share``, ``episodes``, ``auroc`` per share). Returns
+    that summary; ``None`` (and nothing written) with ``pool_share_episodes: 0``."""
+    if not config.pool_share_episodes:
+        return None
+    tasks = load_collection(config.tasks, split=config.split, alignment=config.alignment)
+    with progress_bar(enabled=progress) as bar:
+        job = bar.add_task("fit pool share", total=1, info=f"{config.pool_share_episodes} episodes")
+        fit = fit_pool_share(
+            TeacherBundle.load(path),
+            tasks.split("train"),
+            episodes=config.pool_share_episodes,
+            shots=config.episode.shots,
+            seed=config.seed,
+        )
+        bar.update(job, completed=1, info=f"share {fit.share:g}")
+    data = load_checkpoint(path, "teacher")
+    payload = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    summary = {
+        "share": fit.share,
+        "episodes": fit.episodes,
+        "auroc": {f"{share:g}": value for share, value in fit.auroc.items()},
+    }
+    save_checkpoint(path, "teacher", payload | {"pool_share": fit.share, "pool_share_fit": summary})
+    return summary
+
+
+__all__ = ["SHARES", "PoolShareFit", "fit_pool_share", "store_pool_share"]

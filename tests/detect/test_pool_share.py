@@ -1,0 +1,188 @@
+"""The pool's Gaussian mixed into adapted scores: :class:`PoolGaussianMix`, ``adapt.pool_share``,
+the share fitted on the meta-train domains (:func:`fit_pool_share`) and stored in ``teacher.pt``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TrainedRun, tiny_bundle
+from sklearn.metrics import roc_auc_score
+
+from metakd.checkpoint import load_checkpoint
+from metakd.data.task import Task
+from metakd.detect.pool_share import SHARES, fit_pool_share
+from metakd.detector import AdaptConfig, FewShotDetector
+from metakd.errors import ConfigError, DataError
+from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
+from metakd.models.experts import PoolGaussianMix
+from metakd.models.subsample import seeded_order
+from metakd.persist import TeacherBundle, load_scorer
+
+D = 12
+
+
+def _narrow(seed: int, normals: int = 400, anomalies: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose anomalies lie 3 σ off the normals along their narrowest directions (well
+    inside the wide ones' spread): a Gaussian of the pool sees them, neighbours barely do."""
+    rng = np.random.default_rng(seed)
+    rotation = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    spread = np.logspace(0.5, -0.5, D)
+    normal = rng.normal(size=(normals, D)) * spread
+    odd = rng.normal(size=(anomalies, D)) * spread
+    odd[:, -4:] += rng.choice([-3.0, 3.0], size=(anomalies, 4)) * spread[-4:]
+    x = np.r_[normal, odd] @ rotation
+    return x.astype(np.float32), np.r_[np.zeros(normals), np.ones(anomalies)]
+
+
+def _clusters(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normals in four tight clusters, anomalies between them near the grand mean: a Gaussian of
+    the pool reads them as its most typical rows, neighbours as far from every cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, D)) * 4
+    normal = centres[rng.integers(0, 4, 400)] + rng.normal(size=(400, D)) * 0.3
+    odd = centres.mean(0) + rng.normal(size=(30, D)) * 0.3
+    return np.r_[normal, odd].astype(np.float32), np.r_[np.zeros(400), np.ones(30)]
+
+
+def _bundle(share: float = 0.0) -> TeacherBundle:
+    bundle = tiny_bundle(D, kind="profile", hidden=[16], inner_steps=2)
+    return dataclasses.replace(bundle, pool_share=share)
+
+
+def _fit(bundle: TeacherBundle, x: np.ndarray, share: float | None, **cfg: bool) -> FewShotDetector:
+    config = AdaptConfig(pool_share=share, **cfg)
+    return FewShotDetector(bundle, config=config).fit(x[:10], np.zeros(10), unlabeled=x[10:])
+
+
+def _mix(seed: int = 0) -> tuple[PoolGaussianMix, torch.Tensor, torch.Tensor]:
+    x, _ = _narrow(seed)
+    rows = torch.as_tensor(x, dtype=torch.float64)
+    scores = rows.sum(1)
+    mix = PoolGaussianMix.fit(
+        rows[10:], rows[:10], scores[:10], share=0.5, seed=3, cap=64, trim=0.25
+    )
+    assert mix is not None
+    return mix, rows, scores
+
+
+def test_an_empty_mix_leaves_scores_bitwise_as_they_are() -> None:
+    scores = torch.randn(20)
+    assert torch.equal(PoolGaussianMix()(torch.randn(20, 3), scores), scores)
+
+
+def test_mix_is_each_expert_standardised_by_the_support_normals() -> None:
+    mix, rows, scores = _mix()
+    parts = pool_gaussians(
+        rows[10:],
+        seeded_order(len(rows) - 10, 3),
+        torch.tensor(float(D), dtype=torch.float64),
+        cap=64,
+        trim=0.25,
+    )
+    distances = pool_gaussian_distance(rows, *parts)
+
+    def z(v: torch.Tensor) -> torch.Tensor:
+        return (v - v[:10].quantile(0.5)) / v[:10].std(correction=0)
+
+    torch.testing.assert_close(mix(rows, scores), 0.5 * z(scores) + 0.5 * z(distances))
+    student = mix.for_scores(rows[:10], 2 * scores[:10] + 1)
+    assert student is not None and student.share == 0.5
+    torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
+
+
+def test_no_mix_without_enough_pool_rows_or_any_spread() -> None:
+    rows = torch.randn(30, 4, dtype=torch.float64)
+    fit = dict(share=1.0, seed=0, cap=64, trim=0.25)
+    assert PoolGaussianMix.fit(rows[:5], rows[:10], torch.randn(10), **fit) is None
+    assert PoolGaussianMix.fit(rows, rows[:10], torch.ones(10), **fit) is None
+
+
+def test_the_gaussian_share_ranks_narrow_anomalies_and_every_scorer_reads_the_mix(
+    tmp_path: Path,
+) -> None:
+    x, y = _narrow(0)
+    bundle = _bundle()
+    alone, mixed = _fit(bundle, x, 0.0), _fit(bundle, x, 1.0)
+    assert alone.report_["pool_share"] == 0.0 and mixed.report_["pool_share"] == 1.0
+    before = roc_auc_score(y[10:], alone.decision_function(x[10:]))
+    after = roc_auc_score(y[10:], mixed.decision_function(x[10:]))
+    assert after > 0.95 and after > before + 0.1, (before, after)
+    # The threshold reads the mixed scores: it flags the pool's anomalies, not all of it.
+    assert 0 < mixed.predict(x[10:]).mean() < 0.3
+    # The teacher's share comes from the bundle unless the config names one.
+    from_bundle = _fit(_bundle(1.0), x, None)
+    np.testing.assert_array_equal(
+        from_bundle.decision_function(x[10:]), mixed.decision_function(x[10:])
+    )
+    files = mixed.save(tmp_path / "det")
+    for name in ("student", "teacher"):
+        scorer = load_scorer(files[name])
+        rows = torch.as_tensor(x[10:])
+        expected = getattr(mixed, f"{name}_scorer_")(rows)
+        torch.testing.assert_close(scorer(rows), expected)
+    # The student is what exports for deployment (TorchScript, ONNX): with the mix in it.
+    exported = torch.jit.load(str(files["torchscript"]))
+    torch.testing.assert_close(exported(torch.as_tensor(x[10:])), mixed.student_scorer_(rows))
+
+
+def test_share_zero_leaves_the_detector_as_before() -> None:
+    x, _ = _narrow(1)
+    bundle = _bundle()
+    zero, unset = _fit(bundle, x, 0.0, student=False), _fit(bundle, x, None, student=False)
+    assert unset.report_["pool_share"] == 0.0
+    assert unset.teacher_scorer_.mix.terms.numel() == 0
+    np.testing.assert_array_equal(zero.decision_function(x), unset.decision_function(x))
+
+
+def _task(name: str, rows: tuple[np.ndarray, np.ndarray]) -> Task:
+    x, y = rows
+    return Task(name, x, y.astype(np.int64), tuple(f"x{j}" for j in range(D)), f"test:{name}")
+
+
+def test_fit_pool_share_follows_the_domains_where_the_gaussian_wins() -> None:
+    bundle = _bundle()
+    narrow = [_task(f"narrow{i}", _narrow(i)) for i in range(2)]
+    clusters = [_task(f"clusters{i}", _clusters(i)) for i in range(2)]
+    won = fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0)
+    lost = fit_pool_share(bundle, clusters, episodes=4, shots=10, seed=0)
+    assert won.episodes == lost.episodes == 4
+    assert set(won.auroc) == set(SHARES)
+    assert won.share >= 0.5 and lost.share <= 0.2, (won, lost)
+    assert won.auroc[won.share] > won.auroc[0.0] + 0.05
+    assert fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0) == won
+
+
+def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
+    x, y = _narrow(0)
+    unlabelled = _task("normals", (x[y == 0], y[y == 0]))
+    fit = fit_pool_share(_bundle(), [unlabelled], episodes=4, shots=10, seed=0)
+    assert fit.share == 0.0 and fit.episodes == 0
+
+
+def test_pool_share_is_validated_and_stored_in_the_teacher(
+    tmp_path: Path, write_teacher: object
+) -> None:
+    with pytest.raises(ConfigError, match="pool_share"):
+        AdaptConfig(pool_share=1.5)
+    path = tmp_path / "teacher.pt"
+    write_teacher(_bundle(), path)  # type: ignore[operator]
+    assert TeacherBundle.load(path).pool_share == 0.0  # a teacher saved without one
+    data = load_checkpoint(path, "teacher")
+    torch.save(data | {"pool_share": 2.0}, path)
+    with pytest.raises(DataError, match="pool_share"):
+        TeacherBundle.load(path)
+    torch.save(data | {"pool_share": 0.3}, path)
+    assert TeacherBundle.load(path).pool_share == 0.3
+
+
+def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: TrainedRun) -> None:
+    data = load_checkpoint(tiny_teacher.run / "teacher.pt", "teacher")
+    fit = data["pool_share_fit"]
+    assert data["pool_share"] == fit["share"] in SHARES and fit["episodes"] > 0
+    assert set(fit["auroc"]) == {f"{s:g}" for s in SHARES}
+    assert TeacherBundle.load(tiny_teacher.run / "teacher.pt").pool_share == data["pool_share"]
+    assert f"pool Gaussian share {fit['share']:g} in adapted scores" in tiny_teacher.output
