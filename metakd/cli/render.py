@@ -167,11 +167,12 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
     if result.pool_share is not None:
         fit = result.pool_share
         if fit["episodes"]:
-            share = f"{fit['share']:g}"
+            share, auroc = f"{fit['share']:g}", fit["auroc"]
+            chosen = f", {auroc[share]:.3f} at {share}" if share not in ("0", "1") else ""
             out_console.print(
                 f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
-                f"episodes of the meta-train domains: mean AUROC {fit['auroc']['0']:.3f} at 0, "
-                f"{fit['auroc'][share]:.3f} at {share})",
+                f"episodes of the meta-train domains: mean AUROC {auroc['0']:.3f} at 0, the "
+                f"teacher alone, {auroc['1']:.3f} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
         else:
