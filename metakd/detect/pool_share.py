@@ -93,9 +93,9 @@ def fit_pool_share(
         )
         if mix is None:
             continue
-        _, centre, spread, g_centre, g_spread = mix.terms.unbind()
-        own = ((scores[shots:] - centre) / spread).numpy()
-        gaussian = ((mix.distance(torch.as_tensor(rows[shots:])) - g_centre) / g_spread).numpy()
+        own, gaussian = (
+            e.numpy() for e in mix.experts(torch.as_tensor(rows[shots:]), scores[shots:])
+        )
         totals += np.array([_auroc((1 - s) * own + s * gaussian, pool_y) for s in SHARES])
         done += 1
     if done == 0:

@@ -126,13 +126,20 @@ class PoolGaussianMix(nn.Module):
             x.to(torch.float64), self.mean, self.u, self.inverse, self.a, self.isotropic
         )
 
+    def experts(self, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """The two experts the mix weighs, each standardised by the support normals: the
+        scorer's ``scores [N]`` and the pool-Gaussian distances of rows ``x [N, d]`` (float64;
+        a standardised mix only)."""
+        _, centre, spread, g_centre, g_spread = self.terms.unbind()
+        own = (scores.to(torch.float64) - centre) / spread
+        return own, (self.distance(x) - g_centre) / g_spread
+
     def forward(self, x: Tensor, scores: Tensor) -> Tensor:
         """``scores [N]`` of rows ``x [N, d]`` mixed with their pool-Gaussian distances."""
         if self.terms.numel() == 0:
             return scores
-        share, centre, spread, g_centre, g_spread = self.terms.unbind()
-        own = (scores.to(torch.float64) - centre) / spread
-        gaussian = (self.distance(x) - g_centre) / g_spread
+        own, gaussian = self.experts(x, scores)
+        share = self.terms[0]
         return ((1.0 - share) * own + share * gaussian).to(scores.dtype)
 
 
