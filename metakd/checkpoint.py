@@ -105,6 +105,7 @@ def save_teacher(
     episode: dict[str, Any],
     info: dict[str, Any],
     window: dict[str, Any] | None = None,
+    pool_share: dict[str, Any] | None = None,
 ) -> None:
     """Save a (meta-trained or adapted) teacher with everything needed to adapt and score.
 
@@ -119,8 +120,17 @@ def save_teacher(
         info: provenance and metrics (plain data).
         window: the sliding windows of its meta-train tasks and the raw widths they were made
             from (``{"config": ..., "raw_widths": [...]}``), or ``None``.
+        pool_share: the share of the pool's Gaussian fitted for it (``{"share", "episodes",
+            "auroc"}``), stored as ``pool_share`` (the share) and ``pool_share_fit`` (all of
+            it); ``None``: neither (adapt reads share 0).
     """
     from metakd import __version__
+
+    shared = (
+        {}
+        if pool_share is None
+        else {"pool_share": pool_share["share"], "pool_share_fit": pool_share}
+    )
 
     save_checkpoint(
         path,
@@ -138,7 +148,8 @@ def save_teacher(
             "episode": episode,
             "window": window,
             "info": info,
-        },
+        }
+        | shared,
     )
 
 

@@ -10,13 +10,12 @@ an error, so none waits for a job that will not come.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from pathlib import Path
 
 from metakd import configio
 from metakd.config import TrainConfig, load_train_config
-from metakd.detect.pool_share import store_pool_share
+from metakd.detect.pool_share import pool_share_fitter
 from metakd.distributed import DEFAULT_TIMEOUT, launch_from_env, process_group
 from metakd.errors import ConfigError
 from metakd.inputs import collection_inputs, real_path
@@ -124,7 +123,12 @@ def launch_meta_train(
                 raise
             if group is not None:
                 group.share((configio.to_dict(config), state))
-            result = meta_train(config, out_dir=stage, progress=progress, resume=state, group=group)
-            fitted = store_pool_share(config, stage / "teacher.pt", progress=progress)
-            result = dataclasses.replace(result, pool_share=fitted)
+            result = meta_train(
+                config,
+                out_dir=stage,
+                progress=progress,
+                resume=state,
+                group=group,
+                pool_share=pool_share_fitter(config, progress=progress),
+            )
         return config, result

@@ -14,7 +14,7 @@ on a domain it is evaluated on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from metakd.checkpoint import load_checkpoint, save_checkpoint
 from metakd.config import TrainConfig
-from metakd.data.collection import load_collection
 from metakd.data.task import Task
 from metakd.detect.config import AdaptConfig
 from metakd.detect.estimator import FewShotDetector
@@ -130,33 +128,35 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def store_pool_share(config: TrainConfig, path: Path, *, progress: bool) -> dict[str, Any] | None:
-    """After meta-training with ``config``: fit the share of the teacher at ``path`` on its
-    meta-train domains and store it in that ``teacher.pt`` (rewritten atomically), with what
-    the fit found (``pool_share_fit``: ``share``, ``episodes``, ``auroc`` per share). Returns
-    that summary; ``None`` (and nothing written) with ``pool_share_episodes: 0``."""
+def pool_share_fitter(
+    config: TrainConfig, *, progress: bool
+) -> Callable[[Path, Sequence[Task]], dict[str, Any]] | None:
+    """What meta-training with ``config`` calls on its best teacher
+    (:data:`metakd.train.files.PoolShareFitter`):
+    :func:`fit_pool_share` on ``pool_share_episodes`` episodes of ``shots`` normals, with a
+    progress bar. ``None`` with ``pool_share_episodes: 0`` (no share stored)."""
     if not config.pool_share_episodes:
         return None
-    tasks = load_collection(config.tasks, split=config.split, alignment=config.alignment)
-    with progress_bar(enabled=progress) as bar:
-        job = bar.add_task("fit pool share", total=1, info=f"{config.pool_share_episodes} episodes")
-        fit = fit_pool_share(
-            TeacherBundle.load(path),
-            tasks.split("train"),
-            episodes=config.pool_share_episodes,
-            shots=config.episode.shots,
-            seed=config.seed,
-        )
-        bar.update(job, completed=1, info=f"share {fit.share:g}")
-    data = load_checkpoint(path, "teacher")
-    payload = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-    summary = {
-        "share": fit.share,
-        "episodes": fit.episodes,
-        "auroc": {f"{share:g}": value for share, value in fit.auroc.items()},
-    }
-    save_checkpoint(path, "teacher", payload | {"pool_share": fit.share, "pool_share_fit": summary})
-    return summary
+    episodes = config.pool_share_episodes
+
+    def fit(path: Path, tasks: Sequence[Task]) -> dict[str, Any]:
+        with progress_bar(enabled=progress) as bar:
+            job = bar.add_task("fit pool share", total=1, info=f"{episodes} episodes")
+            found = fit_pool_share(
+                TeacherBundle.load(path),
+                tasks,
+                episodes=episodes,
+                shots=config.episode.shots,
+                seed=config.seed,
+            )
+            bar.update(job, completed=1, info=f"share {found.share:g}")
+        return {
+            "share": found.share,
+            "episodes": found.episodes,
+            "auroc": {f"{share:g}": value for share, value in found.auroc.items()},
+        }
+
+    return fit
 
 
-__all__ = ["SHARES", "PoolShareFit", "fit_pool_share", "store_pool_share"]
+__all__ = ["SHARES", "PoolShareFit", "fit_pool_share", "pool_share_fitter"]

@@ -23,7 +23,7 @@ import pandas as pd
 from metakd.checkpoint import atomic_write_text
 from metakd.config import load_train_config
 from metakd.data.collection import load_collection, natural_key
-from metakd.detect.pool_share import store_pool_share
+from metakd.detect.pool_share import pool_share_fitter
 from metakd.errors import ConfigError
 from metakd.evaluate.config import EvaluateConfig
 from metakd.evaluate.report import plot_auroc_vs_shots, summarise, summary_markdown
@@ -84,8 +84,12 @@ def run_domain_evaluation(
             *config.train,
         ]
         train_config = load_train_config(config.train_config, overrides)
-        meta_train(train_config, out_dir=fold_dir / "teacher", progress=progress)
-        store_pool_share(train_config, fold_dir / "teacher" / "teacher.pt", progress=progress)
+        meta_train(
+            train_config,
+            out_dir=fold_dir / "teacher",
+            progress=progress,
+            pool_share=pool_share_fitter(train_config, progress=progress),
+        )
         # The fold's teacher records its split: the evaluation takes its held-out domains.
         fold_config = dataclasses.replace(config, tasks=None, split="test", folds=None)
         result = run_evaluation(

@@ -3,7 +3,9 @@ adapting it needs (:func:`metakd.checkpoint.save_teacher` writes it atomically).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -11,9 +13,15 @@ from metakd import configio
 from metakd.checkpoint import save_teacher
 from metakd.config import TrainConfig
 from metakd.data.collection import TaskCollection
+from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig
 from metakd.meta.learners import MetaLearner, build_learner
 from metakd.models.teachers import build_teacher
+
+PoolShareFitter = Callable[[Path, Sequence[Task]], dict[str, Any]]
+"""Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on the
+meta-train tasks, and returns ``{"share", "episodes", "auroc"}`` (what ``teacher.pt`` stores);
+:func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 
 def init_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLearner:
@@ -37,8 +45,10 @@ def write_teacher(
     collection: TaskCollection,
     iteration: int,
     val_auroc: float | None,
+    pool_share: dict[str, Any] | None = None,
 ) -> None:
-    """Save ``learner``'s teacher at ``iteration`` with the run's settings and provenance."""
+    """Save ``learner``'s teacher at ``iteration`` with the run's settings and provenance (and
+    the pool Gaussian's share fitted for it, :data:`~metakd.train.loop.PoolShareFitter`)."""
     save_teacher(
         path,
         teacher=learner.teacher,
@@ -57,6 +67,7 @@ def write_teacher(
             "val_auroc": val_auroc,
             "seed": config.seed,
         },
+        pool_share=pool_share,
     )
 
 
@@ -70,4 +81,4 @@ def _window_record(collection: TaskCollection) -> dict | None:
     }
 
 
-__all__ = ["init_learner", "write_teacher"]
+__all__ = ["PoolShareFitter", "init_learner", "write_teacher"]

@@ -34,7 +34,7 @@ from metakd.meta.outer import outer_step
 from metakd.prefetch import Prefetch
 from metakd.resume import RESUME_FILE, ResumeState
 from metakd.tracking import Run, progress_bar
-from metakd.train.files import init_learner, write_teacher
+from metakd.train.files import PoolShareFitter, init_learner, write_teacher
 from metakd.train.references import (
     STEP_METRICS,
     few_shot_auroc,
@@ -60,8 +60,7 @@ class TrainResult:
     test_tasks: list[str]
     seconds: float
     pool_share: dict[str, Any] | None = None
-    """The share of the pool's Gaussian fitted after meta-training (``share``, ``episodes``,
-    ``auroc`` per share tried; :func:`metakd.detect.pool_share.fit_pool_share`), or ``None``."""
+    """The pool Gaussian's share fitted for the teacher (:data:`PoolShareFitter`), or ``None``."""
 
 
 class MetaTrainer:
@@ -78,9 +77,12 @@ class MetaTrainer:
         out_dir: Path | None,
         resume: ResumeState | None,
         group: ProcessGroup | None,
+        pool_share: PoolShareFitter | None = None,
     ) -> None:
         self.start = time.perf_counter()
         self.config, self.out_dir, self.resume, self.group = config, out_dir, resume, group
+        self.fit_pool_share = pool_share
+        self.pool_share: dict[str, Any] | None = None
         self.world, self.rank = (1, 0) if group is None else (group.world_size, group.rank)
         self.streams = resolve_streams(config, self.world)
         if resume is not None:
@@ -179,6 +181,7 @@ class MetaTrainer:
             collection=self.collection,
             iteration=iteration,
             val_auroc=val_auroc,
+            pool_share=self.pool_share,
         )
 
     def validate(self, iteration: int, metrics: dict[str, float | Tensor]) -> None:
@@ -232,6 +235,10 @@ class MetaTrainer:
             self.best_iteration, self.best_state = config.iterations, learner.state_dict()
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
+        if self.fit_pool_share is not None:  # on the file adapt reads; then stored in it
+            path = self.out_dir / "teacher.pt"
+            self.pool_share = self.fit_pool_share(path, self.collection.split("train"))
+            self._save(self.best_iteration, self.best_auroc)
         test_auroc: dict[str, float] = {}
         test_batch = held_out(
             self.collection.split("test"),
@@ -257,6 +264,7 @@ class MetaTrainer:
                 "skipped_steps": self.skipped,
                 "seconds": seconds,
             }
+            | ({} if self.pool_share is None else {"pool_share": self.pool_share["share"]})
             | {f"test_auroc/{k}": v for k, v in test_auroc.items()}
         )
         run.log_artifact(
@@ -333,17 +341,16 @@ class MetaTrainer:
                     raise failure
         if out_dir is not None:
             (out_dir / RESUME_FILE).unlink(missing_ok=True)  # nothing to resume when finished
+        if seconds is None:  # no report on this rank
+            seconds = self.seconds_before + time.perf_counter() - self.start
         return TrainResult(
             out_dir=out_dir,
             best_iteration=self.best_iteration,
             best_val_auroc=self.best_auroc,
             test_auroc=test_auroc,
             test_tasks=sorted({n for n in (test_batch.task_names if test_batch else [])}),
-            seconds=(
-                self.seconds_before + time.perf_counter() - self.start
-                if seconds is None
-                else seconds
-            ),
+            seconds=seconds,
+            pool_share=self.pool_share,
         )
 
     def _loop(

@@ -10,6 +10,7 @@ from metakd.config import TrainConfig
 from metakd.distributed import ProcessGroup
 from metakd.resume import ResumeState
 from metakd.threads import torch_threads
+from metakd.train.files import PoolShareFitter
 from metakd.train.loop import MetaTrainer, TrainResult
 from metakd.train.signals import StopSignals
 
@@ -21,6 +22,7 @@ def meta_train(
     progress: bool = True,
     resume: ResumeState | None = None,
     group: ProcessGroup | None = None,
+    pool_share: PoolShareFitter | None = None,
 ) -> TrainResult:
     """Meta-train a teacher, validating and keeping the best checkpoint.
 
@@ -41,6 +43,10 @@ def meta_train(
             meta-gradient of its share of every meta-batch (:class:`EpisodeStreams`) and the
             ranks average them before every step; every rank also validates (identically, so
             they stay in step), rank 0 alone evaluates on the meta-test tasks.
+        pool_share: fits the pool Gaussian's share for the best teacher after the last
+            iteration (rank 0), stored in its ``teacher.pt`` and the run's summary; ``None``:
+            none stored (adapt reads share 0). ``metakd meta-train`` passes
+            :func:`metakd.detect.pool_share.pool_share_fitter`'s.
 
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM (on any rank) stopped the run.
@@ -51,7 +57,9 @@ def meta_train(
         torch_threads(config.threads or 1),
         contextlib.ExitStack() as resources,
     ):
-        trainer = MetaTrainer(config, out_dir=out_dir, resume=resume, group=group)
+        trainer = MetaTrainer(
+            config, out_dir=out_dir, resume=resume, group=group, pool_share=pool_share
+        )
         return trainer.run(progress=progress, stop=stop, resources=resources)
 
 

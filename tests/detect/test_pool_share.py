@@ -4,23 +4,26 @@ the share fitted on the meta-train domains (:func:`fit_pool_share`) and stored i
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TrainedRun, tiny_bundle
+from helpers import TINY_TRAIN, TrainedRun, tiny_bundle
 from sklearn.metrics import roc_auc_score
 
 from metakd.checkpoint import load_checkpoint
+from metakd.config import load_train_config
 from metakd.data.task import Task
-from metakd.detect.pool_share import SHARES, fit_pool_share
+from metakd.detect.pool_share import SHARES, fit_pool_share, pool_share_fitter
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import ConfigError, DataError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
 from metakd.models.experts import PoolGaussianMix
 from metakd.models.subsample import seeded_order
 from metakd.persist import TeacherBundle, load_scorer
+from metakd.train import meta_train
 
 D = 12
 
@@ -186,3 +189,30 @@ def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: Tra
     assert set(fit["auroc"]) == {f"{s:g}" for s in SHARES}
     assert TeacherBundle.load(tiny_teacher.run / "teacher.pt").pool_share == data["pool_share"]
     assert f"pool Gaussian share {fit['share']:g} in adapted scores" in tiny_teacher.output
+    # Fitted inside the run, so its summary (and W&B's) records it beside the held-out AUROC.
+    lines = (tiny_teacher.run / "metrics.jsonl").read_text().splitlines()
+    summary = json.loads(lines[-1])["summary"]
+    assert summary["pool_share"] == fit["share"] and "test_auroc/metakd" in summary
+
+
+def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
+    """The Python entry point stores a share only when given a fitter; the teacher it saves is
+    the one ``metakd meta-train`` saves, less the share."""
+    config = load_train_config(None, [*TINY_TRAIN, "iterations=2", "pool_share_episodes=4"])
+    result = meta_train(config, out_dir=tmp_path / "plain", progress=False)
+    data = load_checkpoint(tmp_path / "plain" / "teacher.pt", "teacher")
+    assert result.pool_share is None and "pool_share" not in data and "pool_share_fit" not in data
+    fitter = pool_share_fitter(config, progress=False)
+    assert fitter is not None
+    fitted = meta_train(config, out_dir=tmp_path / "fitted", progress=False, pool_share=fitter)
+    stored = load_checkpoint(tmp_path / "fitted" / "teacher.pt", "teacher")
+    assert (
+        fitted.pool_share == stored["pool_share_fit"]
+        and stored["pool_share"] == fitted.pool_share["share"]
+    )
+    for key, value in data["state_dict"].items():  # the same teacher either way
+        assert torch.equal(value, stored["state_dict"][key]), key
+    assert (
+        pool_share_fitter(dataclasses.replace(config, pool_share_episodes=0), progress=False)
+        is None
+    )
