@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from metakd.errors import ConfigError, check_int, check_number
@@ -332,5 +331,8 @@ def _fidelity(student: nn.Module, x: Tensor, z: Tensor) -> float:
         s = student(x).squeeze(-1)
     if x.shape[0] < 3 or float(z.std()) == 0.0:
         return float("nan")
+    # Imported here: scipy.stats costs a second at start-up, and scoring never distils.
+    from scipy.stats import spearmanr
+
     rho = spearmanr(s.cpu().numpy(), z.cpu().numpy()).statistic
     return float(rho) if np.isfinite(rho) else 0.0

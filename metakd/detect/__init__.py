@@ -14,15 +14,34 @@ rows), :mod:`.adaptation` (preprocessing and the inner loop), :mod:`.estimator`
 (:class:`FewShotDetector`), :mod:`.many` (many domains at once), :mod:`.scoring`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from metakd.detect.config import (
     MIN_NORMALS_WITHOUT_POOL,
     SCORE_BLOCK_ROWS,
     AdaptConfig,
     ScoreConfig,
 )
-from metakd.detect.estimator import FewShotDetector
-from metakd.detect.many import fit_many
 from metakd.detect.scoring import decision_scores, score_rows
+
+if TYPE_CHECKING:
+    from metakd.detect.estimator import FewShotDetector
+    from metakd.detect.many import fit_many
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use (PEP 562): the estimator is a scikit-learn estimator, and importing
+    # scikit-learn costs about a second that `metakd score` of a saved detector never needs.
+    if name == "FewShotDetector":
+        from metakd.detect.estimator import FewShotDetector
+
+        return FewShotDetector
+    if name == "fit_many":
+        from metakd.detect.many import fit_many
+
+        return fit_many
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MIN_NORMALS_WITHOUT_POOL",

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from metakd.config import TrainConfig
 from metakd.data.task import Task
@@ -123,6 +122,8 @@ def _episode(
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """AUROC as the Mann–Whitney statistic of midranks (ties count one half)."""
+    from scipy.stats import rankdata  # only meta-train's last step needs scipy.stats
+
     ranks = rankdata(scores)
     n1, n0 = int(positive.sum()), int((~positive).sum())
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))

@@ -136,3 +136,24 @@ def test_no_module_is_longer_than_the_limit() -> None:
         for name, path in _modules().items()
     }
     assert {n: k for n, k in lengths.items() if k > MAX_MODULE_LINES} == {}
+
+
+def test_scoring_imports_neither_scikit_learn_nor_scipy_stats() -> None:
+    """``metakd score`` of a saved detector reads files and runs a network: the estimator
+    (scikit-learn) and distillation (scipy.stats) load on first use, about a second apart."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, metakd.jobs.score, metakd.detect; "
+        "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+    # The lazy names still resolve, as the package's __all__ promises.
+    from metakd.detect import FewShotDetector, fit_many
+    from metakd.detect.estimator import FewShotDetector as direct
+
+    assert FewShotDetector is direct and callable(fit_many)
