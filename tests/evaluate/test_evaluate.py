@@ -453,6 +453,9 @@ def test_leave_domains_out_meta_trains_a_teacher_per_fold(npz_dir: Path, tmp_pat
             split["test"]
         )
         assert not set(splits["train"]) & set(split["test"]), "never trained on its held-out"
+        # Each fold's teacher carries the pool Gaussian's share fitted on its own meta-train
+        # domains, as `metakd meta-train` stores it.
+        assert teacher["pool_share"] == teacher["pool_share_fit"]["share"]
     assert (out / "summary.md").read_text().startswith("Leave-domains-out: 2 folds")
     refused = CliRunner().invoke(
         main, ["evaluate", "--tasks", str(npz_dir), "--out", str(tmp_path / "x")]
