@@ -129,6 +129,6 @@ def launch_meta_train(
                 progress=progress,
                 resume=state,
                 group=group,
-                pool_share=pool_share_fitter(config, progress=progress),
+                fit_pool_share=pool_share_fitter(config, progress=progress),
             )
         return config, result

@@ -88,7 +88,7 @@ def run_domain_evaluation(
             train_config,
             out_dir=fold_dir / "teacher",
             progress=progress,
-            pool_share=pool_share_fitter(train_config, progress=progress),
+            fit_pool_share=pool_share_fitter(train_config, progress=progress),
         )
         # The fold's teacher records its split: the evaluation takes its held-out domains.
         fold_config = dataclasses.replace(config, tasks=None, split="test", folds=None)

@@ -48,7 +48,7 @@ def write_teacher(
     pool_share: dict[str, Any] | None = None,
 ) -> None:
     """Save ``learner``'s teacher at ``iteration`` with the run's settings and provenance (and
-    the pool Gaussian's share fitted for it, :data:`~metakd.train.loop.PoolShareFitter`)."""
+    the pool Gaussian's share fitted for it, :data:`PoolShareFitter`)."""
     save_teacher(
         path,
         teacher=learner.teacher,

@@ -77,11 +77,11 @@ class MetaTrainer:
         out_dir: Path | None,
         resume: ResumeState | None,
         group: ProcessGroup | None,
-        pool_share: PoolShareFitter | None = None,
+        fit_pool_share: PoolShareFitter | None = None,
     ) -> None:
         self.start = time.perf_counter()
         self.config, self.out_dir, self.resume, self.group = config, out_dir, resume, group
-        self.fit_pool_share = pool_share
+        self.fit_pool_share = fit_pool_share
         self.pool_share: dict[str, Any] | None = None
         self.world, self.rank = (1, 0) if group is None else (group.world_size, group.rank)
         self.streams = resolve_streams(config, self.world)

@@ -22,7 +22,7 @@ def meta_train(
     progress: bool = True,
     resume: ResumeState | None = None,
     group: ProcessGroup | None = None,
-    pool_share: PoolShareFitter | None = None,
+    fit_pool_share: PoolShareFitter | None = None,
 ) -> TrainResult:
     """Meta-train a teacher, validating and keeping the best checkpoint.
 
@@ -43,7 +43,7 @@ def meta_train(
             meta-gradient of its share of every meta-batch (:class:`EpisodeStreams`) and the
             ranks average them before every step; every rank also validates (identically, so
             they stay in step), rank 0 alone evaluates on the meta-test tasks.
-        pool_share: fits the pool Gaussian's share for the best teacher after the last
+        fit_pool_share: fits the pool Gaussian's share for the best teacher after the last
             iteration (rank 0), stored in its ``teacher.pt`` and the run's summary; ``None``:
             none stored (adapt reads share 0). ``metakd meta-train`` passes
             :func:`metakd.detect.pool_share.pool_share_fitter`'s.
@@ -58,7 +58,7 @@ def meta_train(
         contextlib.ExitStack() as resources,
     ):
         trainer = MetaTrainer(
-            config, out_dir=out_dir, resume=resume, group=group, pool_share=pool_share
+            config, out_dir=out_dir, resume=resume, group=group, fit_pool_share=fit_pool_share
         )
         return trainer.run(progress=progress, stop=stop, resources=resources)
 

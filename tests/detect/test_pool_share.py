@@ -204,7 +204,7 @@ def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
     assert result.pool_share is None and "pool_share" not in data and "pool_share_fit" not in data
     fitter = pool_share_fitter(config, progress=False)
     assert fitter is not None
-    fitted = meta_train(config, out_dir=tmp_path / "fitted", progress=False, pool_share=fitter)
+    fitted = meta_train(config, out_dir=tmp_path / "fitted", progress=False, fit_pool_share=fitter)
     stored = load_checkpoint(tmp_path / "fitted" / "teacher.pt", "teacher")
     assert (
         fitted.pool_share == stored["pool_share_fit"]
