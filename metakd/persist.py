@@ -35,7 +35,7 @@ from metakd.models.deploy import (
     StudentConfig,
     build_student,
 )
-from metakd.models.experts import PoolGaussianMix
+from metakd.models.experts import PARTS, PoolGaussianMix
 from metakd.models.profile import EVIDENCES, LEGACY_EVIDENCES, NeighbourProfile
 from metakd.models.teachers import LogitScorer, ModelConfig, Teacher, build_teacher
 
@@ -144,9 +144,7 @@ def _stored_mix(fields: Fields) -> PoolGaussianMix | None:
         raise fields.bad(
             "mix", "terms must be [share in [0, 1], centre, spread > 0, centre, spread > 0]"
         )
-    return PoolGaussianMix(
-        [state[name] for name in ("mean", "u", "inverse", "a", "isotropic")], terms
-    )
+    return PoolGaussianMix([state[name] for name in PARTS], terms)
 
 
 def windowing(window: dict[str, Any] | None, n_features: int) -> WindowConfig | None:

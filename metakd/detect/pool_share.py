@@ -79,8 +79,9 @@ def fit_pool_share(
         if isinstance(detector, MetakdError):
             raise detector
         scores = torch.as_tensor(detector.decision_scores_, dtype=torch.float64)
+        pool = torch.as_tensor(rows[shots:])
         mix = PoolGaussianMix.fit(
-            torch.as_tensor(rows[shots:]),
+            pool,
             torch.as_tensor(rows[:shots]),
             scores[:shots],
             share=1.0,
@@ -90,9 +91,7 @@ def fit_pool_share(
         )
         if mix is None:
             continue
-        own, gaussian = (
-            e.numpy() for e in mix.experts(torch.as_tensor(rows[shots:]), scores[shots:])
-        )
+        own, gaussian = (e.numpy() for e in mix.experts(pool, scores[shots:]))
         totals += np.array([_auroc((1 - s) * own + s * gaussian, pool_y) for s in SHARES])
         done += 1
     if done == 0:

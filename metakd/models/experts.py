@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
 from metakd.models.subsample import seeded_order
 
-#: The Gaussian parts' buffer names, in :func:`pool_gaussians`' order.
-_PARTS = ("mean", "u", "inverse", "a", "isotropic")
+#: The Gaussian parts' buffer names, in :func:`pool_gaussians`' order (and a saved mix's keys).
+PARTS = ("mean", "u", "inverse", "a", "isotropic")
 
 
 class PoolGaussianMix(nn.Module):
@@ -54,7 +54,7 @@ class PoolGaussianMix(nn.Module):
     def __init__(self, parts: list[Tensor] | None = None, terms: Tensor | None = None) -> None:
         super().__init__()
         given = parts if parts is not None else [torch.zeros(0, dtype=torch.float64)] * 5
-        for name, part in zip(_PARTS, given, strict=True):
+        for name, part in zip(PARTS, given, strict=True):
             self.register_buffer(name, part.detach().clone().to(torch.float64))
         self.register_buffer(
             "terms",
@@ -111,7 +111,7 @@ class PoolGaussianMix(nn.Module):
     def for_scores(self, normals: Tensor, normal_scores: Tensor) -> PoolGaussianMix | None:
         """The same Gaussians and share standardised for another scorer's scores (a
         student's), or ``None`` where :meth:`standardise` finds no spread."""
-        other = PoolGaussianMix([getattr(self, name) for name in _PARTS])
+        other = PoolGaussianMix([getattr(self, name) for name in PARTS])
         return other if other.standardise(normals, normal_scores, share=self.share) else None
 
     @property
@@ -143,4 +143,4 @@ class PoolGaussianMix(nn.Module):
         return ((1.0 - share) * own + share * gaussian).to(scores.dtype)
 
 
-__all__ = ["PoolGaussianMix"]
+__all__ = ["PARTS", "PoolGaussianMix"]
