@@ -168,10 +168,12 @@ class ProcessGroup:
             raise DistributedError(f"rank {self.rank}: rank 0 could not start ({message['error']})")
         return message["payload"]
 
-    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
-        """Overwrite ``tensors`` in place with rank 0's."""
+    def broadcast_(
+        self, tensors: Sequence[Tensor], *, what: str = "the initial parameters"
+    ) -> None:
+        """Overwrite ``tensors`` in place with rank 0's (``what`` they are names them in errors)."""
         for tensor in tensors:
-            self._collective("the initial parameters", lambda t=tensor: dist.broadcast(t, src=0))
+            self._collective(what, lambda t=tensor: dist.broadcast(t, src=0))
 
     # -- every iteration ------------------------------------------------------------------------
 

@@ -155,7 +155,13 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
         f"meta-trained {config.meta.algorithm} ({config.model.kind} teacher) on {config.tasks} in "
         f"{result.seconds:.0f} s; best meta-val AUROC "
         + (f"{result.best_val_auroc:.3f}" if result.best_val_auroc is not None else "n/a")
-        + f" at iteration {result.best_iteration}",
+        + f" at iteration {result.best_iteration}"
+        + (
+            ""
+            if result.stopped_at is None
+            else f" (stopped early at iteration {result.stopped_at} of {config.iterations}: no "
+            f"better meta-val AUROC in {config.patience} validations)"
+        ),
         soft_wrap=True,
     )
     if result.best_val_auroc is not None and result.best_iteration == 0:

@@ -38,11 +38,11 @@ from metakd.train.files import PoolShareFitter, init_learner, write_teacher
 from metakd.train.references import (
     STEP_METRICS,
     few_shot_auroc,
-    held_out_report,
     mean_inner_lr,
+    meta_test_report,
     step_metrics,
 )
-from metakd.train.signals import StopSignals, TrainingInterrupted
+from metakd.train.signals import StopSignals, TrainingInterrupted, early_stop
 from metakd.train.streams import EpisodeStreams, held_out, resolve_streams
 
 
@@ -59,6 +59,8 @@ class TrainResult:
     ``knn_pool``; see :func:`~metakd.train.references.held_out_report`)."""
     test_tasks: list[str]
     seconds: float
+    stopped_at: int | None = None
+    """The iteration early stopping (``patience``) ended the run at, or ``None``."""
     pool_share: dict[str, Any] | None = None
     """The pool Gaussian's share fitted for the teacher (:data:`PoolShareFitter`), or ``None``."""
 
@@ -143,6 +145,7 @@ class MetaTrainer:
         self.best_auroc: float | None = None
         self.best_iteration = 0
         self.skipped = 0  # outer steps skipped for a non-finite meta-gradient
+        self.stopped_at: int | None = None  # the iteration early stopping ended the run at
         self.done = 0  # iterations done before this session (resume)
         self.seconds_before = 0.0
         if resume is not None:
@@ -239,22 +242,21 @@ class MetaTrainer:
             path = self.out_dir / "teacher.pt"
             self.pool_share = self.fit_pool_share(path, self.collection.split("train"))
             self._save(self.best_iteration, self.best_auroc)
-        test_auroc: dict[str, float] = {}
-        test_batch = held_out(
-            self.collection.split("test"),
-            config,
-            self.alignment,
-            per_task=config.test_episodes,
-            seed=config.seed + 2,
+        test_batch, test_auroc = meta_test_report(
+            learner,
+            config=config,
+            tasks=self.collection.split("test"),
+            alignment=self.alignment,
+            input_dim=self.input_dim,
+            width=self.sampler.n_features,
+            device=self.device,
         )
-        if test_batch is not None:
-            test_auroc = self._report(test_batch.to(self.device))
         seconds = self.seconds_before + time.perf_counter() - self.start
         if self.skipped:
             warnings.warn(
-                f"{self.skipped} of {config.iterations} meta-steps had a non-finite "
-                "meta-gradient (an inner loop diverged) and were skipped; a smaller inner.lr or "
-                "meta.meta_lr avoids that",
+                f"{self.skipped} of {self.stopped_at or config.iterations} meta-steps had a "
+                "non-finite meta-gradient (an inner loop diverged) and were skipped; a smaller "
+                "inner.lr or meta.meta_lr avoids that",
                 stacklevel=4,
             )
         run.summary(
@@ -263,6 +265,7 @@ class MetaTrainer:
                 "best_iteration": self.best_iteration,
                 "skipped_steps": self.skipped,
                 "seconds": seconds,
+                "stopped_at": self.stopped_at,
             }
             | ({} if self.pool_share is None else {"pool_share": self.pool_share["share"]})
             | {f"test_auroc/{k}": v for k, v in test_auroc.items()}
@@ -275,18 +278,6 @@ class MetaTrainer:
             metadata={"best_val_auroc": self.best_auroc, "best_iteration": self.best_iteration},
         )
         return test_batch, test_auroc, seconds
-
-    def _report(self, batch: EpisodeBatch) -> dict[str, float]:
-        """Held-out AUROC of the teacher, its initialisation and the simple references."""
-        config = self.config
-        baseline = init_learner(config, self.input_dim, seed=config.seed + 10_000)
-        return held_out_report(
-            self.learner,
-            baseline.to(self.device),
-            batch,
-            k=config.model.neighbours,
-            width=self.sampler.n_features,
-        )
 
     def run(
         self, *, progress: bool, stop: StopSignals, resources: contextlib.ExitStack
@@ -350,6 +341,7 @@ class MetaTrainer:
             test_auroc=test_auroc,
             test_tasks=sorted({n for n in (test_batch.task_names if test_batch else [])}),
             seconds=seconds,
+            stopped_at=self.stopped_at,
             pool_share=self.pool_share,
         )
 
@@ -444,6 +436,12 @@ class MetaTrainer:
                     continue
                 if stopping:
                     raise TrainingInterrupted(iteration, stop.signum or signal.SIGTERM)
+                if self.val_batch is not None and early_stop(
+                    iteration, self.best_iteration, config=config, group=group
+                ):
+                    bar.update(job, info=f"stopped early · {summary}")
+                    self.stopped_at = iteration
+                    break
         return pending
 
 

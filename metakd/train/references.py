@@ -7,9 +7,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metakd.config import TrainConfig
+from metakd.data.task import Task
+from metakd.data.transforms import AlignmentConfig
 from metakd.episodes import EpisodeBatch
 from metakd.meta.learners import MetaLearner, MetaStats
 from metakd.meta.losses import auroc
+from metakd.train.files import init_learner
+from metakd.train.streams import held_out
 
 #: Old keys of :func:`held_out_report` -> their current names, for results written before the
 #: rename (``test_auroc/random_init`` in a ``metrics.jsonl`` summary, ``train_test_auroc`` of a
@@ -103,6 +108,27 @@ def mean_inner_lr(learner: MetaLearner) -> float:
     return float(torch.cat([r.detach().flatten() for r in learner.rates]).mean())
 
 
+def meta_test_report(
+    learner: MetaLearner,
+    *,
+    config: TrainConfig,
+    tasks: list[Task],
+    alignment: AlignmentConfig,
+    input_dim: int,
+    width: int,
+    device: torch.device | str,
+) -> tuple[EpisodeBatch | None, dict[str, float]]:
+    """The end of a run's report: ``config.test_episodes`` fixed episodes of each held-out
+    ``task`` and :func:`held_out_report` on them, the initialisation being that of a fresh
+    learner (seed ``config.seed + 10 000``); ``(None, {})`` without usable held-out tasks."""
+    batch = held_out(tasks, config, alignment, per_task=config.test_episodes, seed=config.seed + 2)
+    if batch is None:
+        return None, {}
+    baseline = init_learner(config, input_dim, seed=config.seed + 10_000).to(device)
+    k = config.model.neighbours
+    return batch, held_out_report(learner, baseline, batch.to(device), k=k, width=width)
+
+
 __all__ = [
     "LEGACY_REPORT_KEYS",
     "STEP_METRICS",
@@ -110,6 +136,7 @@ __all__ = [
     "held_out_report",
     "knn_auroc",
     "mean_inner_lr",
+    "meta_test_report",
     "report_key",
     "step_metrics",
 ]

@@ -1,10 +1,17 @@
-"""Stopping meta-training cleanly: SIGINT and SIGTERM end the current iteration first."""
+"""Stopping meta-training early: cleanly on SIGINT and SIGTERM (the current iteration ends
+first), and once validation stops improving (``patience``)."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from metakd.config import TrainConfig
+    from metakd.distributed import ProcessGroup
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -54,4 +61,21 @@ class StopSignals:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-__all__ = ["StopSignals", "TrainingInterrupted"]
+def early_stop(
+    iteration: int, best_iteration: int, *, config: TrainConfig, group: ProcessGroup | None
+) -> bool:
+    """Whether the run ends at ``iteration`` (early stopping, as Lightning's ``EarlyStopping``):
+    it is a validation, and it and the ``config.patience - 1`` before it found no meta-val AUROC
+    above the best, found at ``best_iteration``. Every rank of a distributed run gets rank 0's
+    answer, so they all stop at the same iteration."""
+    if config.patience is None or iteration % config.val_every:
+        return False
+    stale = iteration - best_iteration >= config.patience * config.val_every
+    if group is None:
+        return stale
+    flag = torch.tensor([float(stale)], device=group.device(config.device))
+    group.broadcast_([flag], what="the early-stopping decision")
+    return bool(flag.item())
+
+
+__all__ = ["StopSignals", "TrainingInterrupted", "early_stop"]

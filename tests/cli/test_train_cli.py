@@ -114,12 +114,40 @@ def test_meta_train_same_seed_same_teacher(tmp_path: Path, threads: int) -> None
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_early_stopping_keeps_the_teacher_of_the_run_cut_there(tmp_path: Path) -> None:
+    """``patience`` ends the run at the validation that makes ``patience`` in a row without a
+    new best; the teacher is bitwise the one a run of exactly that many iterations keeps, the
+    summary and the CLI say where it stopped."""
+    every = ["tasks=synthetic", *TINY_TRAIN, "val_every=2", "pool_share_episodes=0"]
+    config = load_train_config(None, [*every, "iterations=300", "patience=2"])
+    early = meta_train(config, out_dir=tmp_path / "early", progress=False)
+    assert early.stopped_at is not None and early.stopped_at < 300
+    assert early.stopped_at - early.best_iteration == 4  # two validations, two iterations apart
+    cut = load_train_config(None, [*every, f"iterations={early.stopped_at}"])
+    full = meta_train(cut, out_dir=tmp_path / "cut", progress=False)
+    assert (full.best_iteration, full.stopped_at) == (early.best_iteration, None)
+    a = teacher_checkpoint(tmp_path / "early")["state_dict"]
+    b = teacher_checkpoint(tmp_path / "cut")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["summary"]["stopped_at"] == early.stopped_at
+    assert json.loads(lines[-2])["step"] == early.stopped_at
+    result = CliRunner().invoke(
+        main,
+        ["meta-train", "--out", str(tmp_path / "cli"), "--no-progress", *sets(every)]
+        + sets(["iterations=300", "patience=2"]),
+    )
+    assert result.exit_code == 0, result.output
+    assert f"stopped early at iteration {early.stopped_at} of 300" in result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--set", "model.hidnen=[8]"], "unknown config key 'model.hidnen'"),
         (["--set", "iterations=many"], "config key 'iterations': expected an integer"),
         (["--tasks", "no/such/dir"], "no/such/dir"),
+        (["--set", "patience=0"], "patience must be an integer >= 1, got 0"),
         (
             ["--set", "meta.algorithm=maml2"],
             "config 'meta': unknown meta-learning algorithm 'maml2'",

@@ -85,6 +85,17 @@ def test_two_ranks_equal_one_process_with_the_same_episode_streams(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"], "rank 1 wrote nothing"
 
 
+def test_early_stopping_stops_every_rank_at_once(tmp_path: Path) -> None:
+    """Rank 0's early-stopping decision reaches every rank, so none waits for a collective."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    command += ["2", "-m", "metakd", "meta-train", "--out", str(tmp_path), "--no-progress"]
+    overrides = ["iterations=200", "val_every=1", "patience=1", "--dist-timeout", "60"]
+    command += [*sets(CONFIG), *sets(overrides[:3]), *overrides[3:]]
+    launched = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stdout.count("stopped early at iteration") == 1, launched.stdout
+
+
 _RANK = """
 import os, signal, sys, time
 from pathlib import Path
