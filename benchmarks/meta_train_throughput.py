@@ -73,9 +73,11 @@ def end_to_end(tasks: str, iterations: int, extra: list[str], project: Path) -> 
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [x["tasks_per_second"] for x in lines if "tasks_per_second" in x]
     meta_batch = _config(out)["episode"]["meta_batch"]
+    # Iterations run: fewer than asked where early stopping (`patience`) ended the run.
     return {
         "wall": wall,
-        "tasks_per_s": iterations * meta_batch / wall,
+        "iterations": len(rates),
+        "tasks_per_s": len(rates) * meta_batch / wall,
         "steady_tasks_per_s": statistics.median(rates),
         "rss_mib": rss,
     }
@@ -166,11 +168,13 @@ def main() -> None:
         check=True,
     ).stdout.strip()
     print(
-        f"metakd meta-train at defaults, {args.iterations} iterations, tracking offline; "
+        f"metakd meta-train at defaults, {args.iterations} iterations (fewer where early stopping "
+        f"ends a run), tracking offline; "
         f"{os.cpu_count()} CPUs; metakd from {timed}"
     )
     header = (
-        f"{'collection':>10} | {'wall s':>7} {'tasks/s':>8} {'steady':>8} | {'grad only':>9} "
+        f"{'collection':>10} | {'wall s':>7} {'iters':>5} {'tasks/s':>8} {'steady':>8} | "
+        f"{'grad only':>9} "
         f"{'ratio':>6} | {'RSS MiB':>8}"
         + (f" | {'busy tasks/s':>12} {'kept':>5}" if args.busy else "")
     )
@@ -180,7 +184,7 @@ def main() -> None:
         idle = end_to_end(tasks, args.iterations, extra, args.project)
         grad = meta_gradient_only(tasks, args.seconds, extra)
         line = (
-            f"{name:>10} | {idle['wall']:7.1f} {idle['tasks_per_s']:8.1f} "
+            f"{name:>10} | {idle['wall']:7.1f} {idle['iterations']:5d} {idle['tasks_per_s']:8.1f} "
             f"{idle['steady_tasks_per_s']:8.1f} | {grad:9.1f} {idle['tasks_per_s'] / grad:6.0%} | "
             f"{idle['rss_mib']:8.0f}"
         )
@@ -192,9 +196,9 @@ def main() -> None:
             )
         print(line, flush=True)
     print(
-        "\ntasks/s: iterations × meta-batch ÷ the whole command's wall time; steady: the median "
-        "per-iteration rate in metrics.jsonl; grad only: the meta-gradient alone, same teacher "
-        "and meta-batch, one thread; ratio: tasks/s ÷ grad only."
+        "\ntasks/s: iterations run × meta-batch ÷ the whole command's wall time; steady: the "
+        "median per-iteration rate in metrics.jsonl; grad only: the meta-gradient alone, same "
+        "teacher and meta-batch, one thread; ratio: tasks/s ÷ grad only."
     )
 
 

@@ -34,12 +34,13 @@ class TrainConfig:
     val_every: int = 25
     """Validate on the meta-val tasks every this many iterations (and at the end); the best
     checkpoint is kept, which is the main guard against meta-overfitting."""
-    patience: int | None = 4
+    patience: int | None = None
     """Early stopping: end the run once this many validations in a row found no meta-val AUROC
-    above the best so far (4: 100 iterations at ``val_every: 25``, a quarter of the default
-    run). The best iterate is the teacher either way, so stopping changes it only where a later
-    iterate would have beaten it; the time saved is the rest of the run. Null: every one of
-    ``iterations``."""
+    above the best so far (e.g. 4: 100 iterations at ``val_every: 25``). The best iterate is the
+    teacher either way, so stopping changes it only where a later iterate would have beaten it,
+    and saves the rest of the run. Null (the default): every one of ``iterations``, because
+    validation is at ``episode.anomaly_shots`` only: a teacher still learning to use labelled
+    anomalies can look stale there (benchmarks/RESULTS.md §10, early stopping)."""
     val_episodes: int = 4
     """Fixed episodes per meta-val task (the same ones at every validation)."""
     test_episodes: int = 5
