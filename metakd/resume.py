@@ -28,9 +28,9 @@ from metakd.errors import ConfigError, DataError
 RESUME_FILE = "resume.pt"
 #: Config keys a resumed run may change (a key, or a section ending in ``.``): everything else
 #: changes the trajectory, so a difference is an error. ``iterations`` may grow (an
-#: uninterrupted run of the new length ends the same), ``checkpoint_every``, ``prefetch`` and
-#: ``tracking`` do not touch the numbers.
-MAY_CHANGE_ON_RESUME = ("iterations", "checkpoint_every", "prefetch", "tracking.")
+#: uninterrupted run of the new length ends the same), ``patience`` only decides where the run
+#: ends, ``checkpoint_every``, ``prefetch`` and ``tracking`` do not touch the numbers.
+MAY_CHANGE_ON_RESUME = ("iterations", "patience", "checkpoint_every", "prefetch", "tracking.")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from metakd.errors import ConfigError
     metavar="RUN_DIR",
     help="Continue the interrupted run whose --out was RUN_DIR (stopped by Ctrl-C, SIGTERM or a "
     "kill) from its newest checkpoint, and finish it into RUN_DIR. Its config applies; --config "
-    "and --set may change only iterations, checkpoint_every and tracking.*.",
+    "and --set may change only iterations, patience, checkpoint_every and tracking.*.",
 )
 @click.option(
     "--dist-timeout",

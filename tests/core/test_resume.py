@@ -156,12 +156,15 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path: Path, interru
     # The refused attempts left the interrupted run as it was.
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
 
-    # iterations may grow: the result is that of an uninterrupted run of the new length.
+    # iterations may grow: the result is that of an uninterrupted run of the new length; and
+    # patience may change (here one that cannot end 12 iterations early).
     longer = [*CONFIG, "iterations=12"]
     reference = tmp_path / "reference"
     _train(reference, config=longer)
     resumed = CliRunner().invoke(
-        main, ["meta-train", "--resume", str(out), "--no-progress", "--set", "iterations=12"]
+        main,
+        ["meta-train", "--resume", str(out), "--no-progress"]
+        + sets(["iterations=12", "patience=50"]),
     )
     assert resumed.exit_code == 0, resumed.output
     _same_teacher(out, reference)
