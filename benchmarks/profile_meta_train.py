@@ -66,11 +66,11 @@ def instrument() -> None:
     from metakd.resume import ResumeState
 
     _patch(train, "load_collection", "load tasks")
-    _patch(train, "_held_out", "val/test episodes")
+    _patch(train, "held_out", "val/test episodes")
     _patch(train, "few_shot_auroc", "validate / test report")
-    _patch(train, "knn_auroc", "validate / test report")
+    _patch(train, "meta_test_report", "validate / test report")
     _patch(train, "outer_step", "outer step")
-    _patch(train, "_save", "checkpoints")
+    _patch(train, "write_teacher", "checkpoints")
     _patch(ResumeState, "save", "checkpoints")
     for name in ("__init__", "log", "summary", "log_artifact", "finish"):
         _patch(tracking.Run, name, "tracking (metrics.jsonl + W&B)")
