@@ -46,10 +46,9 @@ class TrainConfig:
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
     pool_share_episodes: int = 16
-    """After meta-training: episodes of the meta-val domains (the meta-train ones when there
-    are none: :func:`metakd.train.files.share_domains`) at adapt-time sizes (``shots`` normals,
-    the rest of a domain as its pool) on which the share of the pool's Gaussian in adapted
-    scores is fitted (:func:`metakd.detect.pool_share.fit_pool_share`), stored in
+    """After meta-training: episodes of the meta-train domains at adapt-time sizes (``shots``
+    normals, the rest of a domain as its pool) on which the share of the pool's Gaussian in
+    adapted scores is fitted (:func:`metakd.detect.pool_share.fit_pool_share`), stored in
     ``teacher.pt`` for ``metakd adapt``; 0: share 0, the teacher's score alone."""
     checkpoint_every: int = 50
     """Write the resume checkpoint (``resume.pt`` in the run's staging folder) every this many

@@ -1,16 +1,15 @@
-"""The share of the pool's Gaussian in adapted scores, fitted on the meta-val domains.
+"""The share of the pool's Gaussian in adapted scores, fitted on the meta-train domains.
 
 Meta-training learns how far to trust each profile evidence from episodes; whether the pool's
 own Gaussian ranks a collection's anomalies better than the adapted teacher is a property of
 the collection (image embeddings: yes, by 0.04 AUROC; tables and sensor series: no; RESULTS.md
 §11), and one number. After meta-training, :func:`fit_pool_share` adapts the teacher as
-``metakd adapt`` does (:class:`~metakd.detect.FewShotDetector`) on episodes of the domains
-that validated it, which it never trained on (the meta-train ones where none did:
-:func:`metakd.train.files.share_domains`), at adapt-time sizes (``shots`` normals, the rest of the domain as the unlabelled pool,
+``metakd adapt`` does (:class:`~metakd.detect.FewShotDetector`) on episodes of the meta-train
+domains at adapt-time sizes (``shots`` normals, the rest of the domain as the unlabelled pool,
 bounded as adapt bounds it) and picks the share ``λ`` of
 :class:`~metakd.models.experts.PoolGaussianMix` whose mixed scores rank the pool's labelled
-anomalies best on average: a closed-form fit of one trust, on the user's own domains, never on
-a domain it is evaluated on.
+anomalies best on average: a closed-form fit of one trust, on the teacher's own domains, never
+on a domain it is evaluated on.
 """
 
 from __future__ import annotations

@@ -20,19 +20,8 @@ from metakd.models.teachers import build_teacher
 
 PoolShareFitter = Callable[[Path, Sequence[Task]], dict[str, Any]]
 """Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on the
-given tasks (:func:`share_domains`), and returns ``{"share", "episodes", "auroc"}`` (what
-``teacher.pt`` stores, with ``domains``); :func:`metakd.detect.pool_share.pool_share_fitter`
-builds one (adaptation lives above training)."""
-
-
-def share_domains(collection: TaskCollection) -> tuple[list[Task], str]:
-    """The tasks the pool Gaussian's share is fitted on, and what they are: the meta-val
-    domains, which the teacher never trained on, where there are any (``"meta-val"``); else the
-    meta-train ones (``"meta-train"``). On its own meta-train domains a trained teacher ranks
-    almost perfectly, so a share fitted there is 0 whatever holds on a new domain
-    (benchmarks/RESULTS.md §11)."""
-    val = collection.split("val")
-    return (val, "meta-val") if val else (collection.split("train"), "meta-train")
+meta-train tasks, and returns ``{"share", "episodes", "auroc"}`` (what ``teacher.pt`` stores);
+:func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 
 def init_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLearner:
@@ -92,4 +81,4 @@ def _window_record(collection: TaskCollection) -> dict | None:
     }
 
 
-__all__ = ["PoolShareFitter", "init_learner", "share_domains", "write_teacher"]
+__all__ = ["PoolShareFitter", "init_learner", "write_teacher"]

@@ -34,7 +34,7 @@ from metakd.meta.outer import outer_step
 from metakd.prefetch import Prefetch
 from metakd.resume import RESUME_FILE, ResumeState
 from metakd.tracking import Run, progress_bar
-from metakd.train.files import PoolShareFitter, init_learner, share_domains, write_teacher
+from metakd.train.files import PoolShareFitter, init_learner, write_teacher
 from metakd.train.references import (
     STEP_METRICS,
     few_shot_auroc,
@@ -239,9 +239,8 @@ class MetaTrainer:
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
         if self.fit_pool_share is not None:  # on the file adapt reads; then stored in it
-            tasks, domains = share_domains(self.collection)
-            fit = self.fit_pool_share(self.out_dir / "teacher.pt", tasks)
-            self.pool_share = fit | {"domains": domains}
+            path = self.out_dir / "teacher.pt"
+            self.pool_share = self.fit_pool_share(path, self.collection.split("train"))
             self._save(self.best_iteration, self.best_auroc)
         test_batch, test_auroc = meta_test_report(
             learner,
@@ -440,6 +439,7 @@ class MetaTrainer:
                 if self.val_batch is not None and early_stop(
                     iteration, self.best_iteration, config=config, group=group
                 ):
+                    bar.update(job, info=f"stopped early · {summary}")
                     self.stopped_at = iteration
                     break
         return pending

@@ -1,13 +1,11 @@
 """The pool's Gaussian mixed into adapted scores: :class:`PoolGaussianMix`, ``adapt.pool_share``,
-the share fitted on the meta-val domains (:func:`fit_pool_share`) and stored in ``teacher.pt``."""
+the share fitted on the meta-train domains (:func:`fit_pool_share`) and stored in ``teacher.pt``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -218,28 +216,3 @@ def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
         pool_share_fitter(dataclasses.replace(config, pool_share_episodes=0), progress=False)
         is None
     )
-
-
-@pytest.mark.parametrize("val, domains", [(0.2, "meta-val"), (0.0, "meta-train")])
-@pytest.mark.filterwarnings("ignore:builtin.synthetic. no usable meta-val tasks")
-def test_the_share_is_fitted_on_domains_the_teacher_never_trained_on(
-    tmp_path: Path, val: float, domains: str
-) -> None:
-    """The meta-val domains where there are any (on its own meta-train domains a trained
-    teacher ranks almost perfectly); the meta-train ones otherwise. The record says which."""
-    from metakd.data.collection import load_collection
-
-    seen: list[str] = []
-
-    def spy(path: Path, tasks: Sequence[Task]) -> dict[str, Any]:
-        seen.extend(sorted(task.name for task in tasks))
-        return {"share": 0.0, "episodes": 0, "auroc": {}}
-
-    config = load_train_config(None, [*TINY_TRAIN, "iterations=2", f"split.val={val}"])
-    result = meta_train(config, out_dir=tmp_path / "run", progress=False, fit_pool_share=spy)
-    collection = load_collection(config.tasks, split=config.split, alignment=config.alignment)
-    expected = collection.split("val" if val else "train")
-    assert seen and seen == sorted(task.name for task in expected)
-    assert result.pool_share is not None and result.pool_share["domains"] == domains
-    stored = load_checkpoint(tmp_path / "run" / "teacher.pt", "teacher")["pool_share_fit"]
-    assert stored["domains"] == domains
