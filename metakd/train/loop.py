@@ -432,8 +432,7 @@ class MetaTrainer:
                 except Exception as err:
                     if group is None or stopping:
                         raise
-                    pending = err
-                    continue
+                    pending = err  # held, and every rank still reaches early_stop's broadcast
                 if stopping:
                     raise TrainingInterrupted(iteration, stop.signum or signal.SIGTERM)
                 if self.val_batch is not None and early_stop(
