@@ -169,13 +169,11 @@ def main() -> None:
     ).stdout.strip()
     print(
         f"metakd meta-train at defaults, {args.iterations} iterations (fewer where early stopping "
-        f"ends a run), tracking offline; "
-        f"{os.cpu_count()} CPUs; metakd from {timed}"
+        f"ends a run), tracking offline; {os.cpu_count()} CPUs; metakd from {timed}"
     )
     header = (
         f"{'collection':>10} | {'wall s':>7} {'iters':>5} {'tasks/s':>8} {'steady':>8} | "
-        f"{'grad only':>9} "
-        f"{'ratio':>6} | {'RSS MiB':>8}"
+        f"{'grad only':>9} {'ratio':>6} | {'RSS MiB':>8}"
         + (f" | {'busy tasks/s':>12} {'kept':>5}" if args.busy else "")
     )
     print(header + "\n" + "-" * len(header))
