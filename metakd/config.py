@@ -46,10 +46,11 @@ class TrainConfig:
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
     pool_share_episodes: int = 16
-    """After meta-training: episodes of the meta-train domains at adapt-time sizes (``shots``
-    normals, the rest of a domain as its pool) on which the share of the pool's Gaussian in
-    adapted scores is fitted (:func:`metakd.detect.pool_share.fit_pool_share`), stored in
-    ``teacher.pt`` for ``metakd adapt``; 0: share 0, the teacher's score alone."""
+    """After meta-training: episodes of the meta-train domains, and as many of the meta-val
+    ones, at adapt-time sizes (``shots`` normals, the rest of a domain as its pool) on which the
+    share of the pool's Gaussian in adapted scores is fitted (the two groups' curves averaged:
+    :mod:`metakd.detect.pool_share`), stored in ``teacher.pt`` for ``metakd adapt``; 0: share
+    0, the teacher's score alone."""
     checkpoint_every: int = 50
     """Write the resume checkpoint (``resume.pt`` in the run's staging folder) every this many
     iterations, so a run killed outright loses at most that many; 0 writes none periodically.

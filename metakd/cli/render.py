@@ -175,15 +175,17 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
         if fit["episodes"]:
             share, auroc = f"{fit['share']:g}", fit["auroc"]
             chosen = f", {auroc[share]:.3f} at {share}" if share not in ("0", "1") else ""
+            groups = " and ".join(fit.get("groups", {"meta-train": None}))
             out_console.print(
                 f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
-                f"episodes of the meta-train domains: mean AUROC {auroc['0']:.3f} at 0, the "
+                f"episodes of the {groups} domains: mean AUROC {auroc['0']:.3f} at 0, the "
                 f"teacher alone, {auroc['1']:.3f} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
         else:
             out_console.print(
-                "pool Gaussian share 0: no meta-train domain had labelled anomalies to fit it on",
+                "pool Gaussian share 0: no meta-train or meta-val domain had labelled anomalies "
+                "to fit it on",
                 soft_wrap=True,
             )
     if result.test_auroc:

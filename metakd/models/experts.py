@@ -5,8 +5,8 @@ unlabelled pool, ranks anomalies better than anything the profile teacher learns
 evidences (RESULTS.md §11: 0.927 against the teacher's 0.886 on held-out MVTec AD categories);
 on tables and sensor series it ranks them worse (0.75 against 0.79 on ADBench). Which one to
 believe is a property of the collection, so the share ``λ`` of the Gaussian in the adapted
-score is fitted after meta-training on the meta-train domains themselves
-(:func:`metakd.detect.pool_share.fit_pool_share`) and stored with the teacher; ``metakd adapt``
+score is fitted after meta-training on the meta-train and meta-val domains
+(:mod:`metakd.detect.pool_share`) and stored with the teacher; ``metakd adapt``
 then scores
 
     (1 − λ) · (s − m_s) / σ_s + λ · (g − m_g) / σ_g,

@@ -3,7 +3,7 @@ adapting it needs (:func:`metakd.checkpoint.save_teacher` writes it atomically).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ from metakd.data.transforms import AlignmentConfig
 from metakd.meta.learners import MetaLearner, build_learner
 from metakd.models.teachers import build_teacher
 
-PoolShareFitter = Callable[[Path, Sequence[Task]], dict[str, Any]]
-"""Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on the
-meta-train tasks, and returns ``{"share", "episodes", "auroc"}`` (what ``teacher.pt`` stores);
+PoolShareFitter = Callable[[Path, Mapping[str, Sequence[Task]]], dict[str, Any]]
+"""Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on
+groups of tasks by name (the meta-train and the meta-val ones), and returns ``{"share",
+"episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
 :func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 

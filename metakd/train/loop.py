@@ -239,8 +239,9 @@ class MetaTrainer:
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
         if self.fit_pool_share is not None:  # on the file adapt reads; then stored in it
-            path = self.out_dir / "teacher.pt"
-            self.pool_share = self.fit_pool_share(path, self.collection.split("train"))
+            groups = {"meta-train": self.collection.split("train")}
+            groups |= {"meta-val": val} if (val := self.collection.split("val")) else {}
+            self.pool_share = self.fit_pool_share(self.out_dir / "teacher.pt", groups)
             self._save(self.best_iteration, self.best_auroc)
         test_batch, test_auroc = meta_test_report(
             learner,

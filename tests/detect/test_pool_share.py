@@ -1,5 +1,6 @@
 """The pool's Gaussian mixed into adapted scores: :class:`PoolGaussianMix`, ``adapt.pool_share``,
-the share fitted on the meta-train domains (:func:`fit_pool_share`) and stored in ``teacher.pt``."""
+the share fitted on the meta-train and meta-val domains (:func:`fit_pool_share`, :func:`combine`)
+and stored in ``teacher.pt``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from sklearn.metrics import roc_auc_score
 from metakd.checkpoint import load_checkpoint
 from metakd.config import load_train_config
 from metakd.data.task import Task
-from metakd.detect.pool_share import SHARES, fit_pool_share, pool_share_fitter
+from metakd.detect.pool_share import (
+    SHARES,
+    PoolShareFit,
+    combine,
+    fit_pool_share,
+    pool_share_fitter,
+)
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import ConfigError, DataError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
@@ -166,6 +173,35 @@ def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
     assert fit.share == 0.0 and fit.episodes == 0
 
 
+def _curve(curve: list[float], episodes: int = 16) -> PoolShareFit:
+    return PoolShareFit(
+        share=SHARES[int(np.argmax(curve))],
+        episodes=episodes,
+        auroc=dict(zip(SHARES, curve, strict=True)),
+    )
+
+
+def test_combine_averages_the_groups_curves_each_group_weighing_the_same() -> None:
+    # Trained-on domains rank almost perfectly on the teacher alone; the unseen ones want the
+    # Gaussian: neither alone, the mean of the two curves picks.
+    own = _curve([0.999 - 0.004 * i for i in range(11)], episodes=16)
+    unseen = _curve([0.80 + 0.012 * i for i in range(11)], episodes=4)
+    both = combine({"meta-train": own, "meta-val": unseen})
+    means = [(own.auroc[s] + unseen.auroc[s]) / 2 for s in SHARES]
+    assert both.share == SHARES[int(np.argmax(means))] == 1.0
+    assert both.episodes == 20 and both.auroc == pytest.approx(
+        dict(zip(SHARES, means, strict=True))
+    )
+    # Where the averaged curve ties, the smaller share; a group without episodes has no say.
+    flat = _curve([0.9] * 11)
+    assert combine({"meta-train": flat, "meta-val": _curve([0.9] * 11)}).share == 0.0
+    empty = PoolShareFit(share=0.0, episodes=0, auroc={})
+    assert combine({"meta-train": unseen, "meta-val": empty}) == dataclasses.replace(
+        unseen, share=1.0
+    )
+    assert combine({"meta-train": empty, "meta-val": empty}) == empty
+
+
 def test_pool_share_is_validated_and_stored_in_the_teacher(
     tmp_path: Path, write_teacher: object
 ) -> None:
@@ -187,6 +223,14 @@ def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: Tra
     fit = data["pool_share_fit"]
     assert data["pool_share"] == fit["share"] in SHARES and fit["episodes"] > 0
     assert set(fit["auroc"]) == {f"{s:g}" for s in SHARES}
+    # Fitted on each group of domains and combined; each group's own fit is kept beside it.
+    groups = fit["groups"]
+    assert set(groups) == {"meta-train", "meta-val"} and all(g["episodes"] for g in groups.values())
+    assert fit["episodes"] == sum(g["episodes"] for g in groups.values())
+    for share in fit["auroc"]:
+        mean = (groups["meta-train"]["auroc"][share] + groups["meta-val"]["auroc"][share]) / 2
+        assert fit["auroc"][share] == pytest.approx(mean)
+    assert "episodes of the meta-train and meta-val domains" in tiny_teacher.output
     assert TeacherBundle.load(tiny_teacher.run / "teacher.pt").pool_share == data["pool_share"]
     assert f"pool Gaussian share {fit['share']:g} in adapted scores" in tiny_teacher.output
     # Fitted inside the run, so its summary (and W&B's) records it beside the held-out AUROC.
