@@ -175,7 +175,8 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
         if fit["episodes"]:
             share, auroc = f"{fit['share']:g}", fit["auroc"]
             chosen = f", {auroc[share]:.3f} at {share}" if share not in ("0", "1") else ""
-            groups = " and ".join(fit.get("groups", {"meta-train": None}))
+            fitted = fit.get("groups", {"meta-train": fit})  # one group before groups were kept
+            groups = " and ".join(name for name, group in fitted.items() if group["episodes"])
             out_console.print(
                 f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
                 f"episodes of the {groups} domains: mean AUROC {auroc['0']:.3f} at 0, the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,6 +17,12 @@ from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig
 from metakd.meta.learners import MetaLearner, build_learner
 from metakd.models.teachers import build_teacher
+
+SHARE_GROUPS: tuple[tuple[str, Literal["train", "val"]], ...] = (
+    ("meta-train", "train"),
+    ("meta-val", "val"),
+)
+"""The groups of domains the pool Gaussian's share is fitted on, and the splits they are."""
 
 PoolShareFitter = Callable[[Path, Mapping[str, Sequence[Task]]], dict[str, Any]]
 """Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on
@@ -82,4 +88,4 @@ def _window_record(collection: TaskCollection) -> dict | None:
     }
 
 
-__all__ = ["PoolShareFitter", "init_learner", "write_teacher"]
+__all__ = ["SHARE_GROUPS", "PoolShareFitter", "init_learner", "write_teacher"]

@@ -34,7 +34,7 @@ from metakd.meta.outer import outer_step
 from metakd.prefetch import Prefetch
 from metakd.resume import RESUME_FILE, ResumeState
 from metakd.tracking import Run, progress_bar
-from metakd.train.files import PoolShareFitter, init_learner, write_teacher
+from metakd.train.files import SHARE_GROUPS, PoolShareFitter, init_learner, write_teacher
 from metakd.train.references import (
     STEP_METRICS,
     few_shot_auroc,
@@ -239,8 +239,8 @@ class MetaTrainer:
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
         if self.fit_pool_share is not None:  # on the file adapt reads; then stored in it
-            groups = {"meta-train": self.collection.split("train")}
-            groups |= {"meta-val": val} if (val := self.collection.split("val")) else {}
+            groups = {name: self.collection.split(part) for name, part in SHARE_GROUPS}
+            groups = {name: tasks for name, tasks in groups.items() if tasks}
             self.pool_share = self.fit_pool_share(self.out_dir / "teacher.pt", groups)
             self._save(self.best_iteration, self.best_auroc)
         test_batch, test_auroc = meta_test_report(
