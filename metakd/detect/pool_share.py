@@ -104,13 +104,7 @@ def fit_pool_share(
         done += 1
     if done == 0:
         return PoolShareFit(share=0.0, episodes=0, auroc={})
-    means = totals / done
-    best = int(np.argmax(means))  # the first maximum: the smaller share on a tie
-    return PoolShareFit(
-        share=SHARES[best],
-        episodes=done,
-        auroc={s: float(m) for s, m in zip(SHARES, means, strict=True)},
-    )
+    return _pick(totals / done, episodes=done)
 
 
 def combine(fits: Mapping[str, PoolShareFit]) -> PoolShareFit:
@@ -121,10 +115,16 @@ def combine(fits: Mapping[str, PoolShareFit]) -> PoolShareFit:
     if not curves:
         return PoolShareFit(share=0.0, episodes=0, auroc={})
     means = np.mean([[curve[s] for s in SHARES] for curve in curves], axis=0)
-    best = int(np.argmax(means))  # the first maximum: the smaller share on a tie
+    return _pick(means, episodes=sum(fit.episodes for fit in fits.values()))
+
+
+def _pick(means: np.ndarray, *, episodes: int) -> PoolShareFit:
+    """The share at the first maximum of ``means`` (mean AUROC at each of :data:`SHARES`):
+    the smaller share on a tie."""
+    best = int(np.argmax(means))
     return PoolShareFit(
         share=SHARES[best],
-        episodes=sum(fit.episodes for fit in fits.values()),
+        episodes=episodes,
         auroc={s: float(m) for s, m in zip(SHARES, means, strict=True)},
     )
 
