@@ -8,8 +8,9 @@ detectors ``metakd adapt`` writes (``teacher.pt``, ``student.pt``) load into a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,9 @@ from metakd.models.experts import PARTS, PoolGaussianMix
 from metakd.models.profile import EVIDENCES, LEGACY_EVIDENCES, NeighbourProfile
 from metakd.models.teachers import LogitScorer, ModelConfig, Teacher, build_teacher
 
+TeacherWeights = tuple[dict[str, Tensor], list[Tensor]]
+"""A teacher's weights (its ``state_dict``) and Meta-SGD's inner rates (empty otherwise)."""
+
 
 @dataclass
 class TeacherBundle:
@@ -59,6 +63,14 @@ class TeacherBundle:
     pool_share: float = 0.0
     """The share of the pool's Gaussian in an adapted score, fitted after meta-training
     (:class:`~metakd.models.experts.PoolGaussianMix`); 0 for teachers saved before it."""
+
+    def with_weights(self, weights: TeacherWeights) -> TeacherBundle:
+        """This bundle (its settings, alignment and share) with another teacher's weights and
+        Meta-SGD rates: those the run started meta-training from, say."""
+        state_dict, rates = weights
+        teacher = copy.deepcopy(self.teacher)
+        teacher.load_weights(dict(state_dict))
+        return replace(self, teacher=teacher.eval(), rates=list(rates))
 
     @staticmethod
     def load(path: str | Path) -> TeacherBundle:

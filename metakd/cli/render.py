@@ -176,7 +176,13 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
             share, auroc = f"{fit['share']:g}", fit["auroc"]
             chosen = f", {auroc[share]:.3f} at {share}" if share not in ("0", "1") else ""
             fitted = fit.get("groups", {"meta-train": fit})  # one group before groups were kept
-            groups = " and ".join(name for name, group in fitted.items() if group["episodes"])
+            groups = " and ".join(
+                f"{name} (adapted from the initialisation)"
+                if group.get("adapted_from") == "initialisation"
+                else name
+                for name, group in fitted.items()
+                if group["episodes"]
+            )
             out_console.print(
                 f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
                 f"episodes of the {groups} domains: mean AUROC {auroc['0']:.3f} at 0, the "

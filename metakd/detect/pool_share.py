@@ -12,12 +12,14 @@ bounded as adapt bounds it) and measures, for each share ``λ`` of
 labelled anomalies on average: a closed-form fit of one trust, on the user's own domains, never
 on a domain it is evaluated on.
 
-Two groups are fitted and their curves averaged (:func:`combine`): the meta-train domains,
-many but trained on (a teacher can rank its own domains almost perfectly, so the share fitted
-there alone can be 0 whatever holds on a new domain: 0.999 on an MVTec fold), and the meta-val
-domains, never trained on but few (2-3 in a user's folder, so the share fitted there alone
-follows them: classical's fold 1 chose 0.7 where its held-out domains want 0). RESULTS.md §11
-has the three fits measured.
+Two groups are fitted and their curves averaged (:func:`combine`). The meta-val domains are
+never trained on, so the trained teacher is adapted on them, but they are few (2-3 in a user's
+folder, and the share fitted there alone follows them: classical's fold 1 chose 0.7 where its
+held-out domains want 0). The meta-train domains are many, but the trained teacher ranks its
+own domains almost perfectly (0.999 on an MVTec fold), so fitted with it the share was 0
+whatever held on new domains; they are adapted from the initialisation the run started from,
+which has never seen them: the Gaussian's case against a teacher on a domain that teacher did
+not learn. RESULTS.md §11 has the fits measured.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ from metakd.detect.estimator import FewShotDetector
 from metakd.detect.many import fit_many
 from metakd.errors import MetakdError
 from metakd.models.experts import PoolGaussianMix
-from metakd.persist import TeacherBundle
+from metakd.persist import TeacherBundle, TeacherWeights
 from metakd.tracking import progress_bar
+
+ShareGroups = Mapping[str, tuple[Sequence[Task], TeacherWeights | None]]
+"""Groups of domains by name, each with the weights it is adapted from (``None``: the saved
+teacher's)."""
 
 #: The shares tried, 0 (the teacher alone) to 1 (the Gaussian alone).
 SHARES = tuple(i / 10 for i in range(11))
@@ -154,30 +160,37 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def pool_share_fitter(
     config: TrainConfig, *, progress: bool
-) -> Callable[[Path, Mapping[str, Sequence[Task]]], dict[str, Any]] | None:
+) -> Callable[[Path, ShareGroups], dict[str, Any]] | None:
     """What meta-training with ``config`` calls on its best teacher
     (:data:`metakd.train.files.PoolShareFitter`): :func:`fit_pool_share` on
-    ``pool_share_episodes`` episodes of ``shots`` normals per group of domains, the groups
+    ``pool_share_episodes`` episodes of ``shots`` normals per group of domains, each adapted
+    from its own weights (the initialisation, or the saved teacher's), the groups
     :func:`combine`-d, with a progress bar. ``None`` with ``pool_share_episodes: 0`` (no share
     stored)."""
     if not config.pool_share_episodes:
         return None
     episodes = config.pool_share_episodes
 
-    def fit(path: Path, groups: Mapping[str, Sequence[Task]]) -> dict[str, Any]:
-        bundle = TeacherBundle.load(path)
+    def fit(path: Path, groups: ShareGroups) -> dict[str, Any]:
+        teacher = TeacherBundle.load(path)
         with progress_bar(enabled=progress) as bar:
             job = bar.add_task("fit pool share", total=len(groups), info=f"{episodes} episodes")
-            fits = {}
-            for name, tasks in groups.items():
-                # The same seed per group: the meta-train fit is the one fitted alone before.
+            fits, starts = {}, {}
+            for name, (tasks, weights) in groups.items():
+                bundle = teacher if weights is None else teacher.with_weights(weights)
+                # The same seed per group: episodes depend on the tasks alone.
                 fits[name] = fit_pool_share(
                     bundle, tasks, episodes=episodes, shots=config.episode.shots, seed=config.seed
                 )
+                starts[name] = "teacher" if weights is None else "initialisation"
                 bar.advance(job)
             found = combine(fits)
             bar.update(job, info=f"share {found.share:g}")
-        return _record(found) | {"groups": {name: _record(f) for name, f in fits.items()}}
+        return _record(found) | {
+            "groups": {
+                name: _record(f) | {"adapted_from": starts[name]} for name, f in fits.items()
+            }
+        }
 
     return fit
 
@@ -188,4 +201,11 @@ def _record(fit: PoolShareFit) -> dict[str, Any]:
     return {"share": fit.share, "episodes": fit.episodes, "auroc": curve}
 
 
-__all__ = ["SHARES", "PoolShareFit", "combine", "fit_pool_share", "pool_share_fitter"]
+__all__ = [
+    "SHARES",
+    "PoolShareFit",
+    "ShareGroups",
+    "combine",
+    "fit_pool_share",
+    "pool_share_fitter",
+]

@@ -17,17 +17,26 @@ from metakd.data.task import Task
 from metakd.data.transforms import AlignmentConfig
 from metakd.meta.learners import MetaLearner, build_learner
 from metakd.models.teachers import build_teacher
+from metakd.persist import TeacherWeights
 
-SHARE_GROUPS: tuple[tuple[str, Literal["train", "val"]], ...] = (
-    ("meta-train", "train"),
-    ("meta-val", "val"),
+SHARE_GROUPS: tuple[
+    tuple[str, Literal["train", "val"], Literal["initialisation", "teacher"]], ...
+] = (
+    ("meta-train", "train", "initialisation"),
+    ("meta-val", "val", "teacher"),
 )
-"""The groups of domains the pool Gaussian's share is fitted on, and the splits they are."""
+"""The groups of domains the pool Gaussian's share is fitted on: their names, the splits they
+are, and the weights they are adapted from. The meta-train domains are adapted from the
+initialisation the run started from, which has never seen them (the trained teacher ranks its
+own domains almost perfectly, whatever holds on a new one); the meta-val domains, never
+trained on, from the trained teacher."""
 
-PoolShareFitter = Callable[[Path, Mapping[str, Sequence[Task]]], dict[str, Any]]
+PoolShareFitter = Callable[
+    [Path, Mapping[str, tuple[Sequence[Task], TeacherWeights | None]]], dict[str, Any]
+]
 """Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on
-groups of tasks by name (the meta-train and the meta-val ones), and returns ``{"share",
-"episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
+groups of tasks by name, each adapted from the given weights (``None``: the saved teacher's),
+and returns ``{"share", "episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
 :func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 
@@ -41,6 +50,27 @@ def init_learner(config: TrainConfig, input_dim: int, *, seed: int) -> MetaLearn
         # The most any meta-batch holds: its inner loss must serve supports with anomalies.
         anomaly_shots=max(config.episode.anomaly_shots, config.episode.anomaly_shots_max or 0),
     )
+
+
+def teacher_weights(learner: MetaLearner) -> TeacherWeights:
+    """A copy of ``learner``'s teacher weights and Meta-SGD rates, on the CPU."""
+    return (
+        {name: v.detach().cpu().clone() for name, v in learner.teacher.state_dict().items()},
+        [rate.detach().cpu().clone() for rate in learner.rates],
+    )
+
+
+def share_groups(
+    collection: TaskCollection, *, initial: TeacherWeights
+) -> dict[str, tuple[Sequence[Task], TeacherWeights | None]]:
+    """What :data:`PoolShareFitter` fits on: each of :data:`SHARE_GROUPS` that has tasks in
+    ``collection``, with the weights it is adapted from (``initial``, or ``None``: the saved
+    teacher's)."""
+    return {
+        name: (tasks, initial if weights == "initialisation" else None)
+        for name, part, weights in SHARE_GROUPS
+        if (tasks := collection.split(part))
+    }
 
 
 def write_teacher(
@@ -88,4 +118,11 @@ def _window_record(collection: TaskCollection) -> dict | None:
     }
 
 
-__all__ = ["SHARE_GROUPS", "PoolShareFitter", "init_learner", "write_teacher"]
+__all__ = [
+    "SHARE_GROUPS",
+    "PoolShareFitter",
+    "init_learner",
+    "share_groups",
+    "teacher_weights",
+    "write_teacher",
+]

@@ -34,7 +34,7 @@ from metakd.meta.outer import outer_step
 from metakd.prefetch import Prefetch
 from metakd.resume import RESUME_FILE, ResumeState
 from metakd.tracking import Run, progress_bar
-from metakd.train.files import SHARE_GROUPS, PoolShareFitter, init_learner, write_teacher
+from metakd.train import files
 from metakd.train.references import (
     STEP_METRICS,
     few_shot_auroc,
@@ -62,7 +62,7 @@ class TrainResult:
     stopped_at: int | None = None
     """The iteration early stopping (``patience``) ended the run at, or ``None``."""
     pool_share: dict[str, Any] | None = None
-    """The pool Gaussian's share fitted for the teacher (:data:`PoolShareFitter`), or ``None``."""
+    """The pool Gaussian's share fitted for the teacher (:data:`~metakd.train.files.PoolShareFitter`), or ``None``."""
 
 
 class MetaTrainer:
@@ -79,7 +79,7 @@ class MetaTrainer:
         out_dir: Path | None,
         resume: ResumeState | None,
         group: ProcessGroup | None,
-        fit_pool_share: PoolShareFitter | None = None,
+        fit_pool_share: files.PoolShareFitter | None = None,
     ) -> None:
         self.start = time.perf_counter()
         self.config, self.out_dir, self.resume, self.group = config, out_dir, resume, group
@@ -124,7 +124,7 @@ class MetaTrainer:
             )
         probe = self.sampler.sample(1)
         self.input_dim = probe.support_x.shape[-1]
-        self.learner = init_learner(config, self.input_dim, seed=config.seed).to(self.device)
+        self.learner = files.init_learner(config, self.input_dim, seed=config.seed).to(self.device)
         if group is not None:
             group.broadcast_(list(self.learner.state_dict().values()))
         self.optimiser = torch.optim.Adam(
@@ -142,6 +142,7 @@ class MetaTrainer:
         if out_dir is not None:
             atomic_write_text(out_dir / "config.yaml", configio.dump_yaml(config))
         self.best_state = copy.deepcopy(self.learner.state_dict())
+        self.initial = files.teacher_weights(self.learner)  # before resuming: where the run started
         self.best_auroc: float | None = None
         self.best_iteration = 0
         self.skipped = 0  # outer steps skipped for a non-finite meta-gradient
@@ -176,7 +177,7 @@ class MetaTrainer:
     def _save(self, iteration: int, val_auroc: float | None) -> None:
         """Write the learner's teacher as ``teacher.pt`` with everything adapting it needs."""
         assert self.out_dir is not None
-        write_teacher(
+        files.write_teacher(
             self.out_dir / "teacher.pt",
             learner=self.learner,
             config=self.config,
@@ -239,8 +240,7 @@ class MetaTrainer:
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
         if self.fit_pool_share is not None:  # on the file adapt reads; then stored in it
-            groups = {name: self.collection.split(part) for name, part in SHARE_GROUPS}
-            groups = {name: tasks for name, tasks in groups.items() if tasks}
+            groups = files.share_groups(self.collection, initial=self.initial)
             self.pool_share = self.fit_pool_share(self.out_dir / "teacher.pt", groups)
             self._save(self.best_iteration, self.best_auroc)
         test_batch, test_auroc = meta_test_report(

@@ -54,6 +54,8 @@ def _same_teacher(a: Path, b: Path) -> None:
     assert ta["state_dict"].keys() == tb["state_dict"].keys()
     for key in ta["state_dict"]:
         assert torch.equal(ta["state_dict"][key], tb["state_dict"][key]), key
+    # The share's fit adapts the meta-train domains from where the run started, not resumed.
+    assert ta["pool_share_fit"] == tb["pool_share_fit"]
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -7,19 +7,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TRAIN, TrainedRun, tiny_bundle
+from helpers import TINY_TRAIN, TrainedRun, tiny_bundle, write_teacher_file
 from sklearn.metrics import roc_auc_score
 
 from metakd.checkpoint import load_checkpoint
 from metakd.config import load_train_config
+from metakd.data.collection import load_collection
 from metakd.data.task import Task
 from metakd.detect.pool_share import (
     SHARES,
     PoolShareFit,
+    ShareGroups,
     combine,
     fit_pool_share,
     pool_share_fitter,
@@ -29,8 +32,8 @@ from metakd.errors import ConfigError, DataError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
 from metakd.models.experts import PoolGaussianMix
 from metakd.models.subsample import seeded_order
-from metakd.persist import TeacherBundle, load_scorer
-from metakd.train import meta_train
+from metakd.persist import TeacherBundle, TeacherWeights, load_scorer
+from metakd.train import init_learner, meta_train
 
 D = 12
 
@@ -202,6 +205,18 @@ def test_combine_averages_the_groups_curves_each_group_weighing_the_same() -> No
     assert combine({"meta-train": empty, "meta-val": empty}) == empty
 
 
+def test_with_weights_swaps_the_teacher_and_rates_and_leaves_the_bundle_alone() -> None:
+    bundle = _bundle()
+    before = {k: v.clone() for k, v in bundle.teacher.state_dict().items()}
+    other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in before.items()}
+    swapped = bundle.with_weights((other, []))
+    for key, value in swapped.teacher.state_dict().items():
+        assert torch.equal(value, other[key]), key
+        assert torch.equal(bundle.teacher.state_dict()[key], before[key]), key
+    assert swapped.model == bundle.model and swapped.pool_share == bundle.pool_share
+    assert not swapped.teacher.training
+
+
 def test_pool_share_is_validated_and_stored_in_the_teacher(
     tmp_path: Path, write_teacher: object
 ) -> None:
@@ -230,7 +245,14 @@ def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: Tra
     for share in fit["auroc"]:
         mean = (groups["meta-train"]["auroc"][share] + groups["meta-val"]["auroc"][share]) / 2
         assert fit["auroc"][share] == pytest.approx(mean)
-    assert "episodes of the meta-train and meta-val domains" in tiny_teacher.output
+    # The meta-train domains are adapted from the initialisation (the trained teacher knows
+    # them), the meta-val ones from the trained teacher.
+    assert groups["meta-train"]["adapted_from"] == "initialisation"
+    assert groups["meta-val"]["adapted_from"] == "teacher"
+    assert (
+        "episodes of the meta-train (adapted from the initialisation) and meta-val domains"
+        in tiny_teacher.output
+    )
     assert TeacherBundle.load(tiny_teacher.run / "teacher.pt").pool_share == data["pool_share"]
     assert f"pool Gaussian share {fit['share']:g} in adapted scores" in tiny_teacher.output
     # Fitted inside the run, so its summary (and W&B's) records it beside the held-out AUROC.
@@ -260,3 +282,48 @@ def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
         pool_share_fitter(dataclasses.replace(config, pool_share_episodes=0), progress=False)
         is None
     )
+
+
+def test_meta_train_gives_the_fitter_each_group_with_its_weights(tmp_path: Path) -> None:
+    """The meta-train domains with the weights the run started from, the meta-val ones with
+    ``None`` (the saved teacher's)."""
+    config = load_train_config(None, [*TINY_TRAIN, "iterations=2"])
+    seen: dict[str, tuple[list[str], TeacherWeights | None]] = {}
+
+    def record(path: Path, groups: ShareGroups) -> dict[str, Any]:
+        seen.update({name: ([t.name for t in tasks], w) for name, (tasks, w) in groups.items()})
+        return {"share": 0.0, "episodes": 0, "auroc": {}}
+
+    meta_train(config, out_dir=tmp_path / "run", progress=False, fit_pool_share=record)
+    collection = load_collection(config.tasks, split=config.split, alignment=config.alignment)
+    assert seen.keys() == {"meta-train", "meta-val"}
+    assert seen["meta-train"][0] == [t.name for t in collection.split("train")]
+    assert seen["meta-val"] == ([t.name for t in collection.split("val")], None)
+    stored = load_checkpoint(tmp_path / "run" / "teacher.pt", "teacher")
+    learner = init_learner(config, stored["input_dim"], seed=config.seed)
+    started = seen["meta-train"][1]
+    assert started is not None
+    assert started[0].keys() == stored["state_dict"].keys() and started[1] == []
+    for key, value in learner.teacher.state_dict().items():
+        assert torch.equal(started[0][key], value), key
+
+
+def test_the_fitter_adapts_each_group_from_its_own_weights(tmp_path: Path) -> None:
+    config = load_train_config(None, [*TINY_TRAIN, "pool_share_episodes=4"])
+    path = write_teacher_file(_bundle(), tmp_path / "teacher.pt")
+    bundle = TeacherBundle.load(path)
+    tasks = [_task(f"narrow-{i}", _narrow(i)) for i in range(2)]
+    moved = {
+        k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() and v.dim() == 2 else v
+        for k, v in bundle.teacher.state_dict().items()
+    }
+    fitter = pool_share_fitter(config, progress=False)
+    assert fitter is not None
+    fit = fitter(path, {"meta-train": (tasks, (moved, [])), "meta-val": (tasks, None)})
+    kw = {"episodes": 4, "shots": config.episode.shots, "seed": config.seed}
+    for name, weights in (("meta-train", bundle.with_weights((moved, []))), ("meta-val", bundle)):
+        alone = fit_pool_share(weights, tasks, **kw)
+        assert fit["groups"][name]["auroc"] == {f"{s:g}": a for s, a in alone.auroc.items()}
+    assert fit["groups"]["meta-train"]["adapted_from"] == "initialisation"
+    assert fit["groups"]["meta-val"]["adapted_from"] == "teacher"
+    assert fit["groups"]["meta-train"]["auroc"] != fit["groups"]["meta-val"]["auroc"]
