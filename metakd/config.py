@@ -46,9 +46,10 @@ class TrainConfig:
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
     pool_share_episodes: int = 16
-    """After meta-training: episodes of the meta-train domains, and as many of the meta-val
-    ones, at adapt-time sizes (``shots`` normals, the rest of a domain as its pool) on which the
-    share of the pool's Gaussian in adapted scores is fitted (the two groups' curves averaged:
+    """After meta-training: episodes of the meta-train domains (adapted from the
+    initialisation), and as many of the meta-val ones (from the teacher), at adapt-time sizes
+    (``shots`` normals, the rest of a domain as its pool) on which the share of the pool's
+    Gaussian in adapted scores is fitted (the two groups' curves averaged:
     :mod:`metakd.detect.pool_share`), stored in ``teacher.pt`` for ``metakd adapt``; 0: share
     0, the teacher's score alone."""
     checkpoint_every: int = 50
