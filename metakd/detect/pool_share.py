@@ -43,8 +43,8 @@ from metakd.persist import TeacherBundle, TeacherWeights
 from metakd.tracking import progress_bar
 
 ShareGroups = Mapping[str, tuple[Sequence[Task], TeacherWeights | None]]
-"""Groups of domains by name, each with the weights it is adapted from (``None``: the saved
-teacher's)."""
+"""Groups of domains by name, each with the weights it is adapted from: the initialisation the
+run started from (a teacher's weights and Meta-SGD rates), or ``None``: the saved teacher's."""
 
 #: The shares tried, 0 (the teacher alone) to 1 (the Gaussian alone).
 SHARES = tuple(i / 10 for i in range(11))

@@ -35,8 +35,8 @@ PoolShareFitter = Callable[
     [Path, Mapping[str, tuple[Sequence[Task], TeacherWeights | None]]], dict[str, Any]
 ]
 """Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on
-groups of tasks by name, each adapted from the given weights (``None``: the saved teacher's),
-and returns ``{"share", "episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
+groups of tasks by name, each adapted from the initialisation's weights given with it or
+(``None``) from the saved teacher's, and returns ``{"share", "episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
 :func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 

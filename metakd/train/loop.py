@@ -62,7 +62,8 @@ class TrainResult:
     stopped_at: int | None = None
     """The iteration early stopping (``patience``) ended the run at, or ``None``."""
     pool_share: dict[str, Any] | None = None
-    """The pool Gaussian's share fitted for the teacher (:data:`~metakd.train.files.PoolShareFitter`), or ``None``."""
+    """The pool Gaussian's share fitted for the teacher
+    (:data:`~metakd.train.files.PoolShareFitter`), or ``None``."""
 
 
 class MetaTrainer:
