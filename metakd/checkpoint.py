@@ -121,8 +121,9 @@ def save_teacher(
         window: the sliding windows of its meta-train tasks and the raw widths they were made
             from (``{"config": ..., "raw_widths": [...]}``), or ``None``.
         pool_share: the share of the pool's Gaussian fitted for it (``{"share", "episodes",
-            "auroc"}``), stored as ``pool_share`` (the share) and ``pool_share_fit`` (all of
-            it); ``None``: neither (adapt reads share 0).
+            "auroc", "with_anomalies"}``), stored as ``pool_share`` (the share),
+            ``pool_share_anomalies`` (the share fitted with labelled anomalies in the support,
+            where one was) and ``pool_share_fit`` (all of it); ``None``: none (adapt reads 0).
     """
     from metakd import __version__
 
@@ -130,6 +131,11 @@ def save_teacher(
         {}
         if pool_share is None
         else {"pool_share": pool_share["share"], "pool_share_fit": pool_share}
+        | (
+            {"pool_share_anomalies": pool_share["with_anomalies"]["share"]}
+            if pool_share.get("with_anomalies")
+            else {}
+        )
     )
 
     save_checkpoint(

@@ -63,6 +63,9 @@ class TeacherBundle:
     pool_share: float = 0.0
     """The share of the pool's Gaussian in an adapted score, fitted after meta-training
     (:class:`~metakd.models.experts.PoolGaussianMix`); 0 for teachers saved before it."""
+    pool_share_anomalies: float | None = None
+    """The share where the support holds labelled anomalies, fitted on episodes that do;
+    ``None`` (teachers saved before it, or trained without anomaly shots): ``pool_share``."""
 
     def with_weights(self, weights: TeacherWeights) -> TeacherBundle:
         """This bundle (its settings, alignment and share) with another teacher's weights and
@@ -122,7 +125,12 @@ class TeacherBundle:
                 path=str(path),
                 # Teachers saved before windows were kept have none.
                 window=stored_window(fields, "window"),
-                pool_share=_share(fields),
+                pool_share=_share(fields, "pool_share"),
+                pool_share_anomalies=(
+                    _share(fields, "pool_share_anomalies")
+                    if fields.has("pool_share_anomalies")
+                    else None
+                ),
             )
         except DataError:
             raise
@@ -132,13 +140,13 @@ class TeacherBundle:
             ) from None
 
 
-def _share(fields: Fields) -> float:
-    """A teacher's ``pool_share``, in [0, 1] (0 where it has none)."""
-    if not fields.has("pool_share"):
+def _share(fields: Fields, key: str) -> float:
+    """A teacher's share ``key``, in [0, 1] (0 where it has none)."""
+    if not fields.has(key):
         return 0.0
-    share = fields.number("pool_share")
+    share = fields.number(key)
     if not 0 <= share <= 1:
-        raise fields.bad("pool_share", f"must be in [0, 1], got {share!r}")
+        raise fields.bad(key, f"must be in [0, 1], got {share!r}")
     return share
 
 

@@ -189,6 +189,15 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
                 f"teacher alone, {auroc['1']:.3f} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
+            anomalies = fit.get("with_anomalies")
+            if anomalies and anomalies["episodes"]:
+                curve = anomalies["auroc"]
+                out_console.print(
+                    f"pool Gaussian share {anomalies['share']:g} where the support holds labelled "
+                    f"anomalies (fitted the same way with {anomalies['anomaly_shots']} in each: "
+                    f"{curve['0']:.3f} at 0, {curve['1']:.3f} at 1)",
+                    soft_wrap=True,
+                )
         else:
             out_console.print(
                 "pool Gaussian share 0: no meta-train or meta-val domain had labelled anomalies "

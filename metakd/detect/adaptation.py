@@ -359,11 +359,16 @@ def student_preprocess(
 
 
 def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | None:
-    """The pool Gaussian's mix for a domain (``adapt.pool_share``, else the teacher's fitted
-    share), standardised by the teacher's leave-one-out ``support_scores [n]`` of its normals;
-    ``None`` at share 0, without a pool, or where :meth:`PoolGaussianMix.fit` finds none."""
+    """The pool Gaussian's mix for a domain (``adapt.pool_share``, else the teacher's share
+    fitted for supports like this one's: with labelled anomalies or without), standardised by
+    the teacher's leave-one-out ``support_scores [n]`` of its normals; ``None`` at share 0,
+    without a pool, or where :meth:`PoolGaussianMix.fit` finds none."""
     p = prepared
-    share = p.bundle.pool_share if p.cfg.pool_share is None else p.cfg.pool_share
+    share = p.cfg.pool_share
+    if share is None:
+        with_anomalies = p.bundle.pool_share_anomalies
+        labelled = bool((p.labels == 1).any())
+        share = with_anomalies if labelled and with_anomalies is not None else p.bundle.pool_share
     if share == 0 or p.pool is None:
         return None
     normals = (p.labels == 0).cpu()

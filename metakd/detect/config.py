@@ -44,8 +44,8 @@ class AdaptConfig:
     ``(1 − λ)`` times the score and ``λ`` times the Mahalanobis distance to the pool's
     cross-fitted Gaussians, both standardised by the support normals
     (:class:`~metakd.models.experts.PoolGaussianMix`). Null: the share the teacher was fitted
-    with after meta-training (``pool_share_episodes``; 0 for teachers saved before it). 0: the
-    score alone."""
+    with after meta-training for supports like this one's, with labelled anomalies or without
+    (``pool_share_episodes``; 0 for teachers saved before it). 0: the score alone."""
     max_support: int | None = 1024
     """Most labelled normal rows adapted on (a seeded subsample above it; every row is still
     scored): adapting costs memory and time linear in the support, as in the pool. ``None``:

@@ -65,21 +65,33 @@ class PoolShareFit:
 
 
 def fit_pool_share(
-    bundle: TeacherBundle, tasks: Sequence[Task], *, episodes: int, shots: int, seed: int
+    bundle: TeacherBundle,
+    tasks: Sequence[Task],
+    *,
+    episodes: int,
+    shots: int,
+    seed: int,
+    anomaly_shots: int = 0,
 ) -> PoolShareFit:
     """Fit ``λ`` on up to ``episodes`` episodes, drawn over ``tasks`` in turn (seeded).
 
     A task serves when its labelled rows hold more than ``shots`` normals and an anomaly
-    outside the support; unlabelled rows join no episode. A teacher of windowed series is not
-    fitted (share 0): its tasks hold windows where ``metakd adapt`` reads raw series.
+    outside the support (besides the ``anomaly_shots`` labelled anomalies the support holds);
+    unlabelled rows join no episode. A teacher of windowed series is not fitted (share 0): its
+    tasks hold windows where ``metakd adapt`` reads raw series.
     """
     if bundle.window is not None:  # its tasks hold windows, adapt reads raw series
         return PoolShareFit(share=0.0, episodes=0, auroc={})
-    usable = [t for t in tasks if int((t.y == 0).sum()) > shots + 1 and int((t.y == 1).sum()) >= 1]
+    usable = [
+        t
+        for t in tasks
+        if int((t.y == 0).sum()) > shots + 1 and int((t.y == 1).sum()) > anomaly_shots
+    ]
     drawn = [
-        _episode(usable[i % len(usable)], shots=shots, seed=[seed, i])
+        _episode(usable[i % len(usable)], shots=shots, anomaly_shots=anomaly_shots, seed=[seed, i])
         for i in range(episodes if usable else 0)
     ]
+    labelled = shots + anomaly_shots  # the support: normals first, then anomalies
     detectors = [
         FewShotDetector(bundle, config=AdaptConfig(student=False, pool_share=0.0, seed=seed + i))
         for i in range(len(drawn))
@@ -93,7 +105,7 @@ def fit_pool_share(
         if isinstance(detector, MetakdError):
             raise detector
         scores = torch.as_tensor(detector.decision_scores_, dtype=torch.float64)
-        pool = torch.as_tensor(rows[shots:])
+        pool = torch.as_tensor(rows[labelled:])
         mix = PoolGaussianMix.fit(
             pool,
             torch.as_tensor(rows[:shots]),
@@ -105,7 +117,7 @@ def fit_pool_share(
         )
         if mix is None:
             continue
-        own, gaussian = (e.numpy() for e in mix.experts(pool, scores[shots:]))
+        own, gaussian = (e.numpy() for e in mix.experts(pool, scores[labelled:]))
         totals += np.array([_auroc((1 - s) * own + s * gaussian, pool_y) for s in SHARES])
         done += 1
     if done == 0:
@@ -136,16 +148,20 @@ def _pick(means: np.ndarray, *, episodes: int) -> PoolShareFit:
 
 
 def _episode(
-    task: Task, *, shots: int, seed: list[int]
+    task: Task, *, shots: int, anomaly_shots: int, seed: list[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows, labels, pool anomalies)``: ``shots`` random normals of ``task`` (label 0)
-    then the rest of its labelled rows as the pool (label -1; at most :data:`POOL_ROWS`)."""
+    """``(rows, labels, pool anomalies)``: ``shots`` random normals of ``task`` (label 0) and
+    ``anomaly_shots`` random anomalies (label 1), then the rest of its labelled rows as the
+    pool (label -1; at most :data:`POOL_ROWS`)."""
     rng = np.random.default_rng(seed)
     support = rng.choice(np.flatnonzero(task.y == 0), shots, replace=False)
+    if anomaly_shots:
+        anomalies = rng.choice(np.flatnonzero(task.y == 1), anomaly_shots, replace=False)
+        support = np.r_[support, anomalies]
     rest = np.setdiff1d(np.flatnonzero(task.y >= 0), support)
     if len(rest) > POOL_ROWS:
         rest = np.sort(rng.choice(rest, POOL_ROWS, replace=False))
-    labels = np.r_[np.zeros(shots), -np.ones(len(rest))]
+    labels = np.r_[np.zeros(shots), np.ones(anomaly_shots), -np.ones(len(rest))]
     return task.X[np.r_[support, rest]], labels, task.y[rest] == 1
 
 
@@ -165,32 +181,49 @@ def pool_share_fitter(
     (:data:`metakd.train.files.PoolShareFitter`): :func:`fit_pool_share` on
     ``pool_share_episodes`` episodes of ``shots`` normals per group of domains, each adapted
     from its own weights (the initialisation, or the saved teacher's), the groups
-    :func:`combine`-d, with a progress bar. ``None`` with ``pool_share_episodes: 0`` (no share
-    stored)."""
+    :func:`combine`-d, with a progress bar; then the same with the most labelled anomalies a
+    meta-training episode holds (``episode.anomaly_shots_max``) in each support, for adapting
+    with labelled anomalies (``"with_anomalies"``; ``None`` where episodes hold none). ``None``
+    with ``pool_share_episodes: 0`` (no share stored)."""
     if not config.pool_share_episodes:
         return None
-    episodes = config.pool_share_episodes
+    episodes, shots = config.pool_share_episodes, config.episode.shots
+    anomaly_shots = max(config.episode.anomaly_shots, config.episode.anomaly_shots_max or 0)
 
     def fit(path: Path, groups: ShareGroups) -> dict[str, Any]:
         teacher = TeacherBundle.load(path)
+        fits: dict[int, dict[str, PoolShareFit]] = {0: {}, anomaly_shots: {}}
         with progress_bar(enabled=progress) as bar:
-            job = bar.add_task("fit pool share", total=len(groups), info=f"{episodes} episodes")
-            fits, starts = {}, {}
+            job = bar.add_task(
+                "fit pool share", total=len(groups) * len(fits), info=f"{episodes} episodes"
+            )
             for name, (tasks, weights) in groups.items():
                 bundle = teacher if weights is None else teacher.with_weights(weights)
-                # The same seed per group: episodes depend on the tasks alone.
-                fits[name] = fit_pool_share(
-                    bundle, tasks, episodes=episodes, shots=config.episode.shots, seed=config.seed
-                )
-                starts[name] = "teacher" if weights is None else "initialisation"
-                bar.advance(job)
-            found = combine(fits)
-            bar.update(job, info=f"share {found.share:g}")
-        return _record(found) | {
-            "groups": {
-                name: _record(f) | {"adapted_from": starts[name]} for name, f in fits.items()
+                for a, fitted in fits.items():
+                    # The same seed per group: episodes depend on the tasks alone.
+                    fitted[name] = fit_pool_share(
+                        bundle,
+                        tasks,
+                        episodes=episodes,
+                        shots=shots,
+                        seed=config.seed,
+                        anomaly_shots=a,
+                    )
+                    bar.advance(job)
+            found = {a: combine(fitted) for a, fitted in fits.items()}
+            bar.update(job, info=f"share {found[0].share:g}")
+
+        def record(a: int) -> dict[str, Any]:
+            """The fit at ``a`` anomaly shots as plain data, each group's own fit beside it."""
+            starts = {
+                n: "teacher" if w is None else "initialisation" for n, (_, w) in groups.items()
             }
-        }
+            return _record(found[a]) | {
+                "groups": {n: _record(f) | {"adapted_from": starts[n]} for n, f in fits[a].items()}
+            }
+
+        with_anomalies = record(anomaly_shots) | {"anomaly_shots": anomaly_shots}
+        return record(0) | {"with_anomalies": with_anomalies if anomaly_shots else None}
 
     return fit
 

@@ -36,7 +36,8 @@ PoolShareFitter = Callable[
 ]
 """Fits the share of the pool's Gaussian in adapted scores for the teacher saved at a path, on
 groups of tasks by name, each adapted from the initialisation's weights given with it or
-(``None``) from the saved teacher's, and returns ``{"share", "episodes", "auroc", "groups"}`` (what ``teacher.pt`` stores);
+(``None``) from the saved teacher's, and returns ``{"share", "episodes", "auroc", "groups",
+"with_anomalies"}`` (what ``teacher.pt`` stores);
 :func:`metakd.detect.pool_share.pool_share_fitter` builds one (adaptation lives above training)."""
 
 
@@ -71,6 +72,17 @@ def share_groups(
         for name, part, weights in SHARE_GROUPS
         if (tasks := collection.split(part))
     }
+
+
+def share_summary(fit: dict[str, Any] | None) -> dict[str, float]:
+    """The shares of a :data:`PoolShareFitter`'s ``fit`` as a run's summary records them:
+    ``pool_share`` and, where fitted, ``pool_share_anomalies``; none without a fit."""
+    if fit is None:
+        return {}
+    with_anomalies = fit.get("with_anomalies")
+    return {"pool_share": fit["share"]} | (
+        {"pool_share_anomalies": with_anomalies["share"]} if with_anomalies else {}
+    )
 
 
 def write_teacher(
@@ -123,6 +135,7 @@ __all__ = [
     "PoolShareFitter",
     "init_learner",
     "share_groups",
+    "share_summary",
     "teacher_weights",
     "write_teacher",
 ]

@@ -269,7 +269,7 @@ class MetaTrainer:
                 "seconds": seconds,
                 "stopped_at": self.stopped_at,
             }
-            | ({} if self.pool_share is None else {"pool_share": self.pool_share["share"]})
+            | files.share_summary(self.pool_share)
             | {f"test_auroc/{k}": v for k, v in test_auroc.items()}
         )
         run.log_artifact(
