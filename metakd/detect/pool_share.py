@@ -24,6 +24,7 @@ not learn. RESULTS.md §11 has the fits measured.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,10 @@ def fit_pool_share(
     ]
     # Rows labelled -1 are the pool: each fit's own scores cover its support and pool. Episodes
     # of one shape adapt in one batched inner loop, as `metakd adapt --support-dir` does.
-    fitted = fit_many(detectors, [(rows, labels, None) for rows, labels, _ in drawn])
+    with warnings.catch_warnings():
+        # The fit reads scores, not thresholds: a fitting episode's threshold is thrown away.
+        warnings.filterwarnings("ignore", message="the calibrated threshold", category=UserWarning)
+        fitted = fit_many(detectors, [(rows, labels, None) for rows, labels, _ in drawn])
     totals = np.zeros(len(SHARES))
     done = 0
     for i, ((rows, _, pool_y), detector) in enumerate(zip(drawn, fitted, strict=True)):

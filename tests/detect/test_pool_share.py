@@ -169,6 +169,40 @@ def test_fit_pool_share_follows_the_domains_where_the_gaussian_wins() -> None:
     assert fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0) == won
 
 
+def test_fit_pool_share_with_anomaly_shots_holds_them_in_every_support() -> None:
+    """Episodes with ``anomaly_shots`` labelled anomalies in the support: a task serves only
+    with an anomaly left for the pool, and the fit reads the pool's anomalies alone."""
+    bundle = _bundle()
+    narrow = [_task(f"narrow{i}", _narrow(i)) for i in range(2)]
+    fit = fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0, anomaly_shots=5)
+    assert fit.episodes == 4 and set(fit.auroc) == set(SHARES)
+    assert fit != fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0)
+    few = [_task("few", _narrow(0, anomalies=5))]  # all five would sit in the support
+    assert fit_pool_share(bundle, few, episodes=4, shots=10, seed=0, anomaly_shots=5).episodes == 0
+    assert fit_pool_share(bundle, few, episodes=4, shots=10, seed=0).episodes == 4
+
+
+def test_adapt_uses_the_share_fitted_for_supports_like_its_own() -> None:
+    """With labelled anomalies in the support, ``pool_share_anomalies``; without, ``pool_share``;
+    a teacher saved without the former uses ``pool_share`` for both; ``adapt.pool_share``
+    overrides either."""
+    x, y = _narrow(0)
+    labelled = np.r_[x[:10], x[y == 1][:5]]
+    labels = np.r_[np.zeros(10), np.ones(5)]
+    pool = np.r_[x[10:400], x[y == 1][5:]]
+
+    def share(bundle: TeacherBundle, support: np.ndarray, label: np.ndarray, **cfg: float) -> float:
+        config = AdaptConfig(student=False, **cfg)
+        detector = FewShotDetector(bundle, config=config).fit(support, label, unlabeled=pool)
+        return detector.report_["pool_share"]
+
+    both = dataclasses.replace(_bundle(0.2), pool_share_anomalies=0.9)
+    assert share(both, x[:10], np.zeros(10)) == 0.2
+    assert share(both, labelled, labels) == 0.9
+    assert share(_bundle(0.2), labelled, labels) == 0.2  # saved before: one share for both
+    assert share(both, labelled, labels, pool_share=0.5) == 0.5
+
+
 def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
     x, y = _narrow(0)
     unlabelled = _task("normals", (x[y == 0], y[y == 0]))
@@ -231,6 +265,12 @@ def test_pool_share_is_validated_and_stored_in_the_teacher(
         TeacherBundle.load(path)
     torch.save(data | {"pool_share": 0.3}, path)
     assert TeacherBundle.load(path).pool_share == 0.3
+    assert TeacherBundle.load(path).pool_share_anomalies is None  # saved before it existed
+    torch.save(data | {"pool_share": 0.3, "pool_share_anomalies": -0.1}, path)
+    with pytest.raises(DataError, match="pool_share_anomalies"):
+        TeacherBundle.load(path)
+    torch.save(data | {"pool_share": 0.3, "pool_share_anomalies": 0.7}, path)
+    assert TeacherBundle.load(path).pool_share_anomalies == 0.7
 
 
 def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: TrainedRun) -> None:
@@ -255,10 +295,22 @@ def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: Tra
     )
     assert TeacherBundle.load(tiny_teacher.run / "teacher.pt").pool_share == data["pool_share"]
     assert f"pool Gaussian share {fit['share']:g} in adapted scores" in tiny_teacher.output
+    # And with the most anomaly shots an episode holds in each support, the same groups.
+    anomalies = fit["with_anomalies"]
+    assert anomalies["anomaly_shots"] == 5 and anomalies["episodes"] > 0
+    assert set(anomalies["groups"]) == set(groups) and anomalies["auroc"] != fit["auroc"]
+    assert data["pool_share_anomalies"] == anomalies["share"] in SHARES
+    bundle = TeacherBundle.load(tiny_teacher.run / "teacher.pt")
+    assert bundle.pool_share_anomalies == anomalies["share"]
+    assert (
+        f"pool Gaussian share {anomalies['share']:g} where the support holds labelled anomalies"
+        in tiny_teacher.output
+    )
     # Fitted inside the run, so its summary (and W&B's) records it beside the held-out AUROC.
     lines = (tiny_teacher.run / "metrics.jsonl").read_text().splitlines()
     summary = json.loads(lines[-1])["summary"]
     assert summary["pool_share"] == fit["share"] and "test_auroc/metakd" in summary
+    assert summary["pool_share_anomalies"] == anomalies["share"]
 
 
 def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
@@ -271,6 +323,14 @@ def test_meta_train_without_a_fitter_stores_no_share(tmp_path: Path) -> None:
     fitter = pool_share_fitter(config, progress=False)
     assert fitter is not None
     fitted = meta_train(config, out_dir=tmp_path / "fitted", progress=False, fit_pool_share=fitter)
+    # Episodes without anomaly shots: no share is fitted with them, none stored.
+    none = dataclasses.replace(
+        config, episode=dataclasses.replace(config.episode, anomaly_shots_max=None)
+    )
+    no_shots = pool_share_fitter(none, progress=False)
+    assert no_shots is not None
+    stored_none = no_shots(tmp_path / "fitted" / "teacher.pt", {})
+    assert stored_none["with_anomalies"] is None
     stored = load_checkpoint(tmp_path / "fitted" / "teacher.pt", "teacher")
     assert (
         fitted.pool_share == stored["pool_share_fit"]
@@ -322,8 +382,10 @@ def test_the_fitter_adapts_each_group_from_its_own_weights(tmp_path: Path) -> No
     fit = fitter(path, {"meta-train": (tasks, (moved, [])), "meta-val": (tasks, None)})
     kw = {"episodes": 4, "shots": config.episode.shots, "seed": config.seed}
     for name, weights in (("meta-train", bundle.with_weights((moved, []))), ("meta-val", bundle)):
-        alone = fit_pool_share(weights, tasks, **kw)
-        assert fit["groups"][name]["auroc"] == {f"{s:g}": a for s, a in alone.auroc.items()}
+        for a, record in ((0, fit), (5, fit["with_anomalies"])):
+            alone = fit_pool_share(weights, tasks, **kw, anomaly_shots=a)
+            curve = {f"{s:g}": v for s, v in alone.auroc.items()}
+            assert record["groups"][name]["auroc"] == curve, (name, a)
     assert fit["groups"]["meta-train"]["adapted_from"] == "initialisation"
     assert fit["groups"]["meta-val"]["adapted_from"] == "teacher"
     assert fit["groups"]["meta-train"]["auroc"] != fit["groups"]["meta-val"]["auroc"]
