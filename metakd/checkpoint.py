@@ -123,7 +123,8 @@ def save_teacher(
         pool_share: the share of the pool's Gaussian fitted for it (``{"share", "episodes",
             "auroc", "with_anomalies"}``), stored as ``pool_share`` (the share),
             ``pool_share_anomalies`` (the share fitted with labelled anomalies in the support,
-            where one was) and ``pool_share_fit`` (all of it); ``None``: none (adapt reads 0).
+            where it had episodes) and ``pool_share_fit`` (all of it); ``None``: none (adapt
+            reads 0).
     """
     from metakd import __version__
 
@@ -132,9 +133,9 @@ def save_teacher(
         if pool_share is None
         else {"pool_share": pool_share["share"], "pool_share_fit": pool_share}
         | (
-            {"pool_share_anomalies": pool_share["with_anomalies"]["share"]}
-            if pool_share.get("with_anomalies")
-            else {}
+            {"pool_share_anomalies": anomalies["share"]}
+            if (anomalies := pool_share.get("with_anomalies")) and anomalies["episodes"]
+            else {}  # not fitted (no domain had anomalies to spare): adapt reads pool_share
         )
     )
 

@@ -301,8 +301,11 @@ def higher_optimizer_meta_gradient(
     return total
 
 
-def write_teacher_file(bundle: TeacherBundle, path: Path) -> Path:
-    """``bundle`` as ``metakd meta-train`` writes ``teacher.pt``."""
+def write_teacher_file(
+    bundle: TeacherBundle, path: Path, *, pool_share: dict[str, Any] | None = None
+) -> Path:
+    """``bundle`` as ``metakd meta-train`` writes ``teacher.pt`` (with the share fit
+    ``pool_share``, as the fitter returns it)."""
     from metakd import configio
     from metakd.checkpoint import save_teacher
 
@@ -318,6 +321,7 @@ def write_teacher_file(bundle: TeacherBundle, path: Path) -> Path:
         episode={},
         info=bundle.info,
         window=bundle.window,
+        pool_share=pool_share,
     )
     return path
 

@@ -76,13 +76,14 @@ def share_groups(
 
 def share_summary(fit: dict[str, Any] | None) -> dict[str, float]:
     """The shares of a :data:`PoolShareFitter`'s ``fit`` as a run's summary records them:
-    ``pool_share`` and, where fitted, ``pool_share_anomalies``; none without a fit."""
+    ``pool_share`` and, where it had episodes, ``pool_share_anomalies`` (as ``teacher.pt``
+    stores them); none without a fit."""
     if fit is None:
         return {}
-    with_anomalies = fit.get("with_anomalies")
-    return {"pool_share": fit["share"]} | (
-        {"pool_share_anomalies": with_anomalies["share"]} if with_anomalies else {}
-    )
+    shares = {"pool_share": fit["share"]}
+    if (with_anomalies := fit.get("with_anomalies")) and with_anomalies["episodes"]:
+        shares["pool_share_anomalies"] = with_anomalies["share"]
+    return shares
 
 
 def write_teacher(

@@ -34,6 +34,7 @@ from metakd.models.experts import PoolGaussianMix
 from metakd.models.subsample import seeded_order
 from metakd.persist import TeacherBundle, TeacherWeights, load_scorer
 from metakd.train import init_learner, meta_train
+from metakd.train.files import share_summary
 
 D = 12
 
@@ -201,6 +202,22 @@ def test_adapt_uses_the_share_fitted_for_supports_like_its_own() -> None:
     assert share(both, labelled, labels) == 0.9
     assert share(_bundle(0.2), labelled, labels) == 0.2  # saved before: one share for both
     assert share(both, labelled, labels, pool_share=0.5) == 0.5
+
+
+def test_a_share_with_anomalies_without_episodes_is_not_stored(tmp_path: Path) -> None:
+    """Where no domain had anomalies to spare for the pool, no ``pool_share_anomalies``: adapt
+    reads ``pool_share`` whatever the support holds (not a share of 0 that was never fitted)."""
+    unfitted = {"share": 0.0, "episodes": 0, "auroc": {}, "groups": {}, "anomaly_shots": 5}
+    fit = {"share": 1.0, "episodes": 16, "auroc": {}, "groups": {}, "with_anomalies": unfitted}
+    path = write_teacher_file(_bundle(), tmp_path / "teacher.pt", pool_share=fit)
+    data = load_checkpoint(path, "teacher")
+    assert data["pool_share"] == 1.0 and "pool_share_anomalies" not in data
+    assert TeacherBundle.load(path).pool_share_anomalies is None
+    assert share_summary(fit) == {"pool_share": 1.0}
+    fitted = fit | {"with_anomalies": unfitted | {"share": 0.7, "episodes": 16}}
+    path = write_teacher_file(_bundle(), tmp_path / "fitted.pt", pool_share=fitted)
+    assert TeacherBundle.load(path).pool_share_anomalies == 0.7
+    assert share_summary(fitted) == {"pool_share": 1.0, "pool_share_anomalies": 0.7}
 
 
 def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
