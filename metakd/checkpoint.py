@@ -92,6 +92,19 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
 # -- teachers -----------------------------------------------------------------------------------
 
 
+def fitted_shares(fit: dict[str, Any] | None) -> dict[str, float]:
+    """The shares a pool-share ``fit`` (``{"share", ..., "with_anomalies"}``) gives a teacher,
+    as ``teacher.pt`` and a run's summary record them: ``pool_share``, and
+    ``pool_share_anomalies`` where that fit had episodes (where no domain had anomalies to
+    spare, none: adapt reads ``pool_share``); none without a fit."""
+    if fit is None:
+        return {}
+    shares = {"pool_share": fit["share"]}
+    if (with_anomalies := fit.get("with_anomalies")) and with_anomalies["episodes"]:
+        shares["pool_share_anomalies"] = with_anomalies["share"]
+    return shares
+
+
 def save_teacher(
     path: str | Path,
     *,
@@ -129,14 +142,7 @@ def save_teacher(
     from metakd import __version__
 
     shared = (
-        {}
-        if pool_share is None
-        else {"pool_share": pool_share["share"], "pool_share_fit": pool_share}
-        | (
-            {"pool_share_anomalies": anomalies["share"]}
-            if (anomalies := pool_share.get("with_anomalies")) and anomalies["episodes"]
-            else {}  # not fitted (no domain had anomalies to spare): adapt reads pool_share
-        )
+        {} if pool_share is None else fitted_shares(pool_share) | {"pool_share_fit": pool_share}
     )
 
     save_checkpoint(

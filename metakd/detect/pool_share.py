@@ -217,17 +217,18 @@ def pool_share_fitter(
             found = {a: combine(fitted) for a, fitted in fits.items()}
             bar.update(job, info=f"share {found[0].share:g}")
 
+        starts = {n: "teacher" if w is None else "initialisation" for n, (_, w) in groups.items()}
+
         def record(a: int) -> dict[str, Any]:
             """The fit at ``a`` anomaly shots as plain data, each group's own fit beside it."""
-            starts = {
-                n: "teacher" if w is None else "initialisation" for n, (_, w) in groups.items()
-            }
             return _record(found[a]) | {
                 "groups": {n: _record(f) | {"adapted_from": starts[n]} for n, f in fits[a].items()}
             }
 
-        with_anomalies = record(anomaly_shots) | {"anomaly_shots": anomaly_shots}
-        return record(0) | {"with_anomalies": with_anomalies if anomaly_shots else None}
+        with_anomalies = (
+            record(anomaly_shots) | {"anomaly_shots": anomaly_shots} if anomaly_shots else None
+        )
+        return record(0) | {"with_anomalies": with_anomalies}
 
     return fit
 

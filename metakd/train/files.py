@@ -74,18 +74,6 @@ def share_groups(
     }
 
 
-def share_summary(fit: dict[str, Any] | None) -> dict[str, float]:
-    """The shares of a :data:`PoolShareFitter`'s ``fit`` as a run's summary records them:
-    ``pool_share`` and, where it had episodes, ``pool_share_anomalies`` (as ``teacher.pt``
-    stores them); none without a fit."""
-    if fit is None:
-        return {}
-    shares = {"pool_share": fit["share"]}
-    if (with_anomalies := fit.get("with_anomalies")) and with_anomalies["episodes"]:
-        shares["pool_share_anomalies"] = with_anomalies["share"]
-    return shares
-
-
 def write_teacher(
     path: Path,
     *,
@@ -136,7 +124,6 @@ __all__ = [
     "PoolShareFitter",
     "init_learner",
     "share_groups",
-    "share_summary",
     "teacher_weights",
     "write_teacher",
 ]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from metakd import configio
-from metakd.checkpoint import atomic_write_text
+from metakd.checkpoint import atomic_write_text, fitted_shares
 from metakd.config import TrainConfig
 from metakd.data.collection import load_collection
 from metakd.distributed import ProcessGroup
@@ -269,7 +269,7 @@ class MetaTrainer:
                 "seconds": seconds,
                 "stopped_at": self.stopped_at,
             }
-            | files.share_summary(self.pool_share)
+            | fitted_shares(self.pool_share)
             | {f"test_auroc/{k}": v for k, v in test_auroc.items()}
         )
         run.log_artifact(

@@ -15,7 +15,7 @@ import torch
 from helpers import TINY_TRAIN, TrainedRun, tiny_bundle, write_teacher_file
 from sklearn.metrics import roc_auc_score
 
-from metakd.checkpoint import load_checkpoint
+from metakd.checkpoint import fitted_shares, load_checkpoint
 from metakd.config import load_train_config
 from metakd.data.collection import load_collection
 from metakd.data.task import Task
@@ -34,7 +34,6 @@ from metakd.models.experts import PoolGaussianMix
 from metakd.models.subsample import seeded_order
 from metakd.persist import TeacherBundle, TeacherWeights, load_scorer
 from metakd.train import init_learner, meta_train
-from metakd.train.files import share_summary
 
 D = 12
 
@@ -213,11 +212,11 @@ def test_a_share_with_anomalies_without_episodes_is_not_stored(tmp_path: Path) -
     data = load_checkpoint(path, "teacher")
     assert data["pool_share"] == 1.0 and "pool_share_anomalies" not in data
     assert TeacherBundle.load(path).pool_share_anomalies is None
-    assert share_summary(fit) == {"pool_share": 1.0}
+    assert fitted_shares(fit) == {"pool_share": 1.0}
     fitted = fit | {"with_anomalies": unfitted | {"share": 0.7, "episodes": 16}}
     path = write_teacher_file(_bundle(), tmp_path / "fitted.pt", pool_share=fitted)
     assert TeacherBundle.load(path).pool_share_anomalies == 0.7
-    assert share_summary(fitted) == {"pool_share": 1.0, "pool_share_anomalies": 0.7}
+    assert fitted_shares(fitted) == {"pool_share": 1.0, "pool_share_anomalies": 0.7}
 
 
 def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
