@@ -39,13 +39,11 @@ class TrainConfig:
     above the best so far (e.g. 4: 100 iterations at ``val_every: 25``). The best iterate is the
     teacher either way, so stopping changes it only where a later iterate would have beaten it,
     and saves the rest of the run. Null (the default): every one of ``iterations``, because a
-    meta-val AUROC can sit below its best for longer and then climb past it (on both SKAB folds
-    4 would keep iterate 25 or 50 where the whole run keeps 350 or 400: benchmarks/RESULTS.md
-    §10, early stopping)."""
+    meta-val AUROC can dip for longer and then climb past its best (on SKAB folds 4 keeps
+    iterate 25–100 where the whole run keeps 275–400, with validation at
+    ``episode.anomaly_shots`` or at 5 as well: benchmarks/RESULTS.md §10, early stopping)."""
     val_episodes: int = 4
-    """Fixed episodes per meta-val task (the same ones at every validation), at each of the two
-    anomaly-shot counts validation uses (``episode.anomaly_shots`` and, where meta-training
-    draws more, ``episode.anomaly_shots_max``): the meta-val AUROC is the mean of the two."""
+    """Fixed episodes per meta-val task (the same ones at every validation)."""
     test_episodes: int = 5
     """Episodes per held-out meta-test task for the final report."""
     pool_share_episodes: int = 16

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,13 +37,13 @@ from metakd.tracking import Run, progress_bar
 from metakd.train import files
 from metakd.train.references import (
     STEP_METRICS,
+    few_shot_auroc,
     mean_inner_lr,
     meta_test_report,
     step_metrics,
-    validation_auroc,
 )
 from metakd.train.signals import StopSignals, TrainingInterrupted, early_stop
-from metakd.train.streams import EpisodeStreams, resolve_streams, validation_sets
+from metakd.train.streams import EpisodeStreams, held_out, resolve_streams
 
 
 @dataclass
@@ -110,14 +111,14 @@ class MetaTrainer:
             prior=config.prior,
             pool_rows=config.model.pool_rows,
         )
-        self.val_sets = validation_sets(
+        self.val_batch = held_out(
             collection.split("val"),
             config,
             self.alignment,
             per_task=config.val_episodes,
             seed=config.seed + 1,
         )
-        if not self.val_sets:
+        if self.val_batch is None:
             warnings.warn(
                 f"{collection.source}: no usable meta-val tasks; keeping the last iterate",
                 stacklevel=3,
@@ -190,11 +191,10 @@ class MetaTrainer:
 
     def validate(self, iteration: int, metrics: dict[str, float | Tensor]) -> None:
         """Meta-val AUROC into ``metrics``; a new best is kept in memory and saved."""
-        assert self.val_sets
-        val, by_shots = validation_auroc(self.learner, self.val_sets, self.device)
+        assert self.val_batch is not None
+        per_task = few_shot_auroc(self.learner, self.val_batch.to(self.device))
+        val = float(np.mean(list(per_task.values())))
         metrics["val_auroc"] = val
-        if len(by_shots) > 1:
-            metrics |= {f"val_auroc_a{shots}": value for shots, value in by_shots.items()}
         if self.best_auroc is None or val > self.best_auroc:
             self.best_auroc, self.best_iteration = val, iteration
             self.best_state = copy.deepcopy(self.learner.state_dict())
@@ -236,7 +236,7 @@ class MetaTrainer:
         """Rank 0 after the last iteration: the best teacher, held-out AUROC, the summary."""
         assert self.out_dir is not None
         config, learner = self.config, self.learner
-        if not self.val_sets:
+        if self.val_batch is None:
             self.best_iteration, self.best_state = config.iterations, learner.state_dict()
             self._save(self.best_iteration, None)
         learner.load_state_dict(self.best_state)
@@ -309,7 +309,7 @@ class MetaTrainer:
             else contextlib.nullcontext()
         )
         with tracked as run:
-            if self.val_sets and resume is None:
+            if self.val_batch is not None and resume is None:
                 # The initialisation is a candidate too: where meta-training never beats it on
                 # the meta-val tasks, the teacher stays at iteration 0, not the least bad iterate.
                 initial: dict[str, float | Tensor] = {}
@@ -416,7 +416,7 @@ class MetaTrainer:
                         "tasks_per_second": batch.support_x.shape[0] * self.world / elapsed,
                         "skipped_steps": self.skipped,
                     }
-                    if self.val_sets and (
+                    if self.val_batch is not None and (
                         iteration % config.val_every == 0 or iteration == config.iterations
                     ):
                         phase("validating")
@@ -437,7 +437,7 @@ class MetaTrainer:
                     pending = err  # held, and every rank still reaches early_stop's broadcast
                 if stopping:
                     raise TrainingInterrupted(iteration, stop.signum or signal.SIGTERM)
-                if self.val_sets and early_stop(
+                if self.val_batch is not None and early_stop(
                     iteration, self.best_iteration, config=config, group=group
                 ):
                     bar.update(job, info=f"stopped early · {summary}")

@@ -42,18 +42,6 @@ def few_shot_auroc(learner: MetaLearner, batch: EpisodeBatch) -> dict[str, float
     return {name: float(np.mean(values)) for name, values in by_task.items()}
 
 
-def validation_auroc(
-    learner: MetaLearner, sets: dict[int, EpisodeBatch], device: torch.device | str
-) -> tuple[float, dict[int, float]]:
-    """Meta-val AUROC over :func:`~metakd.train.streams.validation_sets`: the mean over its sets
-    of each set's mean per-task AUROC, and each set's mean by its anomaly shots."""
-    means = {
-        shots: float(np.mean(list(few_shot_auroc(learner, batch.to(device)).values())))
-        for shots, batch in sets.items()
-    }
-    return float(np.mean(list(means.values()))), means
-
-
 def knn_auroc(
     batch: EpisodeBatch, *, k: int = 5, width: int | None = None, pool: bool = False
 ) -> dict[str, float]:

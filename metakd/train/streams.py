@@ -3,7 +3,6 @@ ranks) and the fixed episodes of validation and the held-out report."""
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any
 
@@ -181,38 +180,4 @@ def held_out(
         return None
 
 
-def validation_sets(
-    tasks: list[Task], config: TrainConfig, alignment: AlignmentConfig, *, per_task: int, seed: int
-) -> dict[int, EpisodeBatch]:
-    """Meta-val's fixed episodes by their anomaly shots ``A``: at ``episode.anomaly_shots`` and,
-    where meta-training draws more (``episode.anomaly_shots_max``), at that most as well, so the
-    iterate kept is the one that adapts best both with and without labelled anomalies (one
-    teacher serves both). Tasks with too few anomalies for an ``A`` sit out its set; a set no
-    task can serve is absent (none at all: no validation)."""
-    episode = config.episode
-    counts = [episode.anomaly_shots]
-    if episode.anomaly_shots_max is not None and episode.anomaly_shots_max > episode.anomaly_shots:
-        counts.append(episode.anomaly_shots_max)
-    sets = {}
-    for shots in counts:
-        shape = dataclasses.replace(episode, anomaly_shots=shots, anomaly_shots_max=None)
-        batch = held_out(
-            tasks,
-            dataclasses.replace(config, episode=shape),
-            alignment,
-            per_task=per_task,
-            seed=seed,
-        )
-        if batch is not None:
-            sets[shots] = batch
-    return sets
-
-
-__all__ = [
-    "EpisodeStreams",
-    "fixed_episodes",
-    "held_out",
-    "resolve_streams",
-    "stack_episodes",
-    "validation_sets",
-]
+__all__ = ["EpisodeStreams", "fixed_episodes", "held_out", "resolve_streams", "stack_episodes"]
