@@ -150,6 +150,8 @@ def print_collection(view: CollectionView) -> None:
 
 def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> None:
     """``metakd meta-train``: the best meta-val AUROC, the held-out table and the teacher."""
+    from metakd.checkpoint import fitted_shares  # after a run: torch is loaded by then
+
     out_console = console()
     out_console.print(
         f"meta-trained {config.meta.algorithm} ({config.model.kind} teacher) on {config.tasks} in "
@@ -189,8 +191,8 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
                 f"teacher alone, {auroc['1']:.3f} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
-            anomalies = fit.get("with_anomalies")
-            if anomalies and anomalies["episodes"]:
+            if "pool_share_anomalies" in fitted_shares(fit):  # the share a teacher.pt stores
+                anomalies = fit["with_anomalies"]
                 curve = anomalies["auroc"]
                 out_console.print(
                     f"pool Gaussian share {anomalies['share']:g} where the support holds labelled "
