@@ -73,7 +73,7 @@ def _path(value: str | None) -> Path | None:
 @out_option(required=True, help="Output directory.")
 @overwrite_option()
 @config_option()
-@set_option()
+@set_option("inner.steps=5")
 @device_option()
 @progress_option()
 @tracking_options

@@ -41,7 +41,7 @@ from metakd.cli.render import print_evaluation
 @out_option(help="Output directory (default: runs/evaluate-TIME).")
 @overwrite_option()
 @config_option()
-@set_option()
+@set_option("train.iterations=100")
 @device_option()
 @progress_option()
 @tracking_options

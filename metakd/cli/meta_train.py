@@ -46,7 +46,7 @@ from metakd.errors import ConfigError
     help="Under torchrun: seconds a rank waits for the others before it stops with an error.",
 )
 @overwrite_option()
-@set_option()
+@set_option("inner.steps=5")
 @device_option()
 @progress_option()
 @tracking_options

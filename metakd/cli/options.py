@@ -80,14 +80,15 @@ def config_option() -> Callable[[F], F]:
     )
 
 
-def set_option() -> Callable[[F], F]:
-    """``--set KEY=VALUE`` (parameter ``overrides``), repeatable."""
+def set_option(example: str) -> Callable[[F], F]:
+    """``--set KEY=VALUE`` (parameter ``overrides``), repeatable; ``example`` is one of the
+    command's own keys (each command reads its own config)."""
     return click.option(
         "--set",
         "overrides",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Override a config key, e.g. --set inner.steps=5 (repeatable).",
+        help=f"Override a config key, e.g. --set {example} (repeatable).",
     )
 
 

@@ -90,7 +90,7 @@ def build_score_command(*, chunk_rows: Callable[[], int | None]) -> click.Comman
     )
     @overwrite_option()
     @config_option()
-    @set_option()
+    @set_option("label_column=target")
     @device_option()
     def score_command(
         model_path: str,

@@ -7,7 +7,7 @@ methods read when built (``baselines:``, ``pretrain:``) are defined below the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from metakd import configio
@@ -142,12 +142,19 @@ def load_evaluate_config(
 
     Args:
         path: a YAML file, or ``None`` for the defaults.
-        overrides: ``key=value`` strings applied on top (dotted keys reach into sections).
+        overrides: ``key=value`` strings applied on top (dotted keys reach into sections);
+            ``train.KEY=VALUE`` adds ``KEY=VALUE`` to ``train``, after the entries the file and
+            a ``train=[...]`` override give (so it wins over them for the same key).
 
     Raises:
         ConfigError: an unknown key, a wrong type or an invalid value (the message names it).
     """
-    return configio.load(EvaluateConfig, path, overrides)
+    # ``train`` is a list of the fold teachers' meta-train overrides, not a section, but
+    # ``--set train.iterations=10`` is how every other section's keys are reached.
+    given = list(overrides or [])
+    nested = [o.removeprefix("train.") for o in given if o.startswith("train.")]
+    config = configio.load(EvaluateConfig, path, [o for o in given if not o.startswith("train.")])
+    return replace(config, train=[*config.train, *nested]) if nested else config
 
 
 __all__ = ["EvaluateConfig", "load_evaluate_config"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import signal
 import time
@@ -32,9 +33,9 @@ from metakd import configio, yamlio
 from metakd.checkpoint import Fields
 from metakd.cli import main
 from metakd.config import TrainConfig
-from metakd.detect import AdaptConfig
+from metakd.detect import AdaptConfig, ScoreConfig
 from metakd.errors import MAX_SEED, ConfigError, DataError, MetakdError
-from metakd.evaluate.config import EvaluateConfig
+from metakd.evaluate.config import EvaluateConfig, load_evaluate_config
 from metakd.persist import load_scorer
 
 #: Seconds any case may take: a refusal comes before any work.
@@ -605,3 +606,20 @@ def test_errors_are_metakd_errors() -> None:
     """The range checks raise ConfigError (a MetakdError: one line at the CLI)."""
     with pytest.raises(MetakdError):
         configio.from_dict(AdaptConfig, {"distill": {"regression_weight": -5}})
+
+
+@pytest.mark.parametrize(
+    ("command", "load"),
+    [
+        ("meta-train", lambda o: configio.load(TrainConfig, None, o)),
+        ("adapt", lambda o: configio.load(AdaptConfig, None, o)),
+        ("evaluate", lambda o: load_evaluate_config(None, o)),
+        ("score", lambda o: configio.load(ScoreConfig, None, o)),
+    ],
+)
+def test_each_commands_set_example_is_one_of_its_own_keys(command: str, load: Any) -> None:
+    """``--help``'s ``--set`` example works when copied: each command reads its own config."""
+    (option,) = [p for p in main.commands[command].params if p.name == "overrides"]
+    example = re.search(r"e\.g\. --set (\S+)", option.help or "")
+    assert example is not None, option.help
+    assert load([example.group(1)]) != load([])

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
@@ -36,6 +37,7 @@ from metakd.evaluate import (
     _metric_table,
     draw_split,
     headline_gaps,
+    load_evaluate_config,
     run_evaluation,
     summarise,
 )
@@ -385,6 +387,17 @@ def test_an_unknown_method_is_a_config_error_naming_it_and_the_known_ones() -> N
     assert all(name in str(caught.value) for name in METHODS)
 
 
+def test_train_dotted_overrides_add_to_the_fold_teachers_overrides() -> None:
+    """``--set train.KEY=VALUE`` reaches the fold teachers' meta-train config as a section's key
+    would, after (so over) the ``train`` list's own entries."""
+    config = load_evaluate_config(
+        None, ['train=["iterations=4", "seed=1"]', "train.iterations=10", "train_config=x.yaml"]
+    )
+    assert config.train == ["iterations=4", "seed=1", "iterations=10"]
+    assert config.train_config == "x.yaml"
+    assert load_evaluate_config(None, ["train.model.hidden=[8]"]).train == ["model.hidden=[8]"]
+
+
 def test_default_methods_follow_the_config() -> None:
     assert _config().resolved_methods() == list(METHODS)
     without = _config(adapt={"student": False}, pool_size=0).resolved_methods()
@@ -438,8 +451,10 @@ def test_leave_domains_out_meta_trains_a_teacher_per_fold(npz_dir: Path, tmp_pat
         "--set",
         "min_query_per_class=2",
         "--set",
-        'train=["iterations=4", "val_every=2", "model.hidden=[8]", "model.embedding_dim=4", '
+        'train=["iterations=4", "model.hidden=[8]", "model.embedding_dim=4", '
         '"episode.meta_batch=2", "episode.query_size=8", "episode.pool_size_max=null"]',
+        "--set",
+        "train.val_every=2",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -456,6 +471,9 @@ def test_leave_domains_out_meta_trains_a_teacher_per_fold(npz_dir: Path, tmp_pat
         # Each fold's teacher carries the pool Gaussian's share fitted on its own meta-train
         # domains, as `metakd meta-train` stores it.
         assert teacher["pool_share"] == teacher["pool_share_fit"]["share"]
+        # `--set train.val_every=2` reached the fold's meta-train config beside the list's keys.
+        trained = yaml.safe_load((out / f"fold{fold}" / "teacher" / "config.yaml").read_text())
+        assert (trained["val_every"], trained["iterations"]) == (2, 4)
     assert (out / "summary.md").read_text().startswith("Leave-domains-out: 2 folds")
     refused = CliRunner().invoke(
         main, ["evaluate", "--tasks", str(npz_dir), "--out", str(tmp_path / "x")]

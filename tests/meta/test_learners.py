@@ -71,6 +71,27 @@ def test_build_learner_picks_the_registered_class(algorithm: Algorithm) -> None:
     assert type(learner) is LEARNERS[algorithm]
 
 
+@pytest.mark.parametrize("algorithm", sorted(LEARNERS))
+def test_meta_gradients_fill_grads_and_return_detached_per_task_stats(
+    algorithm: Algorithm,
+) -> None:
+    """Stats are diagnostics: callers read them as numbers (the trainer's metrics, the pooled
+    baseline's progress), which torch warns about while they still require grad."""
+    teacher = _teacher()
+    learner = build_learner(
+        teacher, inner=InnerConfig(), meta=MetaConfig(algorithm=algorithm), anomaly_shots=0
+    )
+    g = torch.Generator().manual_seed(0)
+    sx, qx = torch.randn(2, 5, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    sy, qy = torch.zeros(2, 5), torch.tensor([[0.0, 0, 0, 1, 1, 0]] * 2)
+    stats = learner.meta_gradients(sx, sy, qx, qy)
+    assert isinstance(stats, MetaStats)
+    for name, value in stats._asdict().items():
+        assert not value.requires_grad, name
+        assert value.shape[0] == 2, name
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in teacher.parameters())
+
+
 def test_a_class_refuses_another_algorithms_config() -> None:
     with pytest.raises(ValueError, match="'anil'"):
         MAML(_teacher(), inner=InnerConfig(), meta=MetaConfig(algorithm="anil"), anomaly_shots=0)

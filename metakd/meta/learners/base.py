@@ -347,7 +347,7 @@ class MetaLearner(nn.Module, abc.ABC):
             ``None`` (the transductive pool term, and heads with pool neighbours).
 
         Returns:
-            Per-task stats of the batch.
+            Per-task stats of the batch, detached from the graph (diagnostics only).
         """
 
     def _adapt(

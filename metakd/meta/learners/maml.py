@@ -96,7 +96,9 @@ class MAML(MetaLearner):
         """Backpropagate :meth:`meta_loss` (see :meth:`MetaLearner.meta_gradients`)."""
         loss, stats = self._loss(support_x, support_y, query_x, query_y, pool_x)
         loss.backward()
-        return stats
+        # Diagnostics, not part of the graph: a caller reading them as numbers must not meet
+        # tensors that still require grad (torch warns on each conversion).
+        return MetaStats(*(s.detach() for s in stats))
 
 
 @register("fomaml")
