@@ -117,7 +117,13 @@ def open_score(
     window, options = _score_window(record, data_path, options)
     if window is None:
         chunks = read_row_chunks(data_path, options, rows=chunk_rows, id_column=id_column)
-        blocks = ((c.X, None if c.ids is None else [[i] for i in c.ids]) for c in chunks)
+        blocks = (
+            (
+                _of_model_width(c.X, scorer, data_path),
+                None if c.ids is None else [[i] for i in c.ids],
+            )
+            for c in chunks
+        )
         header = ([id_column] if id_column else []) + ["score", "is_anomaly"]
         return ScoreJob(scorer=scorer, header=header, blocks=blocks)
     # A model of windowed time series scores windows: the whole series is read at once.
@@ -181,6 +187,19 @@ def _open_model(
         )
     scorer = load_scorer(path).to(resolve_device(device))
     return scorer, load_input_schema(path), load_detector_window(path)
+
+
+def _of_model_width(
+    X: np.ndarray, scorer: DeployedScorer | OnnxScorer, data_path: Path
+) -> np.ndarray:
+    """``X`` itself, or an error naming ``data_path`` where its rows are not the model's width
+    (the scorers' own check cannot say which file the rows came from)."""
+    width = scorer.input_dim if isinstance(scorer, OnnxScorer) else scorer.preprocess.input_dim
+    if X.ndim == 2 and X.shape[1] != width:
+        raise InputError(
+            f"{data_path}: the rows have {X.shape[1]} features but the model takes {width}"
+        )
+    return X
 
 
 def _score_block(

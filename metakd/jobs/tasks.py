@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,13 @@ class CollectionView:
     """Why meta-training across these tasks would fail (their feature counts), or ``None``."""
 
 
+def _plain(text: str) -> str:
+    """A docstring's reStructuredText roles and literals as the plain text a terminal shows
+    (``:class:`~a.B``` → ``B``, ````x```` → ``x``)."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
 def catalogue() -> Catalogue:
     """The built-in collections, the manifests in tasks/ and the teacher kinds."""
     from metakd.data.builtin import BUILTIN_COLLECTIONS
@@ -55,7 +63,7 @@ def catalogue() -> Catalogue:
     ]
     default = MetaConfig().algorithm
     learners = {
-        name: " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+        name: _plain(" ".join((cls.__doc__ or "").split("\n\n")[0].split()))
         for name, cls in sorted(LEARNERS.items(), key=lambda item: (item[0] != default, item[0]))
     }
     return Catalogue(

@@ -42,6 +42,8 @@ def workspace(
         "nan": root / "nan.csv",
         "empty": root / "empty.csv",
     }
+    files["wide_npz"] = root / "wide_pool.npz"
+    np.savez(files["wide_npz"], X=rng.normal(size=(50, 9)))
     files["text"].write_text("f0,f1,label\n1,abc,0\n2,3,0\n")
     files["nan"].write_text("f0,f1,label\n1,2,0\n3,,0\n")
     files["empty"].write_text("f0,f1,label\n")
@@ -184,7 +186,12 @@ CASES: list[tuple[str, list[str], str]] = [
         ["score", "--model", "{teacher}", "--data", "{pool}"],
         "teacher.pt",
     ),
-    ("score wrong width", ["score", "--model", "{student}", "--data", "{wide_pool}"], "features"),
+    ("score wrong width", ["score", "--model", "{student}", "--data", "{wide_pool}"], "f6"),
+    (
+        "score wrong width, no header",
+        ["score", "--model", "{student}", "--data", "{wide_npz}"],
+        "wide_pool.npz: the rows have 9 features but the model takes 6",
+    ),
     ("score text value", ["score", "--model", "{student}", "--data", "{text}"], "not numeric"),
     (
         "score out exists",
