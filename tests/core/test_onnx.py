@@ -19,18 +19,24 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
-def _detector(kind: str) -> FewShotDetector:
+def _detector(kind: str, anomalies: int = 0) -> FewShotDetector:
     bundle = tiny_bundle(4, kind=kind, neighbours=5 if kind == "profile" else 3)
     rng = np.random.default_rng(1)
     support = rng.normal(size=(10, 4)).astype(np.float32)
+    support = np.concatenate([support, 3.0 + rng.normal(size=(anomalies, 4)).astype(np.float32)])
+    labels = np.r_[np.zeros(10), np.ones(anomalies)].astype(int)
     pool = rng.normal(size=(30, 4)).astype(np.float32)
     config = AdaptConfig(distill=DistillConfig(steps=50, batch_size=32))
-    return FewShotDetector(bundle, config=config).fit(support, unlabeled=pool)
+    return FewShotDetector(bundle, config=config).fit(support, labels, unlabeled=pool)
 
 
-@pytest.mark.parametrize("kind", ["profile", "knn"])
-def test_onnx_scores_equal_the_detector(tmp_path: Path, kind: str) -> None:
-    detector = _detector(kind)
+@pytest.mark.parametrize(
+    ("kind", "anomalies"),
+    # With labelled anomalies the profile's `linear` evidence (an asinh) is in the graph.
+    [("profile", 0), ("profile", 3), ("knn", 0)],
+)
+def test_onnx_scores_equal_the_detector(tmp_path: Path, kind: str, anomalies: int) -> None:
+    detector = _detector(kind, anomalies)
     paths = detector.save(tmp_path / "model")
     assert paths["onnx"] == tmp_path / "model" / "student.onnx"
     session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
@@ -112,3 +118,34 @@ def test_an_onnx_export_that_fails_its_check_is_a_warning_and_the_rest_is_writte
         paths = detector.save(tmp_path / "model")
     assert "onnx" not in paths and paths["student"].is_file() and paths["torchscript"].is_file()
     assert not (tmp_path / "model" / "student.onnx").exists()
+
+
+def test_asinh_exports_in_float64_without_overflow(tmp_path: Path) -> None:
+    """ONNX Runtime's ``Asinh`` has no float64 kernel; the export's own formula matches torch's
+    from tiny to huge magnitudes (where a naive ``log(a + √(a² + 1))`` overflows)."""
+    import torch
+
+    class Asinh(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.asinh(x)
+
+    torch.onnx.register_custom_op_symbolic(
+        "aten::asinh", exports._asinh_symbolic, exports.ONNX_OPSET
+    )
+    x = torch.tensor([-1e300, -3.0, -0.5, 0.0, 1e-12, 0.7, 1.0, 2.0, 1e160, 1e300])
+    path = tmp_path / "asinh.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            torch.jit.script(Asinh()),
+            (x.double(),),
+            path,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+            opset_version=exports.ONNX_OPSET,
+            dynamo=False,
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["y"], {"x": x.double().numpy()})
+    np.testing.assert_allclose(got, torch.asinh(x.double()).numpy(), rtol=1e-12, atol=1e-15)
