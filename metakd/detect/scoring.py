@@ -12,14 +12,22 @@ from metakd.errors import InputError, MetakdError
 from metakd.models.deploy import DeployedScorer
 
 
-def decision_scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarray:
+def check_width(x: np.ndarray | Tensor, width: int, *, source: str | None = None) -> None:
+    """An error where rows ``x [N, d]`` are not the model's ``width``, naming ``source`` (the
+    file the rows came from) when given."""
+    if x.shape[1] != width:
+        where = f"{source}: the rows have" if source else "the data has"
+        raise InputError(f"{where} {x.shape[1]} features but the model takes {width}")
+
+
+def decision_scores(
+    scorer: DeployedScorer, X: np.ndarray | Tensor, *, source: str | None = None
+) -> np.ndarray:
     """Scores ``[N]`` of rows ``X [N, d]`` under a scorer (higher = more anomalous); a NaN or
-    infinite score is an error, never a row called normal."""
+    infinite score is an error, never a row called normal. ``source``: the rows' file, for
+    the messages."""
     x = as_rows("data", X)
-    if x.shape[1] != scorer.preprocess.input_dim:
-        raise InputError(
-            f"the data has {x.shape[1]} features but the model takes {scorer.preprocess.input_dim}"
-        )
+    check_width(x, scorer.preprocess.input_dim, source=source)
     with torch.no_grad():
         # Row blocks: a reference head's distance matrix is block x reference, never N x reference.
         device = scorer.preprocess.center.device  # where the scorer was moved (score --device)
@@ -36,7 +44,10 @@ def decision_scores(scorer: DeployedScorer, X: np.ndarray | Tensor) -> np.ndarra
     return scores
 
 
-def score_rows(scorer: DeployedScorer, X: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores [N], is_anomaly [N])`` of rows under a loaded scorer."""
-    scores = decision_scores(scorer, X)
+def score_rows(
+    scorer: DeployedScorer, X: np.ndarray | Tensor, *, source: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [N], is_anomaly [N])`` of rows under a loaded scorer (``source``: as
+    :func:`decision_scores`)."""
+    scores = decision_scores(scorer, X, source=source)
     return scores, (scores > scorer.threshold).astype(np.int64)

@@ -29,8 +29,9 @@ from metakd.data.readers import ReadOptions, read_row_chunks, read_task
 from metakd.data.windows import WindowConfig, window_starts, window_task
 from metakd.detect import ScoreConfig, score_rows
 from metakd.detect.config import SCORE_BLOCK_ROWS
+from metakd.detect.scoring import check_width
 from metakd.detect.validation import as_rows
-from metakd.errors import InputError, MetakdError
+from metakd.errors import MetakdError
 from metakd.exports import OnnxScorer, is_torchscript_archive, load_onnx_scorer
 from metakd.models.deploy import DeployedScorer
 from metakd.persist import (
@@ -56,6 +57,8 @@ class ScoreJob:
     header: list[str]
     blocks: Iterator[Block]
     """Read lazily: a bad chunk stops the output where it is."""
+    source: str
+    """The file the blocks are read from, named in their errors."""
     window: WindowConfig | None = None
     """The windows scored (a model of windowed series), or ``None``: rows are scored."""
     series_rows: int = 0
@@ -73,7 +76,7 @@ class ScoreJob:
         rows = csv.writer(text, lineterminator="\n")
         rows.writerow(self.header)
         for X, lead in self.blocks:
-            scores, flags = _score_block(self.scorer, X)
+            scores, flags = _score_block(self.scorer, X, self.source)
             cells = [[f"{s:.9g}", str(int(f))] for s, f in zip(scores, flags, strict=True)]
             if lead is not None:
                 cells = [[*a, *c] for a, c in zip(lead, cells, strict=True)]
@@ -117,15 +120,9 @@ def open_score(
     window, options = _score_window(record, data_path, options)
     if window is None:
         chunks = read_row_chunks(data_path, options, rows=chunk_rows, id_column=id_column)
-        blocks = (
-            (
-                _of_model_width(c.X, scorer, data_path),
-                None if c.ids is None else [[i] for i in c.ids],
-            )
-            for c in chunks
-        )
+        blocks = ((c.X, None if c.ids is None else [[i] for i in c.ids]) for c in chunks)
         header = ([id_column] if id_column else []) + ["score", "is_anomaly"]
-        return ScoreJob(scorer=scorer, header=header, blocks=blocks)
+        return ScoreJob(scorer=scorer, header=header, blocks=blocks, source=str(data_path))
     # A model of windowed time series scores windows: the whole series is read at once.
     if id_column is not None:
         raise MetakdError(
@@ -139,6 +136,7 @@ def open_score(
         scorer=scorer,
         header=["first_row", "last_row", "score", "is_anomaly"],
         blocks=iter([(window_task(series, window).X, spans)]),
+        source=str(data_path),
         window=window,
         series_rows=series.n_rows,
         windows=len(starts),
@@ -189,31 +187,16 @@ def _open_model(
     return scorer, load_input_schema(path), load_detector_window(path)
 
 
-def _of_model_width(
-    X: np.ndarray, scorer: DeployedScorer | OnnxScorer, data_path: Path
-) -> np.ndarray:
-    """``X`` itself, or an error naming ``data_path`` where its rows are not the model's width
-    (the scorers' own check cannot say which file the rows came from)."""
-    width = scorer.input_dim if isinstance(scorer, OnnxScorer) else scorer.preprocess.input_dim
-    if X.ndim == 2 and X.shape[1] != width:
-        raise InputError(
-            f"{data_path}: the rows have {X.shape[1]} features but the model takes {width}"
-        )
-    return X
-
-
 def _score_block(
-    scorer: DeployedScorer | OnnxScorer, X: np.ndarray
+    scorer: DeployedScorer | OnnxScorer, X: np.ndarray, source: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores [N], is_anomaly [N])`` of a block of rows, alike for both kinds of model: rows
-    checked, scored in row blocks, a NaN or infinite score an error."""
+    """``(scores [N], is_anomaly [N])`` of a block of rows read from the file ``source``, alike
+    for both kinds of model: rows checked, scored in row blocks, a NaN or infinite score an
+    error."""
     if isinstance(scorer, DeployedScorer):
-        return score_rows(scorer, X)
+        return score_rows(scorer, X, source=source)
     x = as_rows("data", X).numpy()
-    if x.shape[1] != scorer.input_dim:
-        raise InputError(
-            f"the data has {x.shape[1]} features but the model takes {scorer.input_dim}"
-        )
+    check_width(x, scorer.input_dim, source=source)
     scores = np.concatenate(
         [scorer(x[a : a + SCORE_BLOCK_ROWS]) for a in range(0, len(x), SCORE_BLOCK_ROWS)]
     )
