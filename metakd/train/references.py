@@ -97,7 +97,7 @@ def step_metrics(stats: MetaStats, batch: EpisodeBatch) -> dict[str, Tensor]:
         "outer_loss": stats.outer_loss.mean(),
         "support_loss_before": stats.support_loss_before.mean(),
         "support_loss_after": stats.support_loss_after.mean(),
-        "query_auroc": auroc(stats.query_scores.detach(), batch.query_y).mean(),
+        "query_auroc": auroc(stats.query_scores, batch.query_y).mean(),
     }
 
 
