@@ -142,6 +142,15 @@ def _cast_boolean_cumsums(graph: Any) -> None:
     graph.node.extend(nodes)
 
 
+def _headline(err: Exception) -> str:
+    """The exporter's message up to its first line break: its failures go on to print the whole
+    TorchScript graph (a thousand lines for a profile), which a warning cannot carry; the rest
+    stays on the chained exception."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    more = len(lines) - 1
+    return lines[0] + (f" [and {more} more lines of the exporter's graph]" if more else "")
+
+
 def _check_rows(scorer: DeployedScorer) -> list[Tensor]:
     """Seeded rows around the fitted centre (two batch sizes: a batch size baked into the
     export shows), to compare an export with ``scorer`` on."""
@@ -204,7 +213,7 @@ def export_onnx(
                 **exporter_options,
             )
         except Exception as err:  # the exporter raises many kinds
-            raise MetakdError(f"could not export the scorer to ONNX: {err}") from err
+            raise MetakdError(f"could not export the scorer to ONNX: {_headline(err)}") from err
         model = onnx.load(Path(tmp) / "scorer.onnx")
     _cast_boolean_cumsums(model.graph)
     contract = export_contract(scorer, schema=schema, window=window, target="onnx")

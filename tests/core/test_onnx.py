@@ -83,6 +83,28 @@ def test_a_mismatching_export_raises_and_writes_nothing(
     assert not list(tmp_path.iterdir())  # no temporary file either
 
 
+def test_an_exporter_failure_says_its_first_line_not_its_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TorchScript exporter's errors append the whole graph; the warning a user reads (the
+    error's message) keeps its first line, the rest stays on the chained exception."""
+    scorer = _detector("knn").student_scorer_
+    assert scorer is not None
+    graph = "\n".join(f"  %{i} : Tensor = aten::mul(%x, %y)" for i in range(1000))
+
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"Exporting the operator 'aten::foo' is not supported.\n{graph}")
+
+    monkeypatch.setattr(exports.torch.onnx, "export", unsupported)
+    with pytest.raises(MetakdError) as caught:
+        exports.export_onnx(scorer, tmp_path / "student.onnx")
+    message = str(caught.value)
+    assert "\n" not in message and "'aten::foo' is not supported" in message
+    assert "and 1000 more lines of the exporter's graph" in message
+    assert str(caught.value.__cause__).count("aten::mul") == 1000
+    assert not list(tmp_path.iterdir())
+
+
 def test_without_onnx_save_warns_once_and_writes_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
