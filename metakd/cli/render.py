@@ -36,6 +36,16 @@ _HELD_OUT_LABELS = {
 _METRICS = ["auroc", "auprc", "precision", "recall", "f1"]
 
 
+def _distinct(*values: float) -> list[str]:
+    """AUROCs to 3 decimals, or as many more (up to 6) as it takes for values that differ to
+    print differently: a share chosen over 0.9997 against 1.0 must not read "1.000 at 0"."""
+    for digits in range(3, 7):
+        text = [f"{v:.{digits}f}" for v in values]
+        if len(set(text)) == len(set(values)):
+            break
+    return text
+
+
 def _held_out_label(key: str) -> str:
     """The row name of a held-out report key (an old key, e.g. ``random_init``, as its new)."""
     from metakd.train.references import report_key
@@ -176,7 +186,8 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
         fit = result.pool_share
         if fit["episodes"]:
             share, auroc = f"{fit['share']:g}", fit["auroc"]
-            chosen = f", {auroc[share]:.3f} at {share}" if share not in ("0", "1") else ""
+            at_0, at_1, at_share = _distinct(auroc["0"], auroc["1"], auroc[share])
+            chosen = f", {at_share} at {share}" if share not in ("0", "1") else ""
             fitted = fit.get("groups", {"meta-train": fit})  # one group before groups were kept
             groups = " and ".join(
                 f"{name} (adapted from the initialisation)"
@@ -187,17 +198,17 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
             )
             out_console.print(
                 f"pool Gaussian share {share} in adapted scores (fitted on {fit['episodes']} "
-                f"episodes of the {groups} domains: mean AUROC {auroc['0']:.3f} at 0, the "
-                f"teacher alone, {auroc['1']:.3f} at 1, the Gaussian alone{chosen})",
+                f"episodes of the {groups} domains: mean AUROC {at_0} at 0, the "
+                f"teacher alone, {at_1} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
             if "pool_share_anomalies" in fitted_shares(fit):  # the share a teacher.pt stores
                 anomalies = fit["with_anomalies"]
-                curve = anomalies["auroc"]
+                at_0, at_1 = _distinct(anomalies["auroc"]["0"], anomalies["auroc"]["1"])
                 out_console.print(
                     f"pool Gaussian share {anomalies['share']:g} where the support holds labelled "
                     f"anomalies (fitted the same way with {anomalies['anomaly_shots']} in each: "
-                    f"{curve['0']:.3f} at 0, {curve['1']:.3f} at 1)",
+                    f"{at_0} at 0, {at_1} at 1)",
                     soft_wrap=True,
                 )
         else:

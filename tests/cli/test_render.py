@@ -65,3 +65,31 @@ def test_the_untrained_row_is_not_called_a_random_init(capsys, tmp_path: Path) -
         out = capsys.readouterr().out
         assert "same teacher, not meta-trained (its initialisation), adapted" in out
         assert "random init" not in out
+
+
+def test_share_aurocs_that_differ_print_differently(capsys, tmp_path: Path) -> None:
+    """A share chosen over 0.99966 against 1.0 does not read "1.000 at 0 … 1.000 at 0.2"."""
+    config = load_train_config(None, ["tracking.mode=disabled"])
+    curve = {f"{i / 10:g}": 1.0 for i in range(11)} | {"0": 0.99966, "0.1": 0.99994}
+    tied = {f"{i / 10:g}": 0.9 for i in range(11)}
+    fit = {
+        "share": 0.2,
+        "episodes": 32,
+        "auroc": curve,
+        "with_anomalies": {"share": 0.0, "episodes": 32, "auroc": tied, "anomaly_shots": 5},
+    }
+    result = TrainResult(
+        out_dir=tmp_path,
+        best_iteration=3,
+        best_val_auroc=0.9,
+        test_auroc={},
+        test_tasks=[],
+        seconds=1.0,
+        pool_share=fit,
+    )
+    render.print_meta_train(config, result, tmp_path)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "mean AUROC 0.9997 at 0, the teacher alone, 1.0000 at 1, the Gaussian alone, " in out
+    assert "1.0000 at 0.2)" in out
+    # Equal values keep 3 decimals.
+    assert "anomalies (fitted the same way with 5 in each: 0.900 at 0, 0.900 at 1)" in out
