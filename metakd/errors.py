@@ -44,6 +44,12 @@ class InputError(MetakdError, ValueError):
 MAX_SEED = 2**32 - 1
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (or its type's name), for a one-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def check_seed(key: str, value: object) -> None:
     """Raise :class:`ConfigError` naming ``key`` unless ``value`` is an integer seed in
     ``[0, MAX_SEED]``."""

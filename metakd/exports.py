@@ -34,7 +34,7 @@ from metakd.contract import (  # the contract's readers, here too: one import fo
     load_onnx_scorer,
     read_export_contract,
 )
-from metakd.errors import MetakdError
+from metakd.errors import MetakdError, first_line
 from metakd.extras import note_once
 from metakd.models.deploy import (
     DeployedScorer,
@@ -146,9 +146,10 @@ def _headline(err: Exception) -> str:
     """The exporter's message up to its first line break: its failures go on to print the whole
     TorchScript graph (a thousand lines for a profile), which a warning cannot carry; the rest
     stays on the chained exception."""
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    more = len(lines) - 1
-    return lines[0] + (f" [and {more} more lines of the exporter's graph]" if more else "")
+    more = len(str(err).strip().splitlines()) - 1
+    return first_line(err) + (
+        f" [and {more} more lines of the exporter's graph]" if more > 0 else ""
+    )
 
 
 def _check_rows(scorer: DeployedScorer) -> list[Tensor]:

@@ -100,9 +100,3 @@ class FrameFormat(TaskFormat):
 def chunk_rows(columns: int) -> int:
     """Rows per streamed chunk of a table ``columns`` wide (see :data:`CHUNK_VALUES`)."""
     return max(1, CHUNK_VALUES // max(1, columns))
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (or its type's name), for a one-line message."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from metakd.data.readers.base import FrameFormat, chunk_rows, first_line
+from metakd.data.readers.base import FrameFormat, chunk_rows
 from metakd.data.readers.columns import check_unique
 from metakd.data.readers.options import ReadOptions
 from metakd.data.readers.registry import register_format
-from metakd.errors import DataError
+from metakd.errors import DataError, first_line
 from metakd.extras import require
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pandas as pd
 
-from metakd.data.readers.base import FrameFormat, chunk_rows, first_line
+from metakd.data.readers.base import FrameFormat, chunk_rows
 from metakd.data.readers.columns import check_unique
 from metakd.data.readers.options import ReadOptions, ignore_hint
 from metakd.data.readers.registry import register_format
-from metakd.errors import DataError
+from metakd.errors import DataError, first_line
 
 # Candidate delimiters for .csv/.txt, in order of preference when two fit equally well.
 _DELIMITERS = (",", ";", "\t", "|")
