@@ -94,14 +94,16 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> dict[str, 
 
 def fitted_shares(fit: dict[str, Any] | None) -> dict[str, float]:
     """The shares a pool-share ``fit`` (``{"share", ..., "with_anomalies"}``) gives a teacher,
-    as ``teacher.pt`` and a run's summary record them: ``pool_share``, and
-    ``pool_share_anomalies`` where that fit had episodes (where no domain had anomalies to
-    spare, none: adapt reads ``pool_share``); none without a fit."""
+    as ``teacher.pt`` and a run's summary record them: ``pool_share`` and ``pool_knn`` (the
+    kNN expert's share), and ``pool_share_anomalies`` and ``pool_knn_anomalies`` where that fit
+    had episodes (where no domain had anomalies to spare, none: adapt reads the first two);
+    none without a fit."""
     if fit is None:
         return {}
-    shares = {"pool_share": fit["share"]}
+    shares = {"pool_share": fit["share"], "pool_knn": fit.get("knn_share", 0.0)}
     if (with_anomalies := fit.get("with_anomalies")) and with_anomalies["episodes"]:
         shares["pool_share_anomalies"] = with_anomalies["share"]
+        shares["pool_knn_anomalies"] = with_anomalies.get("knn_share", 0.0)
     return shares
 
 

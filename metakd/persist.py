@@ -66,6 +66,11 @@ class TeacherBundle:
     pool_share_anomalies: float | None = None
     """The share where the support holds labelled anomalies, fitted on episodes that do;
     ``None`` (teachers saved before it, or trained without anomaly shots): ``pool_share``."""
+    pool_knn: float = 0.0
+    """The pool kNN expert's share of the scorer's part, fitted with ``pool_share``; 0 for
+    teachers saved before it."""
+    pool_knn_anomalies: float | None = None
+    """The same, fitted with ``pool_share_anomalies``; ``None``: ``pool_knn``."""
 
     def with_weights(self, weights: TeacherWeights) -> TeacherBundle:
         """This bundle (its settings, alignment and share) with another teacher's weights and
@@ -131,6 +136,12 @@ class TeacherBundle:
                     if fields.has("pool_share_anomalies")
                     else None
                 ),
+                pool_knn=_share(fields, "pool_knn"),
+                pool_knn_anomalies=(
+                    _share(fields, "pool_knn_anomalies")
+                    if fields.has("pool_knn_anomalies")
+                    else None
+                ),
             )
         except DataError:
             raise
@@ -156,15 +167,31 @@ def _stored_mix(fields: Fields) -> PoolGaussianMix | None:
         return None
     state = fields.tensors("mix")
     terms = state["terms"]
+    reference = state.get("reference")
+    knn = terms.shape == (9,)
     if (
-        terms.shape != (5,)
+        terms.shape not in ((5,), (9,))
         or not bool(torch.isfinite(terms).all())
         or not (bool(terms[2] > 0) and bool(terms[4] > 0) and 0 <= float(terms[0]) <= 1)
+        or (
+            knn
+            and not (
+                0 < float(terms[5]) <= 1
+                and bool(terms[7] > 0)
+                and reference is not None
+                and 1 <= int(terms[8]) <= len(reference)
+                and int(terms[8]) == float(terms[8])
+            )
+        )
     ):
         raise fields.bad(
-            "mix", "terms must be [share in [0, 1], centre, spread > 0, centre, spread > 0]"
+            "mix",
+            "terms must be [share in [0, 1], centre, spread > 0, centre, spread > 0], then "
+            "optionally [kNN share in (0, 1], centre, spread > 0, k in 1..reference rows]",
         )
-    return PoolGaussianMix([state[name] for name in PARTS], terms)
+    return PoolGaussianMix(
+        [state[name] for name in PARTS], terms, reference=reference if knn else None
+    )
 
 
 def windowing(window: dict[str, Any] | None, n_features: int) -> WindowConfig | None:

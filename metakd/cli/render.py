@@ -202,6 +202,13 @@ def print_meta_train(config: TrainConfig, result: TrainResult, out: Path) -> Non
                 f"teacher alone, {at_1} at 1, the Gaussian alone{chosen})",
                 soft_wrap=True,
             )
+            if fit.get("knn_share"):
+                with_knn, without = _distinct(fit["auroc_knn"][share], auroc[share])
+                out_console.print(
+                    f"pool kNN share {fit['knn_share']:g} of the teacher's part (mean AUROC "
+                    f"{with_knn} with it, {without} without, at Gaussian share {share})",
+                    soft_wrap=True,
+                )
             if "pool_share_anomalies" in fitted_shares(fit):  # the share a teacher.pt stores
                 anomalies = fit["with_anomalies"]
                 at_0, at_1 = _distinct(anomalies["auroc"]["0"], anomalies["auroc"]["1"])

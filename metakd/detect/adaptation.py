@@ -359,28 +359,35 @@ def student_preprocess(
 
 
 def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | None:
-    """The pool Gaussian's mix for a domain (``adapt.pool_share``, else the teacher's share
-    fitted for supports like this one's: with labelled anomalies or without), standardised by
-    the teacher's leave-one-out ``support_scores [n]`` of its normals; ``None`` at share 0,
-    without a pool, or where :meth:`PoolGaussianMix.fit` finds none."""
-    p = prepared
-    share = p.cfg.pool_share
-    if share is None:
-        with_anomalies = p.bundle.pool_share_anomalies
-        labelled = bool((p.labels == 1).any())
-        share = with_anomalies if labelled and with_anomalies is not None else p.bundle.pool_share
-    if share == 0 or p.pool is None:
+    """The pool experts' mix for a domain (``adapt.pool_share``, the Gaussian's alone, else
+    the teacher's shares fitted for supports like this one's: with labelled anomalies or
+    without), standardised by the teacher's leave-one-out ``support_scores [n]`` of its
+    normals; ``None`` at shares 0, without a pool, or where :meth:`PoolGaussianMix.fit` finds
+    none."""
+    p, b = prepared, prepared.bundle
+    labelled = bool((p.labels == 1).any())
+    share, knn = p.cfg.pool_share, 0.0  # a share set in the config is the Gaussian's alone
+    if share is None and labelled and b.pool_share_anomalies is not None:
+        share = b.pool_share_anomalies
+        knn = b.pool_knn if b.pool_knn_anomalies is None else b.pool_knn_anomalies
+    elif share is None:
+        share, knn = b.pool_share, b.pool_knn
+    if (share == 0 and knn == 0) or p.pool is None:
         return None
     normals = (p.labels == 0).cpu()
-    profile = p.bundle.model.profile
+    profile = b.model.profile
     return PoolGaussianMix.fit(
         p.pool.cpu(),
         p.support.cpu()[normals],
         support_scores.cpu()[normals],
         share=share,
+        knn_share=knn,
         seed=p.cfg.seed,
         cap=profile.max_gaussian,
         trim=profile.pool_trim,
+        knn_cap=profile.max_pool,
+        knn_fraction=profile.pool_knn_fraction,
+        min_neighbours=profile.neighbours,
     )
 
 

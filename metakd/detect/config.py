@@ -45,7 +45,9 @@ class AdaptConfig:
     cross-fitted Gaussians, both standardised by the support normals
     (:class:`~metakd.models.experts.PoolGaussianMix`). Null: the share the teacher was fitted
     with after meta-training for supports like this one's, with labelled anomalies or without
-    (``pool_share_episodes``; 0 for teachers saved before it). 0: the score alone."""
+    (``pool_share_episodes``; 0 for teachers saved before it), and the pool kNN expert's share
+    fitted with it. A share set here is the Gaussian's alone, without the kNN expert. 0: the
+    score alone."""
     max_support: int | None = 1024
     """Most labelled normal rows adapted on (a seeded subsample above it; every row is still
     scored): adapting costs memory and time linear in the support, as in the pool. ``None``:

@@ -247,6 +247,7 @@ class FewShotDetector(BaseEstimator):
             "threshold_cross_fitted": adapted.calibration_scores is not None,
             "linear_mix": adapted.linear_mix,
             "pool_share": 0.0 if mix is None else mix.share,
+            "pool_knn": 0.0 if mix is None else mix.knn_share,
             "inner": configio.to_dict(adapted.inner),
         }
         if cfg.student:
@@ -335,8 +336,7 @@ class FewShotDetector(BaseEstimator):
         unlabeled: np.ndarray | Tensor | None = None,
     ) -> np.ndarray:
         """``fit(X, y, unlabeled)`` then ``labels_``, the 0/1 labels of the training rows."""
-        labels: np.ndarray = self.fit(X, y, unlabeled).labels_
-        return labels
+        return np.asarray(self.fit(X, y, unlabeled).labels_)
 
     def decision_function(self, X: np.ndarray | Tensor) -> np.ndarray:
         """Anomaly scores ``[N]`` (higher = more anomalous) from the student (or teacher).

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ run started from (a teacher's weights and Meta-SGD rates), or ``None``: the save
 
 #: The shares tried, 0 (the teacher alone) to 1 (the Gaussian alone).
 SHARES = tuple(i / 10 for i in range(11))
+#: The kNN expert's shares of the scorer's part tried: none, or as much as the scorer (the
+#: equal weight of two standardised experts, as ``adapt.linear_mix`` 1 is). The finer grid
+#: fitted on a user's few domains overshot (RESULTS.md §11).
+KNN_SHARES = (0.0, 0.5)
 #: Pool rows of a fitting episode (a seeded subsample of larger domains), as adapt bounds them.
 POOL_ROWS = 1024
 
@@ -62,7 +66,12 @@ class PoolShareFit:
     episodes: int
     """Episodes it was fitted on (0: no domain had enough normals and anomalies; share 0)."""
     auroc: dict[float, float]
-    """Mean AUROC of the pool's labelled rows at each share tried."""
+    """Mean AUROC of the pool's labelled rows at each share tried, without the kNN expert."""
+    knn_share: float = 0.0
+    """The kNN expert's share of the scorer's part, fitted with ``share`` (:data:`KNN_SHARES`;
+    the smaller on a tie)."""
+    auroc_knn: dict[float, float] = field(default_factory=dict)
+    """The same as ``auroc`` with the kNN expert at its share (``KNN_SHARES[1]``)."""
 
 
 def fit_pool_share(
@@ -103,8 +112,9 @@ def fit_pool_share(
         # The fit reads scores, not thresholds: a fitting episode's threshold is thrown away.
         warnings.filterwarnings("ignore", message="the calibrated threshold", category=UserWarning)
         fitted = fit_many(detectors, [(rows, labels, None) for rows, labels, _ in drawn])
-    totals = np.zeros(len(SHARES))
+    totals = np.zeros((len(KNN_SHARES), len(SHARES)))
     done = 0
+    profile = bundle.model.profile
     for i, ((rows, _, pool_y), detector) in enumerate(zip(drawn, fitted, strict=True)):
         if isinstance(detector, MetakdError):
             raise detector
@@ -115,14 +125,20 @@ def fit_pool_share(
             torch.as_tensor(rows[:shots]),
             scores[:shots],
             share=1.0,
+            knn_share=KNN_SHARES[-1],
             seed=seed + i,
-            cap=bundle.model.profile.max_gaussian,
-            trim=bundle.model.profile.pool_trim,
+            cap=profile.max_gaussian,
+            trim=profile.pool_trim,
+            knn_cap=profile.max_pool,
+            knn_fraction=profile.pool_knn_fraction,
+            min_neighbours=profile.neighbours,
         )
         if mix is None:
             continue
-        own, gaussian = (e.numpy() for e in mix.experts(pool, scores[labelled:]))
-        totals += np.array([_auroc((1 - s) * own + s * gaussian, pool_y) for s in SHARES])
+        own, knn, gaussian = mix.standardised(pool, scores[labelled:])
+        for row, k in enumerate(KNN_SHARES):
+            part = ((1 - k) * own + k * knn).numpy()
+            totals[row] += [_auroc((1 - s) * part + s * gaussian.numpy(), pool_y) for s in SHARES]
         done += 1
     if done == 0:
         return PoolShareFit(share=0.0, episodes=0, auroc={})
@@ -133,21 +149,33 @@ def combine(fits: Mapping[str, PoolShareFit]) -> PoolShareFit:
     """One share from fits on groups of domains: the first maximum of the mean of the groups'
     mean-AUROC curves, each group that had episodes weighing the same (share 0 where none
     had any)."""
-    curves = [fit.auroc for fit in fits.values() if fit.episodes]
+    curves = [_curves(fit) for fit in fits.values() if fit.episodes]
     if not curves:
         return PoolShareFit(share=0.0, episodes=0, auroc={})
-    means = np.mean([[curve[s] for s in SHARES] for curve in curves], axis=0)
-    return _pick(means, episodes=sum(fit.episodes for fit in fits.values()))
+    return _pick(np.mean(curves, axis=0), episodes=sum(fit.episodes for fit in fits.values()))
+
+
+def _curves(fit: PoolShareFit) -> np.ndarray:
+    """``[len(KNN_SHARES), len(SHARES)]`` mean AUROCs of a fit (a fit stored before the kNN
+    expert, without its curve, never picks it)."""
+    knn = fit.auroc_knn or dict.fromkeys(SHARES, -np.inf)
+    return np.array([[fit.auroc[s] for s in SHARES], [knn[s] for s in SHARES]])
 
 
 def _pick(means: np.ndarray, *, episodes: int) -> PoolShareFit:
-    """The share at the first maximum of ``means`` (mean AUROC at each of :data:`SHARES`):
-    the smaller share on a tie."""
-    best = int(np.argmax(means))
+    """The shares at the first maximum of ``means`` (mean AUROC ``[len(KNN_SHARES),
+    len(SHARES)]``): the smaller kNN share, then the smaller share, on a tie."""
+    row, column = np.unravel_index(int(np.argmax(means)), means.shape)
     return PoolShareFit(
-        share=SHARES[best],
+        share=SHARES[column],
         episodes=episodes,
-        auroc={s: float(m) for s, m in zip(SHARES, means, strict=True)},
+        auroc={s: float(m) for s, m in zip(SHARES, means[0], strict=True)},
+        knn_share=KNN_SHARES[row],
+        auroc_knn=(
+            {s: float(m) for s, m in zip(SHARES, means[1], strict=True)}
+            if np.isfinite(means[1]).all()
+            else {}
+        ),
     )
 
 
@@ -236,10 +264,18 @@ def pool_share_fitter(
 def _record(fit: PoolShareFit) -> dict[str, Any]:
     """``fit`` as plain data (what ``teacher.pt`` stores)."""
     curve = {f"{share:g}": value for share, value in fit.auroc.items()}
-    return {"share": fit.share, "episodes": fit.episodes, "auroc": curve}
+    knn = {f"{share:g}": value for share, value in fit.auroc_knn.items()}
+    return {
+        "share": fit.share,
+        "knn_share": fit.knn_share,
+        "episodes": fit.episodes,
+        "auroc": curve,
+        "auroc_knn": knn,
+    }
 
 
 __all__ = [
+    "KNN_SHARES",
     "SHARES",
     "PoolShareFit",
     "ShareGroups",

@@ -14,6 +14,15 @@ then scores
 ``s`` the scorer's score, ``g`` the Mahalanobis distance to the pool's cross-fitted, trimmed
 Ledoit–Wolf Gaussians (:func:`~metakd.models.evidence.pool_gaussians`), each standardised by
 the support normals' median and spread so the two weigh alike whatever their units.
+
+A third expert may share the scorer's part: the distance ``q`` to the ``k``-th nearest pool
+row, ``k`` a fraction of the pool (5 %; ``profile.pool_knn_fraction``), in the rows' own units.
+A density of the few nearest rows, as the profile's ``pool`` evidence reads it, calls a small
+cluster of anomalies normal: its rows are each other's neighbours. With ``k`` above the
+clusters' size they stay far (kNN's masking; Campos et al., *Data Min. Knowl. Disc.* 2016). On
+tables that is where the support's evidence wins (RESULTS.md §11). With its share ``κ`` the
+scorer's part reads ``(1 − κ) (s − m_s) / σ_s + κ (q − m_q) / σ_q``; ``κ`` is fitted with ``λ``
+(``0`` or ``½``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
+from metakd.models.evidence import pool_gaussian_distance, pool_gaussians, sorted_distances
 from metakd.models.subsample import seeded_order
 
 #: The Gaussian parts' buffer names, in :func:`pool_gaussians`' order (and a saved mix's keys).
@@ -38,10 +47,13 @@ class PoolGaussianMix(nn.Module):
     ``weights_only`` and exports with the scorer.
 
     Args (as stored): ``mean``, ``u``, ``inverse``, ``a``, ``isotropic`` the two pool halves'
-    Gaussians; ``terms`` ``[λ, m_s, σ_s, m_g, σ_g]``.
+    Gaussians; ``reference [m, d]`` the kNN expert's pool rows (empty without it); ``terms``
+    ``[λ, m_s, σ_s, m_g, σ_g, κ, m_q, σ_q, k]`` (mixes saved before the kNN expert hold the
+    first five: ``κ = 0``).
     """
 
-    __jit_unused_properties__ = ["share"]  # noqa: RUF012 (TorchScript reads the name)
+    # TorchScript reads the name; the properties serve Python callers only.
+    __jit_unused_properties__ = ["share", "knn_share"]  # noqa: RUF012
 
     if TYPE_CHECKING:
         mean: Tensor
@@ -49,19 +61,34 @@ class PoolGaussianMix(nn.Module):
         inverse: Tensor
         a: Tensor
         isotropic: Tensor
+        reference: Tensor
         terms: Tensor
 
-    def __init__(self, parts: list[Tensor] | None = None, terms: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        parts: list[Tensor] | None = None,
+        terms: Tensor | None = None,
+        reference: Tensor | None = None,
+    ) -> None:
         super().__init__()
         given = parts if parts is not None else [torch.zeros(0, dtype=torch.float64)] * 5
         for name, part in zip(PARTS, given, strict=True):
             self.register_buffer(name, part.detach().clone().to(torch.float64))
+        self.register_buffer(
+            "reference",
+            torch.zeros(0, dtype=torch.float64)
+            if reference is None
+            else reference.detach().clone().to(torch.float64),
+        )
         self.register_buffer(
             "terms",
             torch.zeros(0, dtype=torch.float64)
             if terms is None
             else terms.detach().clone().to(torch.float64),
         )
+        # The kNN expert's k as a plain int (also the terms' last, which save it): an exported
+        # graph slices by it, and ONNX takes no slice bound computed from a float tensor.
+        self.k = int(self.terms[8]) if self.terms.numel() > 5 else 0
 
     @staticmethod
     def fit(
@@ -70,54 +97,78 @@ class PoolGaussianMix(nn.Module):
         normal_scores: Tensor,
         *,
         share: float,
+        knn_share: float,
         seed: int,
         cap: int,
         trim: float,
+        knn_cap: int,
+        knn_fraction: float,
+        min_neighbours: int,
     ) -> PoolGaussianMix | None:
         """The mix of a task: Gaussians of ``pool [m, d]`` (as the scorer reads rows; two
-        seeded halves of at most ``cap`` rows, ``trim`` of each dropped), standardised by the
-        support ``normals [n, d]`` and the scorer's leave-one-out ``normal_scores [n]`` of
-        them. ``None`` (no mix) with too few pool rows for two Gaussians or no spread in
-        either expert's scores of the normals."""
+        seeded halves of at most ``cap`` rows, ``trim`` of each dropped) and, with
+        ``knn_share`` ``κ > 0``, the kNN expert's reference (at most ``knn_cap`` seeded pool
+        rows; ``k`` = ``knn_fraction`` of them, at least ``min_neighbours``), standardised by
+        the support ``normals [n, d]`` and the scorer's leave-one-out ``normal_scores [n]`` of
+        them. ``None`` (no mix) with too few pool rows for two Gaussians or no spread in an
+        expert's scores of the normals."""
         rows = pool.detach().cpu().to(torch.float64)
         features = torch.tensor(float(rows.shape[-1]), dtype=torch.float64)
         order = seeded_order(rows.shape[0], seed)
         parts = pool_gaussians(rows, order, features, cap=cap, trim=trim)
         if parts[0].numel() == 0:
             return None
-        mix = PoolGaussianMix(parts)
-        return mix if mix.standardise(normals, normal_scores, share=share) else None
+        reference, k = None, 0
+        if knn_share > 0:
+            reference = rows[order[:knn_cap]]
+            k = min(max(min_neighbours, round(knn_fraction * len(reference))), len(reference))
+        mix = PoolGaussianMix(parts, reference=reference)
+        done = mix.standardise(normals, normal_scores, share=share, knn_share=knn_share, k=k)
+        return mix if done else None
 
-    def standardise(self, normals: Tensor, normal_scores: Tensor, *, share: float) -> bool:
+    def standardise(
+        self, normals: Tensor, normal_scores: Tensor, *, share: float, knn_share: float, k: int
+    ) -> bool:
         """Set the terms from the support ``normals`` and a scorer's scores of them (a student
-        re-standardises its own); False, and nothing set, where either spread is 0."""
+        re-standardises its own); False, and nothing set, where an expert's spread is 0."""
         scores = normal_scores.detach().cpu().to(torch.float64)
-        distances = self.distance(normals)
-        spreads = torch.stack([scores.std(correction=0), distances.std(correction=0)])
+        experts = [scores, self.distance(normals)]
+        if knn_share > 0:
+            experts.append(self._kth(normals.to(torch.float64), k))
+        spreads = torch.stack([e.std(correction=0) for e in experts])
         if len(scores) < 2 or not bool((spreads > 1e-9).all()):
             return False
-        centres = torch.stack([scores.quantile(0.5), distances.quantile(0.5)])
-        self.terms = torch.stack(
-            [
-                torch.tensor(float(share), dtype=torch.float64),
-                centres[0],
-                spreads[0],
-                centres[1],
-                spreads[1],
-            ]
-        )
+        centres = torch.stack([e.quantile(0.5) for e in experts])
+        terms = [float(share), centres[0], spreads[0], centres[1], spreads[1]]
+        if knn_share > 0:
+            terms += [float(knn_share), centres[2], spreads[2], float(k)]
+        self.terms = torch.stack([torch.as_tensor(t, dtype=torch.float64) for t in terms])
+        self.k = k if knn_share > 0 else 0
         return True
 
     def for_scores(self, normals: Tensor, normal_scores: Tensor) -> PoolGaussianMix | None:
-        """The same Gaussians and share standardised for another scorer's scores (a
+        """The same experts and shares standardised for another scorer's scores (a
         student's), or ``None`` where :meth:`standardise` finds no spread."""
-        other = PoolGaussianMix([getattr(self, name) for name in PARTS])
-        return other if other.standardise(normals, normal_scores, share=self.share) else None
+        other = PoolGaussianMix([getattr(self, name) for name in PARTS], reference=self.reference)
+        done = other.standardise(
+            normals, normal_scores, share=self.share, knn_share=self.knn_share, k=self.k
+        )
+        return other if done else None
 
     @property
     def share(self) -> float:
         """``λ``; 0 for an empty mix."""
         return float(self.terms[0]) if self.terms.numel() else 0.0
+
+    @property
+    def knn_share(self) -> float:
+        """``κ``; 0 for a mix without the kNN expert."""
+        return float(self.terms[5]) if self.terms.numel() > 5 else 0.0
+
+    def _kth(self, x: Tensor, k: int) -> Tensor:
+        """``[N]`` distances of rows ``x [N, d]`` to their ``k``-th nearest reference row (a
+        reference row's own match left out)."""
+        return sorted_distances(x, self.reference, k)[..., -1]
 
     def distance(self, x: Tensor) -> Tensor:
         """``[N]`` Mahalanobis distances of rows ``x [N, d]`` to the pool's Gaussians (a pool
@@ -126,13 +177,31 @@ class PoolGaussianMix(nn.Module):
             x.to(torch.float64), self.mean, self.u, self.inverse, self.a, self.isotropic
         )
 
-    def experts(self, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """The two experts the mix weighs, each standardised by the support normals: the
-        scorer's ``scores [N]`` and the pool-Gaussian distances of rows ``x [N, d]`` (float64;
-        a standardised mix only)."""
-        _, centre, spread, g_centre, g_spread = self.terms.unbind()
+    def standardised(self, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each expert standardised by the support normals: the scorer's ``scores [N]``, the
+        kNN expert's distances of rows ``x [N, d]`` (empty without it) and their pool-Gaussian
+        distances (float64; a standardised mix only)."""
+        centre, spread, g_centre, g_spread = (
+            self.terms[1],
+            self.terms[2],
+            self.terms[3],
+            self.terms[4],
+        )
         own = (scores.to(torch.float64) - centre) / spread
-        return own, (self.distance(x) - g_centre) / g_spread
+        gaussian = (self.distance(x) - g_centre) / g_spread
+        knn = own.new_zeros(0)
+        if self.reference.numel() > 0:
+            q_centre, q_spread = self.terms[6], self.terms[7]
+            knn = (self._kth(x.to(torch.float64), self.k) - q_centre) / q_spread
+        return own, knn, gaussian
+
+    def experts(self, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """The two parts the mix weighs (:meth:`standardised`): the scorer's (with the kNN
+        expert's share ``κ`` of it, where it has one) and the pool Gaussian's."""
+        own, knn, gaussian = self.standardised(x, scores)
+        if knn.numel() > 0:
+            own = (1.0 - self.terms[5]) * own + self.terms[5] * knn
+        return own, gaussian
 
     def forward(self, x: Tensor, scores: Tensor) -> Tensor:
         """``scores [N]`` of rows ``x [N, d]`` mixed with their pool-Gaussian distances."""

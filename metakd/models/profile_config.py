@@ -52,6 +52,11 @@ class ProfileConfig:
     pool_trim: float = 0.25
     """The fraction of each pool half the ``gaussian_pool`` evidence drops before its final fit:
     those farthest from the other half's Gaussian, the pool's likely anomalies."""
+    pool_knn_fraction: float = 0.05
+    """The pool kNN expert's ``k`` as a fraction of its reference rows (at least
+    ``neighbours``): the distance to the ``k``-th nearest pool row, with ``k`` above the size of
+    the small clusters anomalies form, which a density of the few nearest rows calls normal
+    (:class:`~metakd.models.experts.PoolGaussianMix`)."""
     ridge: float = 1.0
     """The ``linear`` evidence's ridge penalty, relative to the labelled rows' mean squared
     norm about their centre (:class:`~metakd.models.evidence.RidgeDiscriminant`)."""
@@ -71,6 +76,10 @@ class ProfileConfig:
             raise ConfigError(f"profile.max_gaussian must be >= 3, got {self.max_gaussian!r}")
         if not 0 <= self.pool_trim < 1:
             raise ConfigError(f"profile.pool_trim must be in [0, 1), got {self.pool_trim!r}")
+        if not 0 < self.pool_knn_fraction <= 1:
+            raise ConfigError(
+                f"profile.pool_knn_fraction must be in (0, 1], got {self.pool_knn_fraction!r}"
+            )
         if not 0 < self.ridge < float("inf"):
             raise ConfigError(f"profile.ridge must be positive, got {self.ridge!r}")
         if not self.clip > 0:

@@ -20,6 +20,7 @@ from metakd.config import load_train_config
 from metakd.data.collection import load_collection
 from metakd.data.task import Task
 from metakd.detect.pool_share import (
+    KNN_SHARES,
     SHARES,
     PoolShareFit,
     ShareGroups,
@@ -29,7 +30,7 @@ from metakd.detect.pool_share import (
 )
 from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import ConfigError, DataError
-from metakd.models.evidence import pool_gaussian_distance, pool_gaussians
+from metakd.models.evidence import pool_gaussian_distance, pool_gaussians, sorted_distances
 from metakd.models.experts import PoolGaussianMix
 from metakd.models.subsample import seeded_order
 from metakd.persist import TeacherBundle, TeacherWeights, load_scorer
@@ -71,15 +72,34 @@ def _fit(bundle: TeacherBundle, x: np.ndarray, share: float | None, **cfg: bool)
     return FewShotDetector(bundle, config=config).fit(x[:10], np.zeros(10), unlabeled=x[10:])
 
 
-def _mix(seed: int = 0) -> tuple[PoolGaussianMix, torch.Tensor, torch.Tensor]:
+#: PoolGaussianMix.fit's sizes as a tiny profile's would be.
+SIZES = {"cap": 64, "trim": 0.25, "knn_cap": 1024, "knn_fraction": 0.05, "min_neighbours": 5}
+
+
+def _mix(
+    seed: int = 0, knn_share: float = 0.0
+) -> tuple[PoolGaussianMix, torch.Tensor, torch.Tensor]:
     x, _ = _narrow(seed)
     rows = torch.as_tensor(x, dtype=torch.float64)
     scores = rows.sum(1)
     mix = PoolGaussianMix.fit(
-        rows[10:], rows[:10], scores[:10], share=0.5, seed=3, cap=64, trim=0.25
+        rows[10:], rows[:10], scores[:10], share=0.5, knn_share=knn_share, seed=3, **SIZES
     )
     assert mix is not None
     return mix, rows, scores
+
+
+def _small_clusters(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normals in four tight clusters, anomalies in three tighter clusters of eight rows between
+    them: a pool Gaussian reads them as typical, a density of the five nearest rows as dense
+    (each has seven near neighbours); only neighbours beyond their clusters' size see them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, D)) * 4
+    normal = centres[rng.integers(0, 4, 400)] + rng.normal(size=(400, D)) * 0.3
+    # In the span of the clusters' centres, near their mean: where the pool's Gaussian is dense.
+    odd = centres.mean(0) + rng.normal(size=(3, 4)) * 0.3 @ (centres - centres.mean(0))
+    odd = np.repeat(odd, 8, axis=0) + rng.normal(size=(24, D)) * 0.05
+    return np.r_[normal, odd].astype(np.float32), np.r_[np.zeros(400), np.ones(24)]
 
 
 def test_an_empty_mix_leaves_scores_bitwise_as_they_are() -> None:
@@ -107,9 +127,47 @@ def test_mix_is_each_expert_standardised_by_the_support_normals() -> None:
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
 
 
+def test_the_knn_expert_shares_the_scorers_part_standardised_the_same_way() -> None:
+    mix, rows, scores = _mix(knn_share=0.5)
+    pool = rows[10:].numpy()
+    k = max(5, round(0.05 * len(pool)))
+    assert mix.knn_share == 0.5 and mix.k == k
+    distances = np.sqrt(((rows.numpy()[:, None] - pool[None]) ** 2).sum(-1))
+    distances[np.arange(10, len(rows)), np.arange(len(pool))] = np.inf  # a pool row's own match
+    kth = torch.as_tensor(np.sort(distances, 1)[:, k - 1])
+    gaussian, _, _ = _mix()
+
+    def z(v: torch.Tensor) -> torch.Tensor:
+        return (v - v[:10].quantile(0.5)) / v[:10].std(correction=0)
+
+    own, knn, g = mix.standardised(rows, scores)
+    torch.testing.assert_close(knn, z(kth))
+    torch.testing.assert_close(own, z(scores))
+    torch.testing.assert_close(mix(rows, scores), 0.5 * (0.5 * z(scores) + 0.5 * z(kth)) + 0.5 * g)
+    assert gaussian.standardised(rows, scores)[1].numel() == 0 and gaussian.knn_share == 0.0
+    student = mix.for_scores(rows[:10], 2 * scores[:10] + 1)
+    assert student is not None and (student.share, student.knn_share) == (0.5, 0.5)
+    torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
+    scripted = torch.jit.script(mix)
+    torch.testing.assert_close(scripted(rows, scores), mix(rows, scores))
+
+
+def test_the_knn_expert_sees_small_clusters_of_anomalies_a_close_density_misses() -> None:
+    x, y = _small_clusters(0)
+    rows = torch.as_tensor(x, dtype=torch.float64)
+    mix = PoolGaussianMix.fit(
+        rows[10:], rows[:10], torch.randn(10), share=0.0, knn_share=0.5, seed=0, **SIZES
+    )
+    assert mix is not None
+    kth = mix.standardised(rows[10:], torch.zeros(len(rows) - 10))[1]
+    near = sorted_distances(rows[10:], rows[10:], 5).mean(-1)
+    far, close = roc_auc_score(y[10:], kth.numpy()), roc_auc_score(y[10:], near.numpy())
+    assert far > 0.95 and close < 0.8, (far, close)
+
+
 def test_no_mix_without_enough_pool_rows_or_any_spread() -> None:
     rows = torch.randn(30, 4, dtype=torch.float64)
-    fit = dict(share=1.0, seed=0, cap=64, trim=0.25)
+    fit = dict(share=1.0, knn_share=0.5, seed=0, **SIZES)
     assert PoolGaussianMix.fit(rows[:5], rows[:10], torch.randn(10), **fit) is None
     assert PoolGaussianMix.fit(rows, rows[:10], torch.ones(10), **fit) is None
 
@@ -142,6 +200,28 @@ def test_the_gaussian_share_ranks_narrow_anomalies_and_every_scorer_reads_the_mi
     torch.testing.assert_close(exported(torch.as_tensor(x[10:])), mixed.student_scorer_(rows))
 
 
+def test_a_knn_share_reaches_the_saved_detectors_and_their_exports(tmp_path: Path) -> None:
+    x, y = _small_clusters(0)
+    bundle = dataclasses.replace(_bundle(), pool_knn=0.5)
+    detector = _fit(bundle, x, None)
+    assert (detector.report_["pool_share"], detector.report_["pool_knn"]) == (0.0, 0.5)
+    plain = roc_auc_score(y[10:], _fit(_bundle(), x, None).decision_function(x[10:]))
+    assert roc_auc_score(y[10:], detector.decision_function(x[10:])) > plain + 0.1
+    files = detector.save(tmp_path / "det")
+    rows = torch.as_tensor(x[10:])
+    for name in ("student", "teacher"):
+        expected = getattr(detector, f"{name}_scorer_")(rows)
+        torch.testing.assert_close(load_scorer(files[name])(rows), expected)
+    exported = torch.jit.load(str(files["torchscript"]))
+    torch.testing.assert_close(exported(rows), detector.student_scorer_(rows))
+    # A stored mix whose k exceeds its reference rows is refused, naming the mix.
+    data = torch.load(files["student"], weights_only=True)
+    data["mix"]["terms"][8] = len(data["mix"]["reference"]) + 1
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match="mix"):
+        load_scorer(tmp_path / "bad.pt")
+
+
 def test_share_zero_leaves_the_detector_as_before() -> None:
     x, _ = _narrow(1)
     bundle = _bundle()
@@ -167,6 +247,11 @@ def test_fit_pool_share_follows_the_domains_where_the_gaussian_wins() -> None:
     assert won.share >= 0.5 and lost.share <= 0.2, (won, lost)
     assert won.auroc[won.share] > won.auroc[0.0] + 0.05
     assert fit_pool_share(bundle, narrow, episodes=4, shots=10, seed=0) == won
+    assert set(won.auroc_knn) == set(SHARES) and won.knn_share in KNN_SHARES
+    small = [_task(f"small{i}", _small_clusters(i)) for i in range(2)]
+    close = fit_pool_share(bundle, small, episodes=4, shots=10, seed=0)
+    assert close.knn_share == KNN_SHARES[1], close
+    assert close.auroc_knn[close.share] > close.auroc[close.share]
 
 
 def test_fit_pool_share_with_anomaly_shots_holds_them_in_every_support() -> None:
@@ -202,6 +287,18 @@ def test_adapt_uses_the_share_fitted_for_supports_like_its_own() -> None:
     assert share(_bundle(0.2), labelled, labels) == 0.2  # saved before: one share for both
     assert share(both, labelled, labels, pool_share=0.5) == 0.5
 
+    def knn(bundle: TeacherBundle, support: np.ndarray, label: np.ndarray, **cfg: float) -> float:
+        config = AdaptConfig(student=False, **cfg)
+        detector = FewShotDetector(bundle, config=config).fit(support, label, unlabeled=pool)
+        return detector.report_["pool_knn"]
+
+    # The kNN expert's share goes with its Gaussian share; a share the config sets is the
+    # Gaussian's alone.
+    shares = dataclasses.replace(both, pool_knn=0.5, pool_knn_anomalies=0.0)
+    assert knn(shares, x[:10], np.zeros(10)) == 0.5 and knn(shares, labelled, labels) == 0.0
+    assert knn(dataclasses.replace(shares, pool_share=0.0), x[:10], np.zeros(10)) == 0.5
+    assert knn(shares, x[:10], np.zeros(10), pool_share=0.5) == 0.0
+
 
 def test_a_share_with_anomalies_without_episodes_is_not_stored(tmp_path: Path) -> None:
     """Where no domain had anomalies to spare for the pool, no ``pool_share_anomalies``: adapt
@@ -212,11 +309,24 @@ def test_a_share_with_anomalies_without_episodes_is_not_stored(tmp_path: Path) -
     data = load_checkpoint(path, "teacher")
     assert data["pool_share"] == 1.0 and "pool_share_anomalies" not in data
     assert TeacherBundle.load(path).pool_share_anomalies is None
-    assert fitted_shares(fit) == {"pool_share": 1.0}
-    fitted = fit | {"with_anomalies": unfitted | {"share": 0.7, "episodes": 16}}
+    assert fitted_shares(fit) == {"pool_share": 1.0, "pool_knn": 0.0}
+    fitted = fit | {
+        "knn_share": 0.5,
+        "with_anomalies": unfitted | {"share": 0.7, "episodes": 16, "knn_share": 0.0},
+    }
     path = write_teacher_file(_bundle(), tmp_path / "fitted.pt", pool_share=fitted)
-    assert TeacherBundle.load(path).pool_share_anomalies == 0.7
-    assert fitted_shares(fitted) == {"pool_share": 1.0, "pool_share_anomalies": 0.7}
+    loaded = TeacherBundle.load(path)
+    assert (loaded.pool_share_anomalies, loaded.pool_knn, loaded.pool_knn_anomalies) == (
+        0.7,
+        0.5,
+        0,
+    )
+    assert fitted_shares(fitted) == {
+        "pool_share": 1.0,
+        "pool_knn": 0.5,
+        "pool_share_anomalies": 0.7,
+        "pool_knn_anomalies": 0.0,
+    }
 
 
 def test_fit_pool_share_without_labelled_anomalies_is_zero() -> None:
@@ -232,6 +342,22 @@ def _curve(curve: list[float], episodes: int = 16) -> PoolShareFit:
         episodes=episodes,
         auroc=dict(zip(SHARES, curve, strict=True)),
     )
+
+
+def test_combine_picks_the_knn_share_where_its_curve_wins_and_the_smaller_on_a_tie() -> None:
+    without = [0.80 + 0.001 * i for i in range(11)]
+    better = dataclasses.replace(
+        _curve(without),
+        auroc_knn=dict(zip(SHARES, [0.85 - 0.002 * i for i in range(11)], strict=True)),
+    )
+    picked = combine({"meta-train": better, "meta-val": better})
+    assert (picked.knn_share, picked.share) == (KNN_SHARES[1], 0.0)
+    assert picked.auroc_knn == pytest.approx(better.auroc_knn)
+    tied = dataclasses.replace(_curve(without), auroc_knn=dict(zip(SHARES, without, strict=True)))
+    chosen = combine({"meta-train": tied})
+    assert (chosen.knn_share, chosen.share) == (0.0, 1.0)
+    # A group's fit without a kNN curve (stored before it) never picks it.
+    assert combine({"meta-train": _curve(without)}).knn_share == 0.0
 
 
 def test_combine_averages_the_groups_curves_each_group_weighing_the_same() -> None:
@@ -293,7 +419,8 @@ def test_meta_train_fits_the_share_and_stores_it_in_teacher_pt(tiny_teacher: Tra
     data = load_checkpoint(tiny_teacher.run / "teacher.pt", "teacher")
     fit = data["pool_share_fit"]
     assert data["pool_share"] == fit["share"] in SHARES and fit["episodes"] > 0
-    assert set(fit["auroc"]) == {f"{s:g}" for s in SHARES}
+    assert set(fit["auroc"]) == set(fit["auroc_knn"]) == {f"{s:g}" for s in SHARES}
+    assert data["pool_knn"] == fit["knn_share"] in KNN_SHARES
     # Fitted on each group of domains and combined; each group's own fit is kept beside it.
     groups = fit["groups"]
     assert set(groups) == {"meta-train", "meta-val"} and all(g["episodes"] for g in groups.values())
