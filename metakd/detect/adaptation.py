@@ -375,7 +375,6 @@ def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | N
     if (share == 0 and knn == 0) or p.pool is None:
         return None
     normals = (p.labels == 0).cpu()
-    profile = b.model.profile
     return PoolGaussianMix.fit(
         p.pool.cpu(),
         p.support.cpu()[normals],
@@ -383,11 +382,7 @@ def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | N
         share=share,
         knn_share=knn,
         seed=p.cfg.seed,
-        cap=profile.max_gaussian,
-        trim=profile.pool_trim,
-        knn_cap=profile.max_pool,
-        knn_fraction=profile.pool_knn_fraction,
-        min_neighbours=profile.neighbours,
+        sizes=b.model.profile,
     )
 
 

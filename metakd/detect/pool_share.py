@@ -114,7 +114,6 @@ def fit_pool_share(
         fitted = fit_many(detectors, [(rows, labels, None) for rows, labels, _ in drawn])
     totals = np.zeros((len(KNN_SHARES), len(SHARES)))
     done = 0
-    profile = bundle.model.profile
     for i, ((rows, _, pool_y), detector) in enumerate(zip(drawn, fitted, strict=True)):
         if isinstance(detector, MetakdError):
             raise detector
@@ -127,11 +126,7 @@ def fit_pool_share(
             share=1.0,
             knn_share=KNN_SHARES[-1],
             seed=seed + i,
-            cap=profile.max_gaussian,
-            trim=profile.pool_trim,
-            knn_cap=profile.max_pool,
-            knn_fraction=profile.pool_knn_fraction,
-            min_neighbours=profile.neighbours,
+            sizes=bundle.model.profile,
         )
         if mix is None:
             continue

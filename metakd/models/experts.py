@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians, sorted_distances
+from metakd.models.profile_config import ProfileConfig
 from metakd.models.subsample import seeded_order
 
 #: The Gaussian parts' buffer names, in :func:`pool_gaussians`' order (and a saved mix's keys).
@@ -99,29 +100,26 @@ class PoolGaussianMix(nn.Module):
         share: float,
         knn_share: float,
         seed: int,
-        cap: int,
-        trim: float,
-        knn_cap: int,
-        knn_fraction: float,
-        min_neighbours: int,
+        sizes: ProfileConfig,
     ) -> PoolGaussianMix | None:
         """The mix of a task: Gaussians of ``pool [m, d]`` (as the scorer reads rows; two
-        seeded halves of at most ``cap`` rows, ``trim`` of each dropped) and, with
-        ``knn_share`` ``κ > 0``, the kNN expert's reference (at most ``knn_cap`` seeded pool
-        rows; ``k`` = ``knn_fraction`` of them, at least ``min_neighbours``), standardised by
-        the support ``normals [n, d]`` and the scorer's leave-one-out ``normal_scores [n]`` of
-        them. ``None`` (no mix) with too few pool rows for two Gaussians or no spread in an
-        expert's scores of the normals."""
+        seeded halves of at most ``sizes.max_gaussian`` rows, ``sizes.pool_trim`` of each
+        dropped) and, with ``knn_share`` ``κ > 0``, the kNN expert's reference (at most
+        ``sizes.max_pool`` seeded pool rows; ``k`` = ``sizes.pool_knn_fraction`` of them, at
+        least ``sizes.neighbours``), standardised by the support ``normals [n, d]`` and the
+        scorer's leave-one-out ``normal_scores [n]`` of them. ``None`` (no mix) with too few
+        pool rows for two Gaussians or no spread in an expert's scores of the normals."""
         rows = pool.detach().cpu().to(torch.float64)
         features = torch.tensor(float(rows.shape[-1]), dtype=torch.float64)
         order = seeded_order(rows.shape[0], seed)
-        parts = pool_gaussians(rows, order, features, cap=cap, trim=trim)
+        parts = pool_gaussians(rows, order, features, cap=sizes.max_gaussian, trim=sizes.pool_trim)
         if parts[0].numel() == 0:
             return None
         reference, k = None, 0
         if knn_share > 0:
-            reference = rows[order[:knn_cap]]
-            k = min(max(min_neighbours, round(knn_fraction * len(reference))), len(reference))
+            reference = rows[order[: sizes.max_pool]]
+            k = round(sizes.pool_knn_fraction * len(reference))
+            k = min(max(sizes.neighbours, k), len(reference))
         mix = PoolGaussianMix(parts, reference=reference)
         done = mix.standardise(normals, normal_scores, share=share, knn_share=knn_share, k=k)
         return mix if done else None
@@ -181,12 +179,7 @@ class PoolGaussianMix(nn.Module):
         """Each expert standardised by the support normals: the scorer's ``scores [N]``, the
         kNN expert's distances of rows ``x [N, d]`` (empty without it) and their pool-Gaussian
         distances (float64; a standardised mix only)."""
-        centre, spread, g_centre, g_spread = (
-            self.terms[1],
-            self.terms[2],
-            self.terms[3],
-            self.terms[4],
-        )
+        centre, spread, g_centre, g_spread = self.terms[1:5].unbind()
         own = (scores.to(torch.float64) - centre) / spread
         gaussian = (self.distance(x) - g_centre) / g_spread
         knn = own.new_zeros(0)

@@ -32,6 +32,7 @@ from metakd.detector import AdaptConfig, FewShotDetector
 from metakd.errors import ConfigError, DataError
 from metakd.models.evidence import pool_gaussian_distance, pool_gaussians, sorted_distances
 from metakd.models.experts import PoolGaussianMix
+from metakd.models.profile_config import ProfileConfig
 from metakd.models.subsample import seeded_order
 from metakd.persist import TeacherBundle, TeacherWeights, load_scorer
 from metakd.train import init_learner, meta_train
@@ -73,7 +74,7 @@ def _fit(bundle: TeacherBundle, x: np.ndarray, share: float | None, **cfg: bool)
 
 
 #: PoolGaussianMix.fit's sizes as a tiny profile's would be.
-SIZES = {"cap": 64, "trim": 0.25, "knn_cap": 1024, "knn_fraction": 0.05, "min_neighbours": 5}
+SIZES = {"sizes": ProfileConfig(max_gaussian=64, pool_trim=0.25, max_pool=1024)}
 
 
 def _mix(
