@@ -358,12 +358,11 @@ def student_preprocess(
     )
 
 
-def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | None:
+def pool_mix(prepared: _Prepared, pool_scores: Tensor | None) -> PoolGaussianMix | None:
     """The pool experts' mix for a domain (``adapt.pool_share``, the Gaussian's alone, else
     the teacher's shares fitted for supports like this one's: with labelled anomalies or
-    without), standardised by the teacher's leave-one-out ``support_scores [n]`` of its
-    normals; ``None`` at shares 0, without a pool, or where :meth:`PoolGaussianMix.fit` finds
-    none."""
+    without), standardised over the pool by the teacher's ``pool_scores [m]``; ``None`` at
+    shares 0, without a pool, or where :meth:`PoolGaussianMix.fit` finds none."""
     p, b = prepared, prepared.bundle
     labelled = bool((p.labels == 1).any())
     share, knn = p.cfg.pool_share, 0.0  # a share set in the config is the Gaussian's alone
@@ -372,13 +371,11 @@ def pool_mix(prepared: _Prepared, support_scores: Tensor) -> PoolGaussianMix | N
         knn = b.pool_knn if b.pool_knn_anomalies is None else b.pool_knn_anomalies
     elif share is None:
         share, knn = b.pool_share, b.pool_knn
-    if (share == 0 and knn == 0) or p.pool is None:
+    if (share == 0 and knn == 0) or p.pool is None or pool_scores is None:
         return None
-    normals = (p.labels == 0).cpu()
     return PoolGaussianMix.fit(
         p.pool.cpu(),
-        p.support.cpu()[normals],
-        support_scores.cpu()[normals],
+        pool_scores.cpu(),
         share=share,
         knn_share=knn,
         seed=p.cfg.seed,
@@ -401,13 +398,17 @@ def mixed(
 
 
 def restandardised(
-    mix: PoolGaussianMix | None, prepared: _Prepared, support_scores: Any
+    mix: PoolGaussianMix | None, prepared: _Prepared, pool_scores: Any
 ) -> PoolGaussianMix | None:
-    """``mix`` for another scorer (the student) from its NumPy ``support_scores``."""
-    if mix is None:
+    """``mix`` for another scorer (the student) from its NumPy ``pool_scores``."""
+    if mix is None or prepared.pool is None:
         return None
-    normals = (prepared.labels == 0).cpu()
-    return mix.for_scores(prepared.support.cpu()[normals], torch.as_tensor(support_scores)[normals])
+    return mix.for_scores(
+        prepared.pool.cpu(),
+        torch.as_tensor(pool_scores),
+        seed=prepared.cfg.seed,
+        sizes=prepared.bundle.model.profile,
+    )
 
 
 def pool_reference(

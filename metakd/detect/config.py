@@ -42,7 +42,7 @@ class AdaptConfig:
     pool_share: float | None = None
     """With an unlabelled pool: the share ``λ`` of the pool's Gaussian in the adapted score,
     ``(1 − λ)`` times the score and ``λ`` times the Mahalanobis distance to the pool's
-    cross-fitted Gaussians, both standardised by the support normals
+    cross-fitted Gaussians, both standardised over the pool
     (:class:`~metakd.models.experts.PoolGaussianMix`). Null: the share the teacher was fitted
     with after meta-training for supports like this one's, with labelled anomalies or without
     (``pool_share_episodes``; 0 for teachers saved before it), and the pool kNN expert's share

@@ -228,7 +228,7 @@ class FewShotDetector(BaseEstimator):
             fitted_support, labels.cpu().numpy(), fitted_pool, cfg.threshold
         )
         own_threshold = adapted.hard_label_threshold(t_threshold)  # the student's, unmixed
-        mix = pool_mix(p, adapted.threshold_scores)
+        mix = pool_mix(p, adapted.pool_scores)
         if mix is not None:  # the threshold and the saved teacher read the mixed score
             fitted_support, fitted_pool = mixed(mix, p, fitted_support, fitted_pool)
             t_threshold = calibrate_threshold(
@@ -280,7 +280,7 @@ class FewShotDetector(BaseEstimator):
             with torch.no_grad():
                 s_support = student_net(xs).cpu().numpy()
                 s_pool = student_net(xp).cpu().numpy() if xp is not None else None
-            s_mix = restandardised(mix, p, s_support)  # the same mix for the student's scores
+            s_mix = restandardised(mix, p, s_pool)  # the same mix for the student's scores
             s_support, s_pool = mixed(s_mix, p, s_support, s_pool)
             if adapted.calibration_scores is not None and mix is None:  # its own run low too
                 s_threshold = (t_threshold - result.offset) / result.scale

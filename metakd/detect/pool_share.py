@@ -121,8 +121,7 @@ def fit_pool_share(
         pool = torch.as_tensor(rows[labelled:])
         mix = PoolGaussianMix.fit(
             pool,
-            torch.as_tensor(rows[:shots]),
-            scores[:shots],
+            scores[labelled:],
             share=1.0,
             knn_share=KNN_SHARES[-1],
             seed=seed + i,

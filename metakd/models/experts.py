@@ -12,8 +12,12 @@ then scores
     (1 − λ) · (s − m_s) / σ_s + λ · (g − m_g) / σ_g,
 
 ``s`` the scorer's score, ``g`` the Mahalanobis distance to the pool's cross-fitted, trimmed
-Ledoit–Wolf Gaussians (:func:`~metakd.models.evidence.pool_gaussians`), each standardised by
-the support normals' median and spread so the two weigh alike whatever their units.
+Ledoit–Wolf Gaussians (:func:`~metakd.models.evidence.pool_gaussians`), each standardised over
+the pool (the median and standard deviation of its scores of the pool's rows), so the two weigh
+alike whatever their units: the z-scores by which outlier ensembles combine their members'
+scores of the data they score (Aggarwal & Sathe, *Outlier Ensembles*, 2017, §4.2; PyOD's
+``standardizer``). The pool's hundreds of rows give each expert a steadier unit than the
+support's ten normals, which weighed the experts before (RESULTS.md §11).
 
 A third expert may share the scorer's part: the distance ``q`` to the ``k``-th nearest pool
 row, ``k`` a fraction of the pool (5 %; ``profile.pool_knn_fraction``), in the rows' own units.
@@ -94,8 +98,7 @@ class PoolGaussianMix(nn.Module):
     @staticmethod
     def fit(
         pool: Tensor,
-        normals: Tensor,
-        normal_scores: Tensor,
+        pool_scores: Tensor,
         *,
         share: float,
         knn_share: float,
@@ -105,36 +108,47 @@ class PoolGaussianMix(nn.Module):
         """The mix of a task: Gaussians of ``pool [m, d]`` (as the scorer reads rows; two
         seeded halves of at most ``sizes.max_gaussian`` rows, ``sizes.pool_trim`` of each
         dropped) and, with ``knn_share`` ``κ > 0``, the kNN expert's reference (at most
-        ``sizes.max_pool`` seeded pool rows; ``k`` = ``sizes.pool_knn_fraction`` of them, at
-        least ``sizes.neighbours``), standardised by the support ``normals [n, d]`` and the
-        scorer's leave-one-out ``normal_scores [n]`` of them. ``None`` (no mix) with too few
-        pool rows for two Gaussians or no spread in an expert's scores of the normals."""
+        ``sizes.max_pool`` seeded pool rows, :meth:`sample`; ``k`` =
+        ``sizes.pool_knn_fraction`` of them, at least ``sizes.neighbours``), each expert
+        standardised over those rows, the scorer by its ``pool_scores [m]``. ``None`` (no mix)
+        with too few pool rows for two Gaussians or no spread in an expert's scores."""
         rows = pool.detach().cpu().to(torch.float64)
         features = torch.tensor(float(rows.shape[-1]), dtype=torch.float64)
         order = seeded_order(rows.shape[0], seed)
         parts = pool_gaussians(rows, order, features, cap=sizes.max_gaussian, trim=sizes.pool_trim)
         if parts[0].numel() == 0:
             return None
+        sample = PoolGaussianMix.sample(len(rows), seed=seed, sizes=sizes)
         reference, k = None, 0
         if knn_share > 0:
-            reference = rows[order[: sizes.max_pool]]
+            reference = rows[sample]
             k = round(sizes.pool_knn_fraction * len(reference))
             k = min(max(sizes.neighbours, k), len(reference))
         mix = PoolGaussianMix(parts, reference=reference)
-        done = mix.standardise(normals, normal_scores, share=share, knn_share=knn_share, k=k)
+        done = mix.standardise(
+            rows[sample], pool_scores[sample], share=share, knn_share=knn_share, k=k
+        )
         return mix if done else None
 
+    @staticmethod
+    def sample(rows: int, *, seed: int, sizes: ProfileConfig) -> Tensor:
+        """Indices of the pool rows (of ``rows``) the experts are standardised over, and the
+        kNN expert's reference: at most ``sizes.max_pool``, seeded, so the cost is bounded
+        whatever the pool's size (the same rows for every scorer of one pool)."""
+        return seeded_order(rows, seed)[: sizes.max_pool]
+
     def standardise(
-        self, normals: Tensor, normal_scores: Tensor, *, share: float, knn_share: float, k: int
+        self, rows: Tensor, scores: Tensor, *, share: float, knn_share: float, k: int
     ) -> bool:
-        """Set the terms from the support ``normals`` and a scorer's scores of them (a student
-        re-standardises its own); False, and nothing set, where an expert's spread is 0."""
-        scores = normal_scores.detach().cpu().to(torch.float64)
-        experts = [scores, self.distance(normals)]
+        """Set the terms from pool ``rows [r, d]`` and a scorer's ``scores [r]`` of them (a
+        student re-standardises its own): each expert's median and standard deviation over
+        them. False, and nothing set, where an expert's spread is 0."""
+        own = scores.detach().cpu().to(torch.float64)
+        experts = [own, self.distance(rows)]
         if knn_share > 0:
-            experts.append(self._kth(normals.to(torch.float64), k))
+            experts.append(self._kth(rows.to(torch.float64), k))
         spreads = torch.stack([e.std(correction=0) for e in experts])
-        if len(scores) < 2 or not bool((spreads > 1e-9).all()):
+        if len(own) < 2 or not bool((spreads > 1e-9).all()):
             return False
         centres = torch.stack([e.quantile(0.5) for e in experts])
         terms = [float(share), centres[0], spreads[0], centres[1], spreads[1]]
@@ -144,12 +158,20 @@ class PoolGaussianMix(nn.Module):
         self.k = k if knn_share > 0 else 0
         return True
 
-    def for_scores(self, normals: Tensor, normal_scores: Tensor) -> PoolGaussianMix | None:
-        """The same experts and shares standardised for another scorer's scores (a
+    def for_scores(
+        self, pool: Tensor, pool_scores: Tensor, *, seed: int, sizes: ProfileConfig
+    ) -> PoolGaussianMix | None:
+        """The same experts and shares standardised for another scorer's ``pool_scores [m]``
+        of the ``pool [m, d]`` it was fitted on, with the same ``seed`` and ``sizes`` (a
         student's), or ``None`` where :meth:`standardise` finds no spread."""
         other = PoolGaussianMix([getattr(self, name) for name in PARTS], reference=self.reference)
+        sample = PoolGaussianMix.sample(len(pool), seed=seed, sizes=sizes)
         done = other.standardise(
-            normals, normal_scores, share=self.share, knn_share=self.knn_share, k=self.k
+            pool.detach().cpu()[sample],
+            pool_scores[sample],
+            share=self.share,
+            knn_share=self.knn_share,
+            k=self.k,
         )
         return other if done else None
 
@@ -176,7 +198,7 @@ class PoolGaussianMix(nn.Module):
         )
 
     def standardised(self, x: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Each expert standardised by the support normals: the scorer's ``scores [N]``, the
+        """Each expert standardised over the pool: the scorer's ``scores [N]``, the
         kNN expert's distances of rows ``x [N, d]`` (empty without it) and their pool-Gaussian
         distances (float64; a standardised mix only)."""
         centre, spread, g_centre, g_spread = self.terms[1:5].unbind()

@@ -84,10 +84,15 @@ def _mix(
     rows = torch.as_tensor(x, dtype=torch.float64)
     scores = rows.sum(1)
     mix = PoolGaussianMix.fit(
-        rows[10:], rows[:10], scores[:10], share=0.5, knn_share=knn_share, seed=3, **SIZES
+        rows[10:], scores[10:], share=0.5, knn_share=knn_share, seed=3, **SIZES
     )
     assert mix is not None
     return mix, rows, scores
+
+
+def _over_the_pool(v: torch.Tensor) -> torch.Tensor:
+    """``v`` standardised by the pool rows' (``v[10:]``: all of them, below ``max_pool``)."""
+    return (v - v[10:].quantile(0.5)) / v[10:].std(correction=0)
 
 
 def _small_clusters(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +113,7 @@ def test_an_empty_mix_leaves_scores_bitwise_as_they_are() -> None:
     assert torch.equal(PoolGaussianMix()(torch.randn(20, 3), scores), scores)
 
 
-def test_mix_is_each_expert_standardised_by_the_support_normals() -> None:
+def test_mix_is_each_expert_standardised_over_the_pool() -> None:
     mix, rows, scores = _mix()
     parts = pool_gaussians(
         rows[10:],
@@ -118,14 +123,29 @@ def test_mix_is_each_expert_standardised_by_the_support_normals() -> None:
         trim=0.25,
     )
     distances = pool_gaussian_distance(rows, *parts)
-
-    def z(v: torch.Tensor) -> torch.Tensor:
-        return (v - v[:10].quantile(0.5)) / v[:10].std(correction=0)
-
+    z = _over_the_pool
     torch.testing.assert_close(mix(rows, scores), 0.5 * z(scores) + 0.5 * z(distances))
-    student = mix.for_scores(rows[:10], 2 * scores[:10] + 1)
+    student = mix.for_scores(rows[10:], 2 * scores[10:] + 1, seed=3, **SIZES)
     assert student is not None and student.share == 0.5
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
+
+
+def test_a_large_pool_is_standardised_over_its_seeded_sample_whatever_the_support() -> None:
+    x, _ = _narrow(1)
+    rows = torch.as_tensor(x, dtype=torch.float64)
+    scores = rows.sum(1)
+    sizes = ProfileConfig(max_gaussian=64, pool_trim=0.25, max_pool=100)
+    mix = PoolGaussianMix.fit(rows, scores, share=0.5, knn_share=0.5, seed=4, sizes=sizes)
+    assert mix is not None
+    sample = PoolGaussianMix.sample(len(rows), seed=4, sizes=sizes)
+    assert len(sample) == 100 and torch.equal(mix.reference, rows[sample])
+    for values, (centre, spread) in [
+        (scores[sample], mix.terms[1:3]),
+        (mix.distance(rows[sample]), mix.terms[3:5]),
+        (sorted_distances(rows[sample], rows[sample], mix.k)[:, -1], mix.terms[6:8]),
+    ]:
+        torch.testing.assert_close(centre, values.quantile(0.5))
+        torch.testing.assert_close(spread, values.std(correction=0))
 
 
 def test_the_knn_expert_shares_the_scorers_part_standardised_the_same_way() -> None:
@@ -137,16 +157,13 @@ def test_the_knn_expert_shares_the_scorers_part_standardised_the_same_way() -> N
     distances[np.arange(10, len(rows)), np.arange(len(pool))] = np.inf  # a pool row's own match
     kth = torch.as_tensor(np.sort(distances, 1)[:, k - 1])
     gaussian, _, _ = _mix()
-
-    def z(v: torch.Tensor) -> torch.Tensor:
-        return (v - v[:10].quantile(0.5)) / v[:10].std(correction=0)
-
+    z = _over_the_pool
     own, knn, g = mix.standardised(rows, scores)
     torch.testing.assert_close(knn, z(kth))
     torch.testing.assert_close(own, z(scores))
     torch.testing.assert_close(mix(rows, scores), 0.5 * (0.5 * z(scores) + 0.5 * z(kth)) + 0.5 * g)
     assert gaussian.standardised(rows, scores)[1].numel() == 0 and gaussian.knn_share == 0.0
-    student = mix.for_scores(rows[:10], 2 * scores[:10] + 1)
+    student = mix.for_scores(rows[10:], 2 * scores[10:] + 1, seed=3, **SIZES)
     assert student is not None and (student.share, student.knn_share) == (0.5, 0.5)
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
     scripted = torch.jit.script(mix)
@@ -157,7 +174,7 @@ def test_the_knn_expert_sees_small_clusters_of_anomalies_a_close_density_misses(
     x, y = _small_clusters(0)
     rows = torch.as_tensor(x, dtype=torch.float64)
     mix = PoolGaussianMix.fit(
-        rows[10:], rows[:10], torch.randn(10), share=0.0, knn_share=0.5, seed=0, **SIZES
+        rows[10:], torch.randn(len(rows) - 10), share=0.0, knn_share=0.5, seed=0, **SIZES
     )
     assert mix is not None
     kth = mix.standardised(rows[10:], torch.zeros(len(rows) - 10))[1]
@@ -169,8 +186,8 @@ def test_the_knn_expert_sees_small_clusters_of_anomalies_a_close_density_misses(
 def test_no_mix_without_enough_pool_rows_or_any_spread() -> None:
     rows = torch.randn(30, 4, dtype=torch.float64)
     fit = dict(share=1.0, knn_share=0.5, seed=0, **SIZES)
-    assert PoolGaussianMix.fit(rows[:5], rows[:10], torch.randn(10), **fit) is None
-    assert PoolGaussianMix.fit(rows, rows[:10], torch.ones(10), **fit) is None
+    assert PoolGaussianMix.fit(rows[:5], torch.randn(5), **fit) is None
+    assert PoolGaussianMix.fit(rows, torch.ones(30), **fit) is None
 
 
 def test_the_gaussian_share_ranks_narrow_anomalies_and_every_scorer_reads_the_mix(
