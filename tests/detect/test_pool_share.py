@@ -91,7 +91,7 @@ def _mix(
 
 
 def _over_the_pool(v: torch.Tensor) -> torch.Tensor:
-    """``v`` standardised by the pool rows' (``v[10:]``: all of them, below ``max_pool``)."""
+    """``v`` standardised by its values on the pool rows (``v[10:]``, all: fewer than ``max_pool``)."""
     return (v - v[10:].quantile(0.5)) / v[10:].std(correction=0)
 
 
@@ -130,7 +130,7 @@ def test_mix_is_each_expert_standardised_over_the_pool() -> None:
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
 
 
-def test_a_large_pool_is_standardised_over_its_seeded_sample_whatever_the_support() -> None:
+def test_a_large_pool_is_standardised_over_its_seeded_sample() -> None:
     x, _ = _narrow(1)
     rows = torch.as_tensor(x, dtype=torch.float64)
     scores = rows.sum(1)
