@@ -401,13 +401,10 @@ def restandardised(
     mix: PoolGaussianMix | None, prepared: _Prepared, pool_scores: Any
 ) -> PoolGaussianMix | None:
     """``mix`` for another scorer (the student) from its NumPy ``pool_scores``."""
-    if mix is None or prepared.pool is None:
+    if mix is None:
         return None
     return mix.for_scores(
-        prepared.pool.cpu(),
-        torch.as_tensor(pool_scores),
-        seed=prepared.cfg.seed,
-        sizes=prepared.bundle.model.profile,
+        torch.as_tensor(pool_scores), seed=prepared.cfg.seed, sizes=prepared.bundle.model.profile
     )
 
 

@@ -159,21 +159,23 @@ class PoolGaussianMix(nn.Module):
         return True
 
     def for_scores(
-        self, pool: Tensor, pool_scores: Tensor, *, seed: int, sizes: ProfileConfig
+        self, pool_scores: Tensor, *, seed: int, sizes: ProfileConfig
     ) -> PoolGaussianMix | None:
-        """The same experts and shares standardised for another scorer's ``pool_scores [m]``
-        of the ``pool [m, d]`` it was fitted on, with the same ``seed`` and ``sizes`` (a
-        student's), or ``None`` where :meth:`standardise` finds no spread."""
-        other = PoolGaussianMix([getattr(self, name) for name in PARTS], reference=self.reference)
-        sample = PoolGaussianMix.sample(len(pool), seed=seed, sizes=sizes)
-        done = other.standardise(
-            pool.detach().cpu()[sample],
-            pool_scores[sample],
-            share=self.share,
-            knn_share=self.knn_share,
-            k=self.k,
+        """The same experts and shares for another scorer (a student): only the scorer's own
+        terms change, its median and standard deviation over the rows :meth:`fit` read
+        (:meth:`sample`, with the same ``seed`` and ``sizes``) from its ``pool_scores [m]``;
+        the pool experts' terms do not depend on the scorer. ``None`` where those scores have
+        no spread."""
+        sample = PoolGaussianMix.sample(len(pool_scores), seed=seed, sizes=sizes)
+        own = pool_scores.detach().cpu().to(torch.float64)[sample]
+        spread = own.std(correction=0)
+        if len(own) < 2 or not bool(spread > 1e-9):
+            return None
+        terms = self.terms.clone()
+        terms[1], terms[2] = own.quantile(0.5), spread
+        return PoolGaussianMix(
+            [getattr(self, name) for name in PARTS], terms, reference=self.reference
         )
-        return other if done else None
 
     @property
     def share(self) -> float:

@@ -125,7 +125,7 @@ def test_mix_is_each_expert_standardised_over_the_pool() -> None:
     distances = pool_gaussian_distance(rows, *parts)
     z = _over_the_pool
     torch.testing.assert_close(mix(rows, scores), 0.5 * z(scores) + 0.5 * z(distances))
-    student = mix.for_scores(rows[10:], 2 * scores[10:] + 1, seed=3, **SIZES)
+    student = mix.for_scores(2 * scores[10:] + 1, seed=3, **SIZES)
     assert student is not None and student.share == 0.5
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
 
@@ -163,7 +163,7 @@ def test_the_knn_expert_shares_the_scorers_part_standardised_the_same_way() -> N
     torch.testing.assert_close(own, z(scores))
     torch.testing.assert_close(mix(rows, scores), 0.5 * (0.5 * z(scores) + 0.5 * z(kth)) + 0.5 * g)
     assert gaussian.standardised(rows, scores)[1].numel() == 0 and gaussian.knn_share == 0.0
-    student = mix.for_scores(rows[10:], 2 * scores[10:] + 1, seed=3, **SIZES)
+    student = mix.for_scores(2 * scores[10:] + 1, seed=3, **SIZES)
     assert student is not None and (student.share, student.knn_share) == (0.5, 0.5)
     torch.testing.assert_close(student(rows, 2 * scores + 1), mix(rows, scores))
     scripted = torch.jit.script(mix)
