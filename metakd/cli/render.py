@@ -288,11 +288,17 @@ def print_adapt(
         "f1": "best F1 on the labelled support",
     }.get(method, method)
     out_console.print(f"threshold rule: {method}: {rule}", soft_wrap=True)
-    if report.get("linear_mix"):
+    mixed = [
+        f"{what} (adapt.{key} {report[key]:g})"
+        for key, what in (
+            ("linear_mix", "the labelled rows' ridge discriminant"),
+            ("anomaly_mix", "the nearest normal against the nearest labelled anomaly"),
+        )
+        if report.get(key)
+    ]
+    if mixed:
         out_console.print(
-            "teacher score: standardised and mixed with the labelled rows' ridge discriminant "
-            f"(adapt.linear_mix {report['linear_mix']:g})",
-            soft_wrap=True,
+            f"teacher score: standardised and mixed with {' and '.join(mixed)}", soft_wrap=True
         )
     timings = report["timings"]
     out_console.print(

@@ -47,6 +47,8 @@ class _Adapted:
     instead of ``support_scores`` (those stay the student's targets: the teacher's own)."""
     linear_mix: float = 0.0
     """The weight the ``linear`` evidence was mixed into the scores with (0: not mixed)."""
+    anomaly_mix: float = 0.0
+    """The weight the ``anomalies`` evidence was mixed into the scores with (0: not mixed)."""
     own_threshold: float | None = None
     """With ``calibration_scores``: the threshold ``support_scores`` give, where the student's
     hard labels split as they did before cross-fitting."""
@@ -105,6 +107,8 @@ class _InnerSetup:
     linear_mix: float = 0.0
     """``adapt.linear_mix``: with labelled anomalies, the weight of the ``linear`` evidence in
     the adapted teacher's score (:meth:`~metakd.models.teachers.profile.ProfileNet.mixed`)."""
+    anomaly_mix: float = 0.0
+    """``adapt.anomaly_mix``: the same for the ``anomalies`` evidence."""
 
     @staticmethod
     def of(bundle: TeacherBundle, cfg: AdaptConfig, labels: Tensor) -> _InnerSetup:
@@ -131,7 +135,14 @@ class _InnerSetup:
         # Meta-SGD's learned rates, unless the step size is overridden.
         plan = AdaptationPlan.of(teacher, inner, [] if "lr" in cfg.inner else bundle.rates)
         return _InnerSetup(
-            inner, teacher, loss, params, plan, inner.pool_term(), linear_mix=cfg.linear_mix
+            inner,
+            teacher,
+            loss,
+            params,
+            plan,
+            inner.pool_term(),
+            linear_mix=cfg.linear_mix,
+            anomaly_mix=cfg.anomaly_mix,
         )
 
     def run(self, xs: Tensor, labels: Tensor, xr: Tensor | None) -> StackParams:
@@ -213,22 +224,29 @@ class _InnerSetup:
                 in_reference = pool_raw
                 pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
                 pool_raw[kept] = in_reference
-            normals, mix = labels == 0, 0.0
+            normals, linear, anomalies = labels == 0, 0.0, 0.0
             if (
                 isinstance(teacher, ProfileNet)
                 and bool((labels == 1).any())
-                and teacher.fit_linear_mix(xs[normals], support_raw[normals], self.linear_mix)
+                and teacher.fit_mix(
+                    xs[normals],
+                    support_raw[normals],
+                    linear=self.linear_mix,
+                    anomalies=self.anomaly_mix,
+                )
             ):  # the scores every later step reads are the mixed ones
                 support_raw = teacher.mixed(xs, support_raw)
                 if pool_raw is not None and xp is not None:
                     pool_raw = teacher.mixed(xp, pool_raw)
-                mix = self.linear_mix
+                linear = self.linear_mix if bool(teacher.linear_mix[3] != 0) else 0.0  # took
+                anomalies = self.anomaly_mix if bool(teacher.anomaly_mix[1] != 0) else 0.0
             return _Adapted(
                 teacher=teacher,
                 inner=self.inner,
                 support_scores=score_logits(teacher, support_raw),
                 pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
-                linear_mix=mix,
+                linear_mix=linear,
+                anomaly_mix=anomalies,
             )
 
 

@@ -39,6 +39,11 @@ class AdaptConfig:
     both standardised by the support normals' median and spread (``score``'s weight is 1), so
     the student, the threshold and the saved teacher all read the mix. Meta-training leaves
     that evidence's trust near 0 where it wins (RESULTS.md §11). 0: the teacher's score alone."""
+    anomaly_mix: float = 1.0
+    """The same for the ``anomalies`` evidence, ``log(d_normal / d_anomaly)`` from a row's
+    nearest support normal and nearest labelled anomaly: a third expert, of the labelled
+    anomalies' neighbourhoods, standardised alike and added with this weight. Like ``linear``,
+    meta-training trusts it little where it helps (RESULTS.md §11). 0: not mixed."""
     pool_share: float | None = None
     """With an unlabelled pool: the share ``λ`` of the pool's Gaussian in the adapted score,
     ``(1 − λ)`` times the score and ``λ`` times the Mahalanobis distance to the pool's
@@ -80,8 +85,10 @@ class AdaptConfig:
                 f"max_support must be >= {MIN_NORMALS_WITHOUT_POOL} or null, got "
                 f"{self.max_support!r}"
             )
-        if not 0 <= self.linear_mix < float("inf"):
-            raise ConfigError(f"linear_mix must be a finite number >= 0, got {self.linear_mix!r}")
+        for key in ("linear_mix", "anomaly_mix"):
+            weight = getattr(self, key)
+            if not 0 <= weight < float("inf"):
+                raise ConfigError(f"{key} must be a finite number >= 0, got {weight!r}")
         if self.pool_share is not None and not 0 <= self.pool_share <= 1:
             raise ConfigError(f"pool_share must be in [0, 1] or null, got {self.pool_share!r}")
         if isinstance(self.unlabeled_support, bool) or self.unlabeled_support < 1:

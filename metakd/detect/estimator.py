@@ -30,12 +30,7 @@ from metakd.detect.adaptation import (
 )
 from metakd.detect.config import SCORE_BLOCK_ROWS, AdaptConfig
 from metakd.detect.files import write_detector
-from metakd.detect.inputs import (
-    _by_name,
-    _check_inputs,
-    _column_names,
-    unsupervised_rows,
-)
+from metakd.detect.inputs import _by_name, _check_inputs, _column_names, unsupervised_rows
 from metakd.detect.scoring import decision_scores
 from metakd.distill import distill
 from metakd.errors import InputError, MetakdError
@@ -246,6 +241,7 @@ class FewShotDetector(BaseEstimator):
             "threshold_method": method,
             "threshold_cross_fitted": adapted.calibration_scores is not None,
             "linear_mix": adapted.linear_mix,
+            "anomaly_mix": adapted.anomaly_mix,
             "pool_share": 0.0 if mix is None else mix.share,
             "pool_knn": 0.0 if mix is None else mix.knn_share,
             "inner": configio.to_dict(adapted.inner),

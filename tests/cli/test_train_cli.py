@@ -283,20 +283,26 @@ def test_threshold_with_and_without_anomaly_shots(teacher_path: Path, domain) ->
     assert quantile.report_["threshold_method"] == "normal_quantile"
 
 
-def test_adapt_with_labelled_anomalies_mixes_in_the_linear_evidence(
+def test_adapt_with_labelled_anomalies_mixes_in_the_supervised_evidences(
     tmp_path: Path, teacher_path: Path, domain
 ) -> None:
     """With labelled anomalies the report and the output say the teacher's score was mixed with
-    the ridge discriminant (``adapt.linear_mix``); ``linear_mix=0`` turns it off."""
+    the ridge discriminant (``adapt.linear_mix``) and the nearest-anomaly evidence
+    (``adapt.anomaly_mix``); a weight of 0 turns either off."""
     X, y = domain["support"]
     support = tmp_path / "support.csv"
     write_csv(support, X, y)
-    for extra, weight in (((), 1.0), (("--set", "linear_mix=0"), 0.0)):
+    for extra, linear, anomalies in (
+        ((), 1.0, 1.0),
+        (("--set", "linear_mix=0"), 0.0, 1.0),
+        (("--set", "anomaly_mix=0"), 1.0, 0.0),
+    ):
         result = _adapt(tmp_path, teacher_path, support, "--set", "student=false", *extra)
         assert result.exit_code == 0, result.output
         report = json.loads((tmp_path / "o" / "report.json").read_text())
-        assert report["linear_mix"] == weight
-        assert ("adapt.linear_mix 1" in result.output) == (weight == 1.0)
+        assert (report["linear_mix"], report["anomaly_mix"]) == (linear, anomalies)
+        assert ("adapt.linear_mix 1" in result.output) == (linear == 1.0)
+        assert ("adapt.anomaly_mix 1" in result.output) == (anomalies == 1.0)
 
 
 def test_no_pool_threshold_reads_cross_fitted_support_scores(teacher_path: Path, domain) -> None:

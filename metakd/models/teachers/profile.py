@@ -9,8 +9,10 @@ from metakd.models.teachers.base import Reference, Teacher, register_kind
 from metakd.models.teachers.config import ModelConfig
 from metakd.models.teachers.distance import _geometric_mean, _knn_mean, _masked_knn, _pairwise_sq
 
-#: :meth:`ProfileNet.mixed`'s terms that leave a score unchanged.
+#: :meth:`ProfileNet.mixed`'s terms that leave a score unchanged: ``(m_s, σ_s, m_l, w_l / σ_l)``
+#: and the ``anomalies`` evidence's ``(m_a, w_a / σ_a)``.
 _NO_MIX = [0.0, 1.0, 0.0, 0.0]
+_NO_ANOMALY_MIX = [0.0, 0.0]
 
 
 @register_kind("profile")
@@ -37,6 +39,7 @@ class ProfileNet(Teacher):
     )
     score_is_logit = True
     linear_mix: Tensor
+    anomaly_mix: Tensor
     uses_reference = True
     uses_pool = True
 
@@ -67,52 +70,79 @@ class ProfileNet(Teacher):
         self.residual = nn.Sequential(residual_in, nn.Tanh(), residual_out)
         self.register_buffer("memory_pool", torch.zeros(0, config.embedding_dim))
         self.register_buffer("memory_scale", torch.ones(2))
-        # (m_s, σ_s, m_l, w / σ_l) of :meth:`mixed`; these values leave a score as it is.
+        # :meth:`mixed`'s terms; these values leave a score as it is.
         self.register_buffer("linear_mix", torch.tensor(_NO_MIX))
-        # The ``linear`` evidence's column counted from the row's end (None: not in the profile).
-        self.linear_column = (
-            self.evidence_columns[evidences.index("linear")][0] - self.profile_width
-            if "linear" in evidences
-            else None
-        )
+        self.register_buffer("anomaly_mix", torch.tensor(_NO_ANOMALY_MIX))
+        # The supervised evidences' columns counted from the row's end (None: not in the profile).
+        self.linear_column = self._column(evidences, "linear")
+        self.anomaly_column = self._column(evidences, "anomalies")
+
+    def _column(self, evidences: list[str], evidence: str) -> int | None:
+        """A one-column evidence's column counted from the row's end (None: not profiled)."""
+        if evidence not in evidences:
+            return None
+        return self.evidence_columns[evidences.index(evidence)][0] - self.profile_width
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
-        # Teachers and detectors saved before the mix existed score without it.
-        super().load_weights({"linear_mix": torch.tensor(_NO_MIX)} | state_dict)
+        # Teachers and detectors saved before either mix existed score without it.
+        unmixed = {
+            "linear_mix": torch.tensor(_NO_MIX),
+            "anomaly_mix": torch.tensor(_NO_ANOMALY_MIX),
+        }
+        super().load_weights(unmixed | state_dict)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mixed(x, super().forward(x))
 
     def mixed(self, x: Tensor, scores: Tensor) -> Tensor:
-        """``scores [N]`` of rows ``x [N, d]`` combined with their ``linear`` evidence ``l``
-        (the labelled rows' ridge discriminant) as :meth:`fit_linear_mix` set it,
+        """``scores [N]`` of rows ``x [N, d]`` combined with their supervised evidences, the
+        ``linear`` one ``l`` (the labelled rows' ridge discriminant) and the ``anomalies`` one
+        ``a`` (``log(d_normal / d_anomaly)``), as :meth:`fit_mix` set it,
 
-            (score − m_s) / σ_s + w · (l − m_l) / σ_l,
+            (score − m_s) / σ_s + w_l · (l − m_l) / σ_l + w_a · (a − m_a) / σ_a,
 
-        or as they are, before that or without the evidence. Only a fitted teacher's scores
+        or as they are, before that or without the evidences. Only a fitted teacher's scores
         mix: meta-training and the inner loop score through :meth:`head`."""
-        if self.linear_column is None:
+        if self.linear_column is None and self.anomaly_column is None:
             return scores
-        centre, spread, linear_centre, weight = self.linear_mix.unbind()
-        # The defaults give exactly `scores` (x − 0) / 1 + 0 · finite.
-        return (scores - centre) / spread + weight * (x[..., self.linear_column] - linear_centre)
+        centre, spread, linear_centre, linear_weight = self.linear_mix.unbind()
+        # The defaults give exactly `scores`: (x − 0) / 1 + 0 · finite.
+        out = (scores - centre) / spread
+        if self.linear_column is not None:
+            out = out + linear_weight * (x[..., self.linear_column] - linear_centre)
+        if self.anomaly_column is not None:
+            anomaly_centre, anomaly_weight = self.anomaly_mix.unbind()
+            out = out + anomaly_weight * (x[..., self.anomaly_column] - anomaly_centre)
+        return out
 
-    def fit_linear_mix(self, normals: Tensor, scores: Tensor, weight: float) -> bool:
+    def fit_mix(self, normals: Tensor, scores: Tensor, *, linear: float, anomalies: float) -> bool:
         """Set :meth:`mixed`'s terms from labelled normals ``normals [n, d]`` and the
         teacher's leave-one-out ``scores [n]`` of them: each expert standardised by the
-        normals' median and spread, so the two weigh alike whatever their units (a product of
-        an unsupervised and a supervised expert). False, and nothing set, where the profile
-        has no ``linear`` evidence or either spread is 0 (no scale to standardise by)."""
-        if self.linear_column is None or weight == 0 or len(scores) < 2:
+        normals' median and spread, so they weigh alike whatever their units (an unsupervised
+        expert and two supervised ones), the ``linear`` evidence weighed ``linear`` and the
+        ``anomalies`` evidence ``anomalies``. An evidence the profile lacks,
+        weighed 0 or without spread over the normals is left out. False, and nothing set, where
+        no evidence is mixed or the scores have no spread (no scale to standardise by)."""
+        if len(scores) < 2 or not bool(scores.std(correction=0) > 1e-6):
             return False
-        linear = normals[..., self.linear_column]
-        spreads = torch.stack([scores.std(correction=0), linear.std(correction=0)])
-        if not bool((spreads > 1e-6).all()):
+        terms: dict[str, tuple[Tensor, Tensor]] = {}
+        for name, column, weight in (
+            ("linear", self.linear_column, linear),
+            ("anomalies", self.anomaly_column, anomalies),
+        ):
+            if column is None or weight == 0:
+                continue
+            evidence = normals[..., column]
+            spread = evidence.std(correction=0)
+            if bool(spread > 1e-6):
+                terms[name] = (evidence.quantile(0.5), weight / spread)
+        if not terms:
             return False
-        centres = torch.stack([scores.quantile(0.5), linear.quantile(0.5)])
-        self.linear_mix = torch.stack([centres[0], spreads[0], centres[1], weight / spreads[1]]).to(
-            self.linear_mix
-        )
+        none = (scores.new_zeros(()), scores.new_zeros(()))
+        linear_terms, anomaly_terms = terms.get("linear", none), terms.get("anomalies", none)
+        own = [scores.quantile(0.5), scores.std(correction=0)]
+        self.linear_mix = torch.stack([*own, *linear_terms]).to(self.linear_mix)
+        self.anomaly_mix = torch.stack(list(anomaly_terms)).to(self.anomaly_mix)
         return True
 
     def trust_parameters(self) -> list[nn.Parameter]:
