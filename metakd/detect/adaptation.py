@@ -224,29 +224,25 @@ class _InnerSetup:
                 in_reference = pool_raw
                 pool_raw = torch.cat([teacher(chunk) for chunk in xp.split(SCORE_BLOCK_ROWS)])
                 pool_raw[kept] = in_reference
-            normals, linear, anomalies = labels == 0, 0.0, 0.0
-            if (
-                isinstance(teacher, ProfileNet)
-                and bool((labels == 1).any())
-                and teacher.fit_mix(
+            normals, mixed = labels == 0, (0.0, 0.0)
+            if isinstance(teacher, ProfileNet) and bool((labels == 1).any()):
+                mixed = teacher.fit_mix(
                     xs[normals],
                     support_raw[normals],
                     linear=self.linear_mix,
                     anomalies=self.anomaly_mix,
                 )
-            ):  # the scores every later step reads are the mixed ones
-                support_raw = teacher.mixed(xs, support_raw)
-                if pool_raw is not None and xp is not None:
-                    pool_raw = teacher.mixed(xp, pool_raw)
-                linear = self.linear_mix if bool(teacher.linear_mix[3] != 0) else 0.0  # took
-                anomalies = self.anomaly_mix if bool(teacher.anomaly_mix[1] != 0) else 0.0
+                if any(mixed):  # the scores every later step reads are the mixed ones
+                    support_raw = teacher.mixed(xs, support_raw)
+                    if pool_raw is not None and xp is not None:
+                        pool_raw = teacher.mixed(xp, pool_raw)
             return _Adapted(
                 teacher=teacher,
                 inner=self.inner,
                 support_scores=score_logits(teacher, support_raw),
                 pool_scores=None if pool_raw is None else score_logits(teacher, pool_raw),
-                linear_mix=linear,
-                anomaly_mix=anomalies,
+                linear_mix=mixed[0],
+                anomaly_mix=mixed[1],
             )
 
 

@@ -186,7 +186,7 @@ def test_no_spread_no_mix() -> None:
     assert isinstance(teacher, ProfileNet)
     before = teacher.linear_mix.clone(), teacher.anomaly_mix.clone()
     rows = torch.randn(5, teacher.input_dim)
-    assert not teacher.fit_mix(rows, torch.ones(5), linear=1.0, anomalies=1.0)
+    assert teacher.fit_mix(rows, torch.ones(5), linear=1.0, anomalies=1.0) == (0.0, 0.0)
     assert torch.equal(teacher.linear_mix, before[0])
     assert torch.equal(teacher.anomaly_mix, before[1])
 
@@ -198,7 +198,7 @@ def test_an_evidence_without_spread_is_left_out() -> None:
     assert isinstance(teacher, ProfileNet) and teacher.anomaly_column is not None
     rows = torch.randn(6, teacher.input_dim)
     rows[:, teacher.anomaly_column] = 0.3
-    assert teacher.fit_mix(rows, torch.randn(6), linear=1.0, anomalies=1.0)
+    assert teacher.fit_mix(rows, torch.randn(6), linear=1.0, anomalies=1.0) == (1.0, 0.0)
     assert bool(teacher.linear_mix[3] != 0)
     assert torch.equal(teacher.anomaly_mix, torch.zeros(2))
 

@@ -115,16 +115,19 @@ class ProfileNet(Teacher):
             out = out + anomaly_weight * (x[..., self.anomaly_column] - anomaly_centre)
         return out
 
-    def fit_mix(self, normals: Tensor, scores: Tensor, *, linear: float, anomalies: float) -> bool:
+    def fit_mix(
+        self, normals: Tensor, scores: Tensor, *, linear: float, anomalies: float
+    ) -> tuple[float, float]:
         """Set :meth:`mixed`'s terms from labelled normals ``normals [n, d]`` and the
         teacher's leave-one-out ``scores [n]`` of them: each expert standardised by the
         normals' median and spread, so they weigh alike whatever their units (an unsupervised
         expert and two supervised ones), the ``linear`` evidence weighed ``linear`` and the
         ``anomalies`` evidence ``anomalies``. An evidence the profile lacks,
-        weighed 0 or without spread over the normals is left out. False, and nothing set, where
-        no evidence is mixed or the scores have no spread (no scale to standardise by)."""
+        weighed 0 or without spread over the normals is left out. Returns the weights of the
+        evidences mixed (0 for one left out); ``(0, 0)``, and nothing set, where none is or the
+        scores have no spread (no scale to standardise by)."""
         if len(scores) < 2 or not bool(scores.std(correction=0) > 1e-6):
-            return False
+            return 0.0, 0.0
         terms: dict[str, tuple[Tensor, Tensor]] = {}
         for name, column, weight in (
             ("linear", self.linear_column, linear),
@@ -137,13 +140,13 @@ class ProfileNet(Teacher):
             if bool(spread > 1e-6):
                 terms[name] = (evidence.quantile(0.5), weight / spread)
         if not terms:
-            return False
+            return 0.0, 0.0
         none = (scores.new_zeros(()), scores.new_zeros(()))
         linear_terms, anomaly_terms = terms.get("linear", none), terms.get("anomalies", none)
         own = [scores.quantile(0.5), scores.std(correction=0)]
         self.linear_mix = torch.stack([*own, *linear_terms]).to(self.linear_mix)
         self.anomaly_mix = torch.stack(list(anomaly_terms)).to(self.anomaly_mix)
-        return True
+        return (linear if "linear" in terms else 0.0, anomalies if "anomalies" in terms else 0.0)
 
     def trust_parameters(self) -> list[nn.Parameter]:
         """``α`` and ``G``: the trust in each evidence, and how task statistics move it."""
