@@ -15,6 +15,19 @@ _NO_MIX = [0.0, 1.0, 0.0, 0.0]
 _NO_ANOMALY_MIX = [0.0, 0.0]
 
 
+def _normal_terms(
+    normals: Tensor, column: int | None, weight: float
+) -> tuple[Tensor, Tensor] | None:
+    """``(m, w / σ)`` of :meth:`ProfileNet.mixed` for one evidence column of the normals'
+    rows ``normals [n, d]``: its median and ``weight`` over its spread; ``None`` where the
+    profile lacks it (``column`` None), ``weight`` is 0 or the spread is 0."""
+    if column is None or weight == 0:
+        return None
+    evidence = normals[..., column]
+    spread = evidence.std(correction=0)
+    return (evidence.quantile(0.5), weight / spread) if bool(spread > 1e-6) else None
+
+
 @register_kind("profile")
 class ProfileNet(Teacher):
     """Scores a row from its neighbourhood profile plus a meta-learned metric (LUNAR-style).
@@ -122,31 +135,25 @@ class ProfileNet(Teacher):
         teacher's leave-one-out ``scores [n]`` of them: each expert standardised by the
         normals' median and spread, so they weigh alike whatever their units (an unsupervised
         expert and two supervised ones), the ``linear`` evidence weighed ``linear`` and the
-        ``anomalies`` evidence ``anomalies``. An evidence the profile lacks,
-        weighed 0 or without spread over the normals is left out. Returns the weights of the
-        evidences mixed (0 for one left out); ``(0, 0)``, and nothing set, where none is or the
-        scores have no spread (no scale to standardise by)."""
-        if len(scores) < 2 or not bool(scores.std(correction=0) > 1e-6):
+        ``anomalies`` evidence ``anomalies``. An evidence the profile lacks, weighed 0 or
+        without spread over the normals is left out. Returns the weights of the evidences
+        mixed (0 for one left out); ``(0, 0)``, and nothing set, where none is or the scores
+        have no spread (no scale to standardise by)."""
+        spread = scores.std(correction=0) if len(scores) > 1 else scores.new_zeros(())
+        if not bool(spread > 1e-6):
             return 0.0, 0.0
-        terms: dict[str, tuple[Tensor, Tensor]] = {}
-        for name, column, weight in (
-            ("linear", self.linear_column, linear),
-            ("anomalies", self.anomaly_column, anomalies),
-        ):
-            if column is None or weight == 0:
-                continue
-            evidence = normals[..., column]
-            spread = evidence.std(correction=0)
-            if bool(spread > 1e-6):
-                terms[name] = (evidence.quantile(0.5), weight / spread)
-        if not terms:
+        linear_terms = _normal_terms(normals, self.linear_column, linear)
+        anomaly_terms = _normal_terms(normals, self.anomaly_column, anomalies)
+        if linear_terms is None and anomaly_terms is None:
             return 0.0, 0.0
-        none = (scores.new_zeros(()), scores.new_zeros(()))
-        linear_terms, anomaly_terms = terms.get("linear", none), terms.get("anomalies", none)
-        own = [scores.quantile(0.5), scores.std(correction=0)]
-        self.linear_mix = torch.stack([*own, *linear_terms]).to(self.linear_mix)
-        self.anomaly_mix = torch.stack(list(anomaly_terms)).to(self.anomaly_mix)
-        return (linear if "linear" in terms else 0.0, anomalies if "anomalies" in terms else 0.0)
+        unmixed = (scores.new_zeros(()), scores.new_zeros(()))
+        own = (scores.quantile(0.5), spread)
+        self.linear_mix = torch.stack([*own, *(linear_terms or unmixed)]).to(self.linear_mix)
+        self.anomaly_mix = torch.stack([*(anomaly_terms or unmixed)]).to(self.anomaly_mix)
+        return (
+            0.0 if linear_terms is None else linear,
+            0.0 if anomaly_terms is None else anomalies,
+        )
 
     def trust_parameters(self) -> list[nn.Parameter]:
         """``α`` and ``G``: the trust in each evidence, and how task statistics move it."""
